@@ -1,0 +1,266 @@
+//! Command-line flags (clap) and their validation into a [`Config`] before anything runs.
+//!
+//! `proxy` keeps systemd-socket-proxyd's flags and TARGET syntax, so replacing the
+//! `ExecStart=` line is all a migration takes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::activation::ListenAddr;
+use crate::log::Level;
+use crate::proxy::Target;
+use crate::runtime::Lifecycle;
+
+#[derive(Parser, Debug)]
+#[command(name = "ringsock", version, propagate_version = true)]
+#[command(about = "Socket-activated io_uring forwarder and HTTP/1.1 mirror server")]
+#[command(
+    long_about = "Socket-activated io_uring forwarder and HTTP/1.1 mirror server.\n\n\
+    Runs on the listening sockets systemd passes (socket activation), or on --listen addresses."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Forward every connection to TARGET (a drop-in for systemd-socket-proxyd)
+    Proxy(ProxyArgs),
+    /// Serve the aptly-compatible API, metrics and a mirror tree over HTTP/1.1
+    Serve(ServeArgs),
+}
+
+/// Flags every subcommand shares: where to listen, workers, limits, lifecycle, logging.
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    /// Listen on ADDR when not socket-activated: HOST:PORT, [V6]:PORT, PORT, /path or @name
+    /// (repeatable)
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+
+    /// Worker threads [default: the CPUs this process may use]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Maximum simultaneous connections; more wait in the listen backlog
+    #[arg(short = 'c', long, value_name = "N", default_value_t = 256)]
+    pub connections_max: usize,
+
+    /// Exit once no connection was open for this long (e.g. 30s, 5min, infinity)
+    #[arg(long, value_name = "TIMESPAN", default_value = "infinity")]
+    pub exit_idle_time: String,
+
+    /// On SIGTERM/SIGINT, how long open connections may take to finish
+    #[arg(long, value_name = "TIMESPAN", default_value = "30s")]
+    pub shutdown_timeout: String,
+
+    /// error, warning, info or debug [default: $RINGSOCK_LOG_LEVEL, $SYSTEMD_LOG_LEVEL, info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ProxyArgs {
+    /// Where to forward: HOST:PORT, HOST (port 80), [V6]:PORT, /path/to.sock or @abstract
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// Give up connecting to TARGET after this long and close the client
+    #[arg(long, value_name = "TIMESPAN", default_value = "10s")]
+    pub connect_timeout: String,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Directory to serve (e.g. aptly's rootDir/public); without it only the API answers
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// Close a client that has not sent a full request head within this long (408)
+    #[arg(long, value_name = "TIMESPAN", default_value = "10s")]
+    pub header_timeout: String,
+
+    /// Close an idle keep-alive connection after this long
+    #[arg(long, value_name = "TIMESPAN", default_value = "60s")]
+    pub keepalive_timeout: String,
+
+    /// Serve symlinks that point outside --root
+    #[arg(long)]
+    pub follow_symlinks: bool,
+
+    /// List directories as HTML instead of answering 403
+    #[arg(long)]
+    pub autoindex: bool,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Validated settings shared by every subcommand.
+#[derive(Debug)]
+pub struct Common {
+    pub listen: Vec<ListenAddr>,
+    pub lifecycle: Lifecycle,
+    pub log_level: Option<Level>,
+}
+
+#[derive(Debug)]
+pub struct ProxyConfig {
+    pub target: Target,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub root: Option<PathBuf>,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub follow_symlinks: bool,
+    pub autoindex: bool,
+}
+
+#[derive(Debug)]
+pub enum Config {
+    Proxy(Common, ProxyConfig),
+    Serve(Common, ServeConfig),
+}
+
+impl Cli {
+    /// Turns raw flags into a [`Config`]; the error names the flag and the fix.
+    pub fn validate(self) -> Result<Config, String> {
+        Ok(match self.command {
+            Command::Proxy(args) => Config::Proxy(
+                args.common.validate()?,
+                ProxyConfig {
+                    target: Target::parse(&args.target)?,
+                    connect_timeout: finite("--connect-timeout", &args.connect_timeout)?,
+                },
+            ),
+            Command::Serve(args) => Config::Serve(
+                args.common.validate()?,
+                ServeConfig {
+                    root: args.root,
+                    header_timeout: finite("--header-timeout", &args.header_timeout)?,
+                    keepalive_timeout: finite("--keepalive-timeout", &args.keepalive_timeout)?,
+                    follow_symlinks: args.follow_symlinks,
+                    autoindex: args.autoindex,
+                },
+            ),
+        })
+    }
+}
+
+impl CommonArgs {
+    fn validate(self) -> Result<Common, String> {
+        if self.connections_max < 1 {
+            return Err("--connections-max must be at least 1".into());
+        }
+        let threads = match self.threads {
+            Some(0) => return Err("--threads must be at least 1".into()),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let listen = self
+            .listen
+            .iter()
+            .map(|text| ListenAddr::parse(text).map_err(|e| format!("--listen: {e}")))
+            .collect::<Result<_, _>>()?;
+        let log_level = match self.log_level {
+            None => None,
+            Some(text) => Some(Level::parse(&text).ok_or_else(|| {
+                format!("--log-level {text:?}: use error, warning, info or debug")
+            })?),
+        };
+        Ok(Common {
+            listen,
+            lifecycle: Lifecycle {
+                threads,
+                connections_max: self.connections_max,
+                exit_idle_time: timespan("--exit-idle-time", &self.exit_idle_time)?,
+                shutdown_timeout: timespan("--shutdown-timeout", &self.shutdown_timeout)?
+                    .unwrap_or(Duration::MAX / 4),
+            },
+            log_level,
+        })
+    }
+}
+
+fn timespan(flag: &str, text: &str) -> Result<Option<Duration>, String> {
+    crate::timespan::parse(text).map_err(|e| format!("{flag}: {e}"))
+}
+
+fn finite(flag: &str, text: &str) -> Result<Duration, String> {
+    timespan(flag, text)?.ok_or_else(|| format!("{flag} cannot be infinity"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let cli = Cli::try_parse_from(std::iter::once("ringsock").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.validate()
+    }
+
+    #[test]
+    fn proxy_takes_systemd_socket_proxyd_flags() {
+        let Ok(Config::Proxy(common, proxy)) = parse(&[
+            "proxy",
+            "-c",
+            "10",
+            "--exit-idle-time",
+            "5min",
+            "/run/aptly.sock",
+        ]) else {
+            panic!("should parse");
+        };
+        assert_eq!(common.lifecycle.connections_max, 10);
+        assert_eq!(
+            common.lifecycle.exit_idle_time,
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(proxy.target, Target::Path("/run/aptly.sock".into()));
+        assert_eq!(proxy.connect_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn defaults_match_systemd_socket_proxyd() {
+        let Ok(Config::Proxy(common, _)) = parse(&["proxy", "127.0.0.1:80"]) else {
+            panic!("should parse");
+        };
+        assert_eq!(common.lifecycle.connections_max, 256);
+        assert_eq!(common.lifecycle.exit_idle_time, None);
+        assert!(common.lifecycle.threads >= 1);
+    }
+
+    #[test]
+    fn bad_flags_name_the_flag() {
+        assert!(parse(&["proxy", "-c", "0", "x:1"])
+            .unwrap_err()
+            .contains("--connections-max"));
+        assert!(parse(&["proxy", "--threads", "0", "x:1"])
+            .unwrap_err()
+            .contains("--threads"));
+        assert!(parse(&["proxy", "--exit-idle-time", "soon", "x:1"])
+            .unwrap_err()
+            .contains("--exit-idle-time"));
+        assert!(parse(&["proxy", "--connect-timeout", "infinity", "x:1"])
+            .unwrap_err()
+            .contains("infinity"));
+        assert!(parse(&["proxy", "--listen", "nowhere", "x:1"])
+            .unwrap_err()
+            .contains("--listen"));
+        assert!(parse(&["proxy", "--log-level", "loud", "x:1"])
+            .unwrap_err()
+            .contains("--log-level"));
+        assert!(parse(&["proxy"]).is_err());
+        assert!(parse(&["proxy", "a:1", "b:2"]).is_err());
+    }
+}

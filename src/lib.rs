@@ -1,0 +1,67 @@
+//! ringsock: a socket-activated io_uring forwarder (`proxy`) and HTTP/1.1 mirror server
+//! (`serve`) sharing one activation, worker, limit and shutdown mechanism.
+
+#[macro_use]
+pub mod log;
+pub mod activation;
+pub mod cli;
+pub mod net;
+pub mod notify;
+pub mod proxy;
+pub mod runtime;
+pub mod timespan;
+
+use activation::{ListenAddr, Listener};
+use cli::{Common, Config};
+use notify::Notifier;
+
+/// Runs a validated configuration to completion. The error is the one line `main` prints.
+pub fn run(config: Config) -> Result<(), String> {
+    let common = match &config {
+        Config::Proxy(common, _) | Config::Serve(common, _) => common,
+    };
+    log::init(common.log_level)?;
+    let notifier = Notifier::from_env().map_err(|e| format!("failed to set up sd_notify: {e}"))?;
+    match config {
+        Config::Proxy(common, proxy) => {
+            let listeners = listeners(&common, None)?;
+            let status = format!(
+                "Forwarding to {} on {} sockets",
+                proxy.target,
+                listeners.len()
+            );
+            runtime::run(
+                listeners,
+                &common.lifecycle,
+                &notifier,
+                &status,
+                move |_| proxy::ProxyHandler::new(proxy.target.clone(), proxy.connect_timeout),
+            )
+        }
+        Config::Serve(..) => return Err("`serve` is not available in this build yet".into()),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// Activated sockets plus any `--listen` ones; `default` when there are neither.
+fn listeners(common: &Common, default: Option<ListenAddr>) -> Result<Vec<Listener>, String> {
+    let mut listeners = activation::take_activated().map_err(|e| e.to_string())?;
+    let mut addrs = common.listen.clone();
+    if listeners.is_empty() && addrs.is_empty() {
+        addrs.extend(default);
+    }
+    for addr in addrs {
+        listeners.push(
+            addr.bind()
+                .map_err(|e| format!("failed to listen on {addr}: {e}"))?,
+        );
+    }
+    if listeners.is_empty() {
+        return Err(
+            "no sockets to listen on: start ringsock from a systemd .socket unit \
+                    (or `systemd-socket-activate -l 8080 ringsock ...`), or pass --listen ADDR"
+                .into(),
+        );
+    }
+    Ok(listeners)
+}

@@ -1,0 +1,129 @@
+//! A connected stream socket (TCP or Unix) as the handlers see it: readiness through the
+//! runtime, plus the few raw socket calls the close rules need.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use monoio::net::{TcpStream, UnixStream};
+
+use crate::activation::Family;
+
+/// A connected, non-blocking stream socket registered with this worker's runtime.
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Wraps a connected non-blocking socket. TCP gets TCP_NODELAY: a forwarder must
+    /// not add Nagle delays to the small writes of request/response protocols.
+    pub fn from_fd(fd: OwnedFd, family: Family) -> io::Result<Stream> {
+        Ok(match family {
+            Family::Tcp => {
+                let stream = std::net::TcpStream::from(fd);
+                stream.set_nodelay(true)?;
+                Stream::Tcp(TcpStream::from_std(stream)?)
+            }
+            Family::Unix => Stream::Unix(UnixStream::from_std(
+                std::os::unix::net::UnixStream::from(fd),
+            )?),
+        })
+    }
+
+    /// Waits until a read would not block. `relaxed = false`: the epoll driver then checks
+    /// with poll(2), because our own non-blocking syscalls bypass its readiness cache.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.readable(false).await,
+            Stream::Unix(s) => s.readable(false).await,
+        }
+    }
+
+    pub async fn writable(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.writable(false).await,
+            Stream::Unix(s) => s.writable(false).await,
+        }
+    }
+
+    /// Sends FIN: the peer reads EOF but may still send to us (half-close).
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        // SAFETY: plain syscall on an fd we own.
+        match unsafe { libc::shutdown(self.as_raw_fd(), libc::SHUT_WR) } {
+            0 => Ok(()),
+            _ => match io::Error::last_os_error() {
+                // The peer is already gone; there is nobody left to tell.
+                e if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// Makes the coming close send RST instead of FIN, so the peer learns the stream was
+    /// cut rather than complete.
+    pub fn reset_on_close(&self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: linger is a valid, correctly sized option value.
+        unsafe {
+            libc::setsockopt(
+                self.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+
+    /// The pending socket error (SO_ERROR), used after a non-blocking connect.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: value and len are valid for the kernel to write an int into.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        match (rc, value) {
+            (0, 0) => Ok(None),
+            (0, errno) => Ok(Some(io::Error::from_raw_os_error(errno))),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// Turns a syscall's `-1` into the errno it set.
+pub fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Whether an error means the peer is gone (as opposed to a local failure).
+pub fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNRESET | libc::EPIPE | libc::ECONNABORTED | libc::ETIMEDOUT | libc::ENOTCONN
+        )
+    )
+}

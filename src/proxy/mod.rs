@@ -1,0 +1,105 @@
+//! `ringsock proxy TARGET`: forwards every accepted connection to TARGET, both directions
+//! at once, with splice(2) and half-close kept.
+
+mod pipe;
+mod pump;
+pub mod target;
+
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use crate::log::RateLimit;
+use crate::net::{is_disconnect, Stream};
+use crate::runtime::Handler;
+pub use pipe::PipePool;
+pub use pump::pump;
+pub use target::Target;
+
+/// Pipe size per direction, as systemd-socket-proxyd uses (its F_SETPIPE_SZ).
+pub const PIPE_SIZE: usize = 256 * 1024;
+/// Empty pipes each worker keeps for reuse.
+const PIPES_KEPT: usize = 256;
+
+static CONNECT_ERRORS: RateLimit = RateLimit::new(Duration::from_secs(5));
+static PUMP_ERRORS: RateLimit = RateLimit::new(Duration::from_secs(5));
+
+pub struct ProxyHandler {
+    target: Target,
+    connect_timeout: Duration,
+    pipes: PipePool,
+}
+
+impl ProxyHandler {
+    pub fn new(target: Target, connect_timeout: Duration) -> ProxyHandler {
+        ProxyHandler {
+            target,
+            connect_timeout,
+            pipes: PipePool::new(PIPE_SIZE, PIPES_KEPT),
+        }
+    }
+}
+
+impl Handler for ProxyHandler {
+    async fn handle(self: Rc<Self>, client: Stream) {
+        let upstream = match self.target.connect(self.connect_timeout).await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                crate::warn_limited!(CONNECT_ERRORS, "failed to connect to {}: {e}", self.target);
+                // RST, not FIN: the client must not mistake "no backend" for an empty reply.
+                client.reset_on_close();
+                return;
+            }
+        };
+        if let Err(e) = forward(&client, &upstream, &self.pipes).await {
+            if !is_disconnect(&e) {
+                crate::warn_limited!(
+                    PUMP_ERRORS,
+                    "failed to forward a connection to {}: {e}",
+                    self.target
+                );
+            }
+            crate::debug!("connection to {} aborted: {e}", self.target);
+            // One side failed mid-stream: cut the other with RST too, so it cannot take
+            // a truncated stream for a complete one.
+            client.reset_on_close();
+            upstream.reset_on_close();
+        }
+    }
+}
+
+/// Runs both directions until both finished (each half-closed in turn) or either failed.
+pub async fn forward(client: &Stream, upstream: &Stream, pipes: &PipePool) -> io::Result<()> {
+    both_or_first_error(pump(client, upstream, pipes), pump(upstream, client, pipes)).await
+}
+
+async fn both_or_first_error(
+    a: impl Future<Output = io::Result<()>>,
+    b: impl Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    let (mut a, mut b) = (pin!(a), pin!(b));
+    let (mut a_done, mut b_done) = (false, false);
+    std::future::poll_fn(|cx| {
+        if !a_done {
+            if let Poll::Ready(result) = a.as_mut().poll(cx) {
+                result?;
+                a_done = true;
+            }
+        }
+        if !b_done {
+            if let Poll::Ready(result) = b.as_mut().poll(cx) {
+                result?;
+                b_done = true;
+            }
+        }
+        if a_done && b_done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}

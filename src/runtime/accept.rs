@@ -1,0 +1,169 @@
+//! The accept loop every worker runs on every listener.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::net::{TcpListener, UnixListener};
+
+use super::{Handler, Worker};
+use crate::activation::{Family, Listener};
+use crate::log::RateLimit;
+use crate::net::Stream;
+
+/// This worker's clone of one listening socket.
+pub struct WorkerListener {
+    inner: Inner,
+    family: Family,
+    address: String,
+}
+
+enum Inner {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl WorkerListener {
+    /// Registers a duplicate of the listener with the current thread's runtime. Every
+    /// worker owning its own fd lets the kernel spread connections across them.
+    pub fn new(listener: &Listener) -> io::Result<WorkerListener> {
+        let fd = listener.fd.try_clone()?;
+        let inner = match listener.family {
+            Family::Tcp => Inner::Tcp(TcpListener::from_std(std::net::TcpListener::from(fd))?),
+            Family::Unix => Inner::Unix(UnixListener::from_std(
+                std::os::unix::net::UnixListener::from(fd),
+            )?),
+        };
+        Ok(WorkerListener {
+            inner,
+            family: listener.family,
+            address: listener.address.clone(),
+        })
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        match &self.inner {
+            Inner::Tcp(l) => l.readable(false).await,
+            Inner::Unix(l) => l.readable(false).await,
+        }
+    }
+
+    /// Non-blocking accept4(2). The runtime's accept op is avoided on purpose: cancelling
+    /// one in flight can leak the accepted fd in monoio 0.2.4, and we must be able to stop
+    /// waiting (limit reached, shutdown) at any time.
+    fn try_accept(&self) -> io::Result<Stream> {
+        let fd = match &self.inner {
+            Inner::Tcp(l) => l.as_raw_fd(),
+            Inner::Unix(l) => l.as_raw_fd(),
+        };
+        // SAFETY: null address pointers are allowed; flags are valid.
+        let rc = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        let conn = crate::net::cvt(rc)?;
+        // SAFETY: accept4 returned a new fd that nothing else owns.
+        Stream::from_fd(unsafe { OwnedFd::from_raw_fd(conn) }, self.family)
+    }
+}
+
+static ACCEPT_ERRORS: RateLimit = RateLimit::new(Duration::from_secs(5));
+
+/// Errors after which the listener still works: resource exhaustion and connections
+/// that died in the backlog. Anything else (EBADF, EINVAL) means the socket is broken.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::EINTR
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
+}
+
+pub async fn accept_loop<H: Handler>(listener: WorkerListener, worker: Rc<Worker>, handler: Rc<H>) {
+    let shutdown = worker.shutdown.clone();
+    let mut backoff = Duration::ZERO;
+    loop {
+        // Wait for a pending connection first and take a permit only then: a permit held
+        // while idle on one listener would starve clients waiting on another.
+        monoio::select! {
+            _ = shutdown.wait() => return,
+            ready = listener.readable() => if let Err(e) = ready {
+                crate::error!("failed to wait on listener {}: {e}; no longer accepting there", listener.address);
+                return;
+            },
+        }
+        // Drain the backlog while permits last, without polling again in between.
+        loop {
+            let permit = match worker.limiter.try_acquire() {
+                Some(permit) => permit,
+                None => monoio::select! {
+                    _ = shutdown.wait() => return,
+                    permit = worker.limiter.acquire() => permit,
+                },
+            };
+            match listener.try_accept() {
+                Ok(stream) => {
+                    backoff = Duration::ZERO;
+                    worker.limiter.note_accepted();
+                    let handler = handler.clone();
+                    let tracker = worker.track();
+                    monoio::spawn(async move {
+                        let _permit = permit;
+                        let _tracker = tracker;
+                        handler.handle(stream).await;
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if is_transient(&e) => {
+                    drop(permit);
+                    // Out of fds or memory: accepting again at once would spin. Back off
+                    // 10 ms doubling to 1 s, keep serving the connections we have.
+                    backoff =
+                        (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    crate::warn_limited!(
+                        ACCEPT_ERRORS,
+                        "failed to accept on {}: {e}; retrying in {backoff:?}{}",
+                        listener.address,
+                        if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                            " (raise LimitNOFILE= or lower --connections-max)"
+                        } else {
+                            ""
+                        }
+                    );
+                    monoio::select! {
+                        _ = shutdown.wait() => return,
+                        _ = monoio::time::sleep(backoff) => {},
+                    }
+                    break;
+                }
+                Err(e) => {
+                    crate::error!(
+                        "failed to accept on {}: {e}; no longer accepting there",
+                        listener.address
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}

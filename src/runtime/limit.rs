@@ -1,0 +1,147 @@
+//! The process-wide connection limit (`--connections-max`) and the open-connection
+//! count that `--exit-idle-time` and metrics read.
+//!
+//! A permit is taken *before* accept(2), so at the limit new clients wait in the
+//! kernel's listen backlog instead of being accepted and closed (which is what
+//! systemd-socket-proxyd does, one connection too late).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use super::shutdown::lock;
+
+pub struct Limiter {
+    max: usize,
+    open: AtomicUsize,
+    accepted: AtomicU64,
+    has_waiters: AtomicBool,
+    waiters: Mutex<Vec<Waker>>,
+    epoch: Instant,
+    /// Milliseconds since `epoch` when the open count last fell to zero.
+    idle_since_ms: AtomicU64,
+}
+
+/// One open connection's share of the limit; released on drop.
+pub struct Permit {
+    limiter: Arc<Limiter>,
+}
+
+impl Limiter {
+    pub fn new(max: usize) -> Arc<Limiter> {
+        Arc::new(Limiter {
+            max,
+            open: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            has_waiters: AtomicBool::new(false),
+            waiters: Mutex::new(Vec::new()),
+            epoch: Instant::now(),
+            idle_since_ms: AtomicU64::new(0),
+        })
+    }
+
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        self.open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| Permit {
+                limiter: self.clone(),
+            })
+    }
+
+    /// Waits for a free slot. Only accept loops wait here, a handful per process, so a
+    /// mutex-guarded list of wakers is enough.
+    pub fn acquire(self: &Arc<Self>) -> impl Future<Output = Permit> + '_ {
+        std::future::poll_fn(move |cx| {
+            if let Some(permit) = self.try_acquire() {
+                return Poll::Ready(permit);
+            }
+            {
+                let mut waiters = lock(&self.waiters);
+                if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    waiters.push(cx.waker().clone());
+                }
+                self.has_waiters.store(true, Ordering::SeqCst);
+            }
+            // A permit released between the first try and registering would not have
+            // seen us: look again.
+            match self.try_acquire() {
+                Some(permit) => Poll::Ready(permit),
+                None => Poll::Pending,
+            }
+        })
+    }
+
+    pub fn note_accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// How long no connection has been open; `None` while one is.
+    pub fn idle_for(&self) -> Option<std::time::Duration> {
+        if self.open() > 0 {
+            return None;
+        }
+        let since = self.idle_since_ms.load(Ordering::SeqCst);
+        Some(
+            self.epoch
+                .elapsed()
+                .saturating_sub(std::time::Duration::from_millis(since)),
+        )
+    }
+
+    fn release(&self) {
+        if self.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle_since_ms
+                .store(self.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+        }
+        if self.has_waiters.swap(false, Ordering::SeqCst) {
+            // Wake every waiting accept loop; the ones that lose the race wait again.
+            let waiters = std::mem::take(&mut *lock(&self.waiters));
+            waiters.into_iter().for_each(Waker::wake);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.limiter.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_is_exact() {
+        let limiter = Limiter::new(2);
+        let a = limiter.try_acquire().expect("first");
+        let _b = limiter.try_acquire().expect("second");
+        assert!(limiter.try_acquire().is_none());
+        assert_eq!(limiter.open(), 2);
+        drop(a);
+        assert_eq!(limiter.open(), 1);
+        assert!(limiter.try_acquire().is_some());
+    }
+
+    #[test]
+    fn idle_time_counts_from_the_last_close() {
+        let limiter = Limiter::new(1);
+        let permit = limiter.try_acquire().expect("permit");
+        assert_eq!(limiter.idle_for(), None);
+        drop(permit);
+        assert!(limiter.idle_for().expect("idle") < std::time::Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,402 @@
+//! Thread-per-core workers and the supervisor that starts, watches and stops them.
+//!
+//! Each worker thread owns one monoio runtime (io_uring, or epoll when io_uring is
+//! unavailable), its own clone of every listening fd, and the connections it accepted;
+//! nothing on the data path is shared between threads. The main thread becomes the
+//! supervisor: it handles signals, sd_notify, the watchdog and `--exit-idle-time`.
+
+mod accept;
+pub mod limit;
+pub mod shutdown;
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use monoio::{FusionDriver, FusionRuntime, RuntimeBuilder};
+
+use crate::activation::Listener;
+use crate::net::Stream;
+use crate::notify::Notifier;
+use accept::{accept_loop, WorkerListener};
+use limit::Limiter;
+use shutdown::{LocalShutdown, Shutdown};
+
+/// What a subcommand does with each accepted connection. One instance per worker.
+pub trait Handler: 'static {
+    fn handle(self: Rc<Self>, stream: Stream) -> impl Future<Output = ()>;
+}
+
+/// Settings shared by every subcommand: how many workers, how many connections, when to stop.
+#[derive(Clone, Debug)]
+pub struct Lifecycle {
+    pub threads: usize,
+    pub connections_max: usize,
+    /// `None`: never exit for idleness.
+    pub exit_idle_time: Option<Duration>,
+    pub shutdown_timeout: Duration,
+}
+
+/// Per-worker state handed to handlers.
+pub struct Worker {
+    pub index: usize,
+    pub shutdown: Rc<LocalShutdown>,
+    pub limiter: Arc<Limiter>,
+    open: Cell<usize>,
+    drained: RefCell<Option<Waker>>,
+}
+
+/// Counts a connection as open on its worker until dropped.
+struct Tracker(Rc<Worker>);
+
+impl Worker {
+    fn track(self: &Rc<Self>) -> Tracker {
+        self.open.set(self.open.get() + 1);
+        Tracker(self.clone())
+    }
+
+    /// Resolves when this worker has no open connection left.
+    async fn drained(&self) {
+        std::future::poll_fn(|cx| {
+            if self.open.get() == 0 {
+                Poll::Ready(())
+            } else {
+                *self.drained.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        let open = self.0.open.get() - 1;
+        self.0.open.set(open);
+        if open == 0 {
+            if let Some(waker) = self.0.drained.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Epoll,
+}
+
+/// io_uring submission queue size per worker. Each open connection has at most a couple
+/// of polls in flight; monoio grows its completion handling past this, so it bounds
+/// batching, not connections.
+const RING_ENTRIES: u32 = 4096;
+
+/// Runs `make_handler`'s handlers on the listeners until a signal or `--exit-idle-time`
+/// ends it; returns once open connections drained or `shutdown_timeout` passed.
+pub fn run<H, F>(
+    listeners: Vec<Listener>,
+    lifecycle: &Lifecycle,
+    notifier: &Notifier,
+    status: &str,
+    make_handler: F,
+) -> io::Result<()>
+where
+    H: Handler,
+    F: Fn(&Rc<Worker>) -> H + Send + Sync + 'static,
+{
+    raise_fd_limit();
+    // Blocked here, before any thread starts, so every worker inherits the mask and the
+    // signals wait for the supervisor's sigtimedwait instead of killing the process.
+    let signals = block_signals()?;
+
+    let listeners = Arc::new(listeners);
+    let make_handler = Arc::new(make_handler);
+    let shutdown = Arc::new(Shutdown::default());
+    let limiter = Limiter::new(lifecycle.connections_max);
+    let (ready_tx, ready_rx) = mpsc::channel::<io::Result<Driver>>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+
+    for index in 0..lifecycle.threads {
+        let (listeners, make_handler, shutdown, limiter) = (
+            listeners.clone(),
+            make_handler.clone(),
+            shutdown.clone(),
+            limiter.clone(),
+        );
+        let (ready_tx, done_tx) = (ready_tx.clone(), done_tx.clone());
+        std::thread::Builder::new()
+            .name(format!("ringsock-w{index}"))
+            .spawn(move || {
+                let runtime = RuntimeBuilder::<FusionDriver>::new()
+                    .with_entries(RING_ENTRIES)
+                    .enable_timer()
+                    .attach_thread_pool(Box::new(ThreadPerBlockingTask))
+                    .build();
+                let mut runtime = match runtime {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let driver = match &runtime {
+                    FusionRuntime::Uring(_) => Driver::IoUring,
+                    FusionRuntime::Legacy(_) => Driver::Epoll,
+                };
+                runtime.block_on(async move {
+                    let worker = Rc::new(Worker {
+                        index,
+                        shutdown: Rc::new(LocalShutdown::default()),
+                        limiter,
+                        open: Cell::new(0),
+                        drained: RefCell::new(None),
+                    });
+                    let worker_listeners: io::Result<Vec<WorkerListener>> =
+                        listeners.iter().map(WorkerListener::new).collect();
+                    let worker_listeners = match worker_listeners {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let handler = Rc::new(make_handler(&worker));
+                    drop(listeners);
+                    let _ = ready_tx.send(Ok(driver));
+
+                    let local = worker.shutdown.clone();
+                    monoio::spawn(async move {
+                        shutdown.wait().await;
+                        local.trigger();
+                    });
+                    for listener in worker_listeners {
+                        monoio::spawn(accept_loop(listener, worker.clone(), handler.clone()));
+                    }
+                    worker.shutdown.wait().await;
+                    worker.drained().await;
+                });
+                let _ = done_tx.send(());
+            })?;
+    }
+    drop((ready_tx, done_tx));
+
+    let mut driver = None;
+    for _ in 0..lifecycle.threads {
+        match ready_rx.recv() {
+            Ok(Ok(d)) => driver = Some(d),
+            Ok(Err(e)) => {
+                shutdown.trigger();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("failed to start a worker: {e}"),
+                ));
+            }
+            Err(_) => {
+                shutdown.trigger();
+                return Err(io::Error::other("a worker thread died while starting"));
+            }
+        }
+    }
+    log_driver(driver, lifecycle.threads);
+    for listener in listeners.iter() {
+        crate::info!("listening on {} ({})", listener.address, listener.name);
+    }
+    notifier.send(&format!("READY=1\nSTATUS={status}"));
+
+    let supervisor = Supervisor {
+        lifecycle,
+        notifier,
+        limiter: &limiter,
+        signals: &signals,
+    };
+    let reason = supervisor.wait_for_stop(&done_rx)?;
+    crate::info!(
+        "{reason}; shutting down with {} connections open",
+        limiter.open()
+    );
+    notifier.send(&format!("STOPPING=1\nSTATUS=Shutting down: {reason}"));
+    shutdown.trigger();
+    supervisor.drain(&done_rx);
+    Ok(())
+}
+
+struct Supervisor<'a> {
+    lifecycle: &'a Lifecycle,
+    notifier: &'a Notifier,
+    limiter: &'a Limiter,
+    signals: &'a libc::sigset_t,
+}
+
+impl Supervisor<'_> {
+    /// Sleeps in sigtimedwait, waking for watchdog pings and idle checks; returns why to stop.
+    fn wait_for_stop(&self, done: &mpsc::Receiver<()>) -> io::Result<String> {
+        let watchdog = self.notifier.watchdog_interval();
+        let mut next_ping = watchdog.map(|interval| Instant::now() + interval);
+        loop {
+            // A worker that ends on its own has crashed; let the service manager restart us.
+            if done.try_recv().is_ok() {
+                return Err(io::Error::other("a worker thread stopped unexpectedly"));
+            }
+            let now = Instant::now();
+            let mut wait = Duration::from_secs(1);
+            if let Some(at) = next_ping {
+                if at <= now {
+                    self.notifier.send("WATCHDOG=1");
+                    next_ping = watchdog.map(|interval| now + interval);
+                    continue;
+                }
+                wait = wait.min(at - now);
+            }
+            if let Some(limit) = self.lifecycle.exit_idle_time {
+                if let Some(idle) = self.limiter.idle_for() {
+                    if idle >= limit {
+                        return Ok(format!("no connection for {limit:?} (--exit-idle-time)"));
+                    }
+                    wait = wait.min(limit - idle);
+                }
+            }
+            if let Some(signal) = wait_signal(self.signals, wait) {
+                return Ok(format!("received {}", signal_name(signal)));
+            }
+        }
+    }
+
+    /// Waits for the workers to finish their connections, up to `--shutdown-timeout`.
+    fn drain(&self, done: &mpsc::Receiver<()>) {
+        let deadline = Instant::now() + self.lifecycle.shutdown_timeout;
+        let mut running = self.lifecycle.threads;
+        while running > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                crate::warn!(
+                    "--shutdown-timeout of {:?} reached; closing {} open connections",
+                    self.lifecycle.shutdown_timeout,
+                    self.limiter.open()
+                );
+                return;
+            }
+            // Keep the watchdog fed while connections finish.
+            let step = (deadline - now).min(
+                self.notifier
+                    .watchdog_interval()
+                    .unwrap_or(Duration::from_secs(1)),
+            );
+            match done.recv_timeout(step) {
+                Ok(()) => running -= 1,
+                Err(mpsc::RecvTimeoutError::Timeout) => self.notifier.send("WATCHDOG=1"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+/// Runs monoio's `spawn_blocking` work (only host-name lookups) on a short-lived thread:
+/// rare enough that a standing pool would be idle threads for nothing.
+struct ThreadPerBlockingTask;
+
+impl monoio::blocking::ThreadPool for ThreadPerBlockingTask {
+    fn schedule_task(&self, task: monoio::blocking::BlockingTask) {
+        let _ = std::thread::Builder::new()
+            .name("ringsock-blocking".into())
+            .spawn(move || task.run());
+    }
+}
+
+fn log_driver(driver: Option<Driver>, threads: usize) {
+    match driver {
+        Some(Driver::IoUring) => {
+            crate::info!("using the io_uring driver on {threads} worker threads")
+        }
+        _ => crate::warn!(
+            "io_uring is unavailable ({}); using the epoll driver on {threads} worker threads",
+            why_no_uring()
+        ),
+    }
+}
+
+/// Asks the kernel directly, so the log names the cause (disabled by sysctl, blocked by
+/// seccomp, missing) rather than just "not available".
+fn why_no_uring() -> String {
+    if std::env::var_os("MONOIO_FORCE_LEGACY_DRIVER").is_some() {
+        return "MONOIO_FORCE_LEGACY_DRIVER is set".into();
+    }
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup reads and writes a 120-byte io_uring_params struct.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 2u32, params.as_mut_ptr()) };
+    if fd >= 0 {
+        // SAFETY: the fd was just returned to us.
+        unsafe { libc::close(fd as libc::c_int) };
+        return "the kernel lacks an io_uring operation ringsock needs".into();
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOSYS) => "the kernel has no io_uring".into(),
+        Some(libc::EPERM) => {
+            "io_uring_setup: permission denied; check sysctl kernel.io_uring_disabled \
+                               and the unit's SystemCallFilter="
+                .into()
+        }
+        _ => format!("io_uring_setup: {e}"),
+    }
+}
+
+/// Each proxied connection costs up to four fds; the default soft limit of 1024 would cap
+/// us far below `--connections-max`, and systemd's hard limit is high.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: limit is a valid rlimit to fill and then pass back.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let old = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                crate::debug!(
+                    "raised the open file limit from {old} to {}",
+                    limit.rlim_max
+                );
+            }
+        }
+    }
+}
+
+fn block_signals() -> io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
+            0 => Ok(set),
+            errno => Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<libc::c_int> {
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: set was initialised by block_signals; a null siginfo is allowed.
+    let signal = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) };
+    (signal > 0).then_some(signal)
+}
+
+fn signal_name(signal: libc::c_int) -> &'static str {
+    match signal {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        _ => "a signal",
+    }
+}

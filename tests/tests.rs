@@ -1,0 +1,5 @@
+//! Integration tests: the built `ringsock` binary on real activated sockets.
+
+mod util;
+
+mod proxy;
