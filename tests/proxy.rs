@@ -1,18 +1,48 @@
-//! `ringsock proxy` against real activated sockets and real backends.
+//! `ringsock proxy` against real activated sockets and real backends, every behaviour on
+//! both drivers (io_uring, and epoll via MONOIO_FORCE_LEGACY_DRIVER=1).
 
-use std::time::Duration;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use crate::util::*;
+
+/// How long a log line or notify message may take: generous, a debug build on 2 busy
+/// cores; waits end as soon as the line is there.
+const LOG: Duration = Duration::from_secs(10);
+
+/// Starts `ringsock proxy ARGS.. TARGET` on one TCP listener and waits until it runs on
+/// `driver`, so a test never silently exercises the other one.
+fn proxy(driver: Driver, args: &[&str], target: &str) -> (Ringsock, SocketAddr) {
+    let (listen, addr) = Listen::tcp();
+    let mut all = vec!["proxy"];
+    all.extend_from_slice(args);
+    all.push(target);
+    let ringsock = Spawn::new(&all).listen(listen).driver(driver).start();
+    ringsock.expect_driver(driver);
+    (ringsock, addr)
+}
 
 #[test]
 fn forwards_and_keeps_half_close_on_both_drivers() {
     let backend = EchoBackend::unix();
     for driver in DRIVERS {
         let (listen, addr) = Listen::tcp();
-        let ringsock = Spawn::new(&["proxy", backend.path.to_str().unwrap()]).listen(listen).driver(driver).start();
+        let ringsock = Spawn::new(&["proxy", backend.path.to_str().unwrap()])
+            .listen(listen)
+            .driver(driver)
+            .start();
         let data = pattern(3 << 20, 7);
         let reply = send_half_close_read(connect_tcp(addr), &data);
-        assert!(reply == data, "{driver:?}: reply of {} bytes differs from the {} sent", reply.len(), data.len());
+        assert!(
+            reply == data,
+            "{driver:?}: reply of {} bytes differs from the {} sent",
+            reply.len(),
+            data.len()
+        );
         ringsock.stop();
     }
 }
@@ -20,11 +50,492 @@ fn forwards_and_keeps_half_close_on_both_drivers() {
 #[test]
 fn logs_the_driver_in_use_once() {
     let backend = EchoBackend::unix();
-    for (driver, needle) in [(Driver::IoUring, "using the io_uring driver"), (Driver::Epoll, "using the epoll driver")] {
+    for (driver, needle) in [
+        (Driver::IoUring, "using the io_uring driver"),
+        (Driver::Epoll, "using the epoll driver"),
+    ] {
         let (listen, _) = Listen::tcp();
-        let ringsock = Spawn::new(&["proxy", backend.path.to_str().unwrap()]).listen(listen).driver(driver).start();
+        let ringsock = Spawn::new(&["proxy", backend.path.to_str().unwrap()])
+            .listen(listen)
+            .driver(driver)
+            .start();
         ringsock.wait_for_log(needle, Duration::from_secs(10));
         let log = ringsock.stop();
         assert_eq!(log.matches("driver on").count(), 1, "{log}");
+    }
+}
+
+/// 24 clients at once, each sending, half-closing and reading its echo while it sends:
+/// every byte must come back in order, then EOF. Two carry 64 MiB; the rest are random
+/// sizes up to 4 MiB plus the edges (empty, one byte, one pipe's worth, one past it).
+#[test]
+fn many_concurrent_connections_are_byte_exact() {
+    let backend = Backend::unix(Reply::Echo);
+    let mut sizes: Vec<usize> = vec![64 << 20, 64 << 20, 0, 1, 256 << 10, (256 << 10) + 1];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    while sizes.len() < 24 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        sizes.push((x % (4 << 20)) as usize);
+    }
+    for driver in DRIVERS {
+        let (ringsock, addr) = proxy(driver, &[], &backend.target);
+        let clients: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let stream = connect_tcp(addr);
+                std::thread::spawn(move || {
+                    echo_transfer(stream, len, i * 7919, None)
+                        .map_err(|e| format!("connection {i} ({len} bytes): {e}"))
+                })
+            })
+            .collect();
+        let failures: Vec<String> = clients
+            .into_iter()
+            .filter_map(|c| c.join().unwrap().err())
+            .collect();
+        assert!(
+            failures.is_empty(),
+            "{driver:?}: {failures:#?}\n{}",
+            ringsock.stderr()
+        );
+        ringsock.stop();
+    }
+}
+
+/// The client sends, half-closes and only then reads; the backend answers only after
+/// EOF. systemd-socket-proxyd closes instead of half-closing and this reply is lost.
+#[test]
+fn a_reply_sent_after_the_client_half_closed_arrives() {
+    for backend in [
+        Backend::unix(Reply::AfterEof),
+        Backend::tcp("127.0.0.1:0", Reply::AfterEof),
+    ] {
+        for driver in DRIVERS {
+            let (ringsock, addr) = proxy(driver, &[], &backend.target);
+            for (i, len) in [0usize, 18, 3 << 20].into_iter().enumerate() {
+                let data = pattern(len, i as u64 + 1);
+                let mut stream = connect_tcp(addr);
+                stream.write_all(&data).unwrap();
+                stream.shutdown(Shutdown::Write).unwrap();
+                let mut reply = Vec::new();
+                stream
+                    .read_to_end(&mut reply)
+                    .unwrap_or_else(|e| panic!("{driver:?} {}: {e}", backend.target));
+                assert!(
+                    reply == data,
+                    "{driver:?} to {}: reply of {} bytes, expected the {len} sent",
+                    backend.target,
+                    reply.len()
+                );
+            }
+            ringsock.stop();
+        }
+    }
+}
+
+/// Every TARGET form: TCP v4, TCP v6 as `[::1]:port` and as systemd's `::1:port`, a
+/// Unix path and an abstract name.
+#[test]
+fn forwards_to_every_kind_of_target() {
+    let v4 = Backend::tcp("127.0.0.1:0", Reply::Echo);
+    let v6 = Backend::tcp("[::1]:0", Reply::Echo);
+    let unix = Backend::unix(Reply::Echo);
+    let abstract_ = Backend::abstract_name(Reply::Echo);
+    let v6_port = v6.target.rsplit_once(':').unwrap().1;
+    let targets = [
+        (&v4, v4.target.clone()),
+        (&v6, v6.target.clone()),
+        (&v6, format!("::1:{v6_port}")),
+        (&unix, unix.target.clone()),
+        (&abstract_, abstract_.target.clone()),
+    ];
+    for driver in DRIVERS {
+        for (backend, target) in &targets {
+            let before = backend.accepted();
+            let (ringsock, addr) = proxy(driver, &[], target);
+            echo_transfer(connect_tcp(addr), 1 << 20, 11, None)
+                .unwrap_or_else(|e| panic!("{driver:?} to {target}: {e}"));
+            assert_eq!(
+                backend.accepted(),
+                before + 1,
+                "{driver:?}: {target} is not where the bytes went"
+            );
+            ringsock.stop();
+        }
+    }
+}
+
+/// TCP v4, TCP v6 and Unix listeners at once, each logged with its LISTEN_FDNAMES name
+/// and each forwarding.
+#[test]
+fn serves_several_listeners_with_their_names() {
+    let backend = Backend::unix(Reply::Echo);
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("front.sock");
+        let (v4, v4_addr) = Listen::tcp();
+        let (v6, v6_addr) = Listen::tcp6();
+        let ringsock = Spawn::new(&["proxy", &backend.target])
+            .listen(v4)
+            .listen(v6)
+            .listen(Listen::unix(&path))
+            .names("web:web6:local")
+            .driver(driver)
+            .start();
+        ringsock.expect_driver(driver);
+        ringsock.wait_for_log(&format!("listening on {v4_addr} (web)"), LOG);
+        ringsock.wait_for_log(&format!("listening on {v6_addr} (web6)"), LOG);
+        ringsock.wait_for_log(&format!("listening on {} (local)", path.display()), LOG);
+        echo_transfer(connect_tcp(v4_addr), 1 << 20, 1, None)
+            .unwrap_or_else(|e| panic!("{driver:?} v4: {e}"));
+        echo_transfer(connect_tcp(v6_addr), 1 << 20, 2, None)
+            .unwrap_or_else(|e| panic!("{driver:?} v6: {e}"));
+        echo_transfer(connect_unix(&path), 1 << 20, 3, None)
+            .unwrap_or_else(|e| panic!("{driver:?} unix: {e}"));
+        ringsock.stop();
+    }
+}
+
+/// With the target down the client is accepted and then reset (not a clean EOF it could
+/// take for an empty reply); once the target is up, the next client is served.
+#[test]
+fn a_target_that_is_down_resets_the_client_and_serving_goes_on() {
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("later.sock");
+        let port = free_port("127.0.0.1");
+        let unix_target = path.to_str().unwrap().to_string();
+        let tcp_target = format!("127.0.0.1:{port}");
+        for target in [&unix_target, &tcp_target] {
+            let (ringsock, addr) = proxy(driver, &[], target);
+            expect_reset(addr).unwrap_or_else(|e| panic!("{driver:?} to {target}: {e}"));
+            ringsock.wait_for_log("failed to connect", LOG);
+            let backend = if target == &unix_target {
+                Backend::unix_at(&path, Reply::Echo)
+            } else {
+                Backend::tcp(target, Reply::Echo)
+            };
+            echo_transfer(connect_tcp(addr), 1 << 20, 5, None)
+                .unwrap_or_else(|e| panic!("{driver:?} to {target}: {e}"));
+            assert_eq!(backend.accepted(), 1);
+            ringsock.stop();
+            drop(backend);
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// A Unix backend whose backlog is full answers a non-blocking connect with EAGAIN;
+/// ringsock retries until --connect-timeout, then resets the client. Once the backend
+/// accepts again, clients are served.
+#[test]
+fn connect_timeout_gives_up_on_a_backend_that_never_accepts() {
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // Backlog 0 holds exactly one pending connection: fill it and the queue is full.
+        // SAFETY: listen(2) again on our own listening socket only changes its backlog.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let filler = UnixStream::connect(&path).unwrap();
+        let (ringsock, addr) = proxy(
+            driver,
+            &["--connect-timeout", "500ms"],
+            path.to_str().unwrap(),
+        );
+
+        let mut client = connect_tcp(addr);
+        let start = Instant::now();
+        let mut buf = [0u8; 16];
+        let result = client.read(&mut buf);
+        let waited = start.elapsed();
+        assert!(
+            matches!(&result, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+            "{driver:?}: expected a reset, got {result:?}"
+        );
+        assert!(
+            waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
+            "{driver:?}: reset after {waited:?}, --connect-timeout is 500ms"
+        );
+        ringsock.wait_for_log("--connect-timeout", LOG);
+
+        // The backend comes back: it accepts the filler and then whoever comes next.
+        let serving = std::thread::spawn(move || {
+            for conn in listener.incoming().take(2) {
+                let conn = conn.unwrap();
+                std::thread::spawn(move || echo(conn));
+            }
+        });
+        echo_transfer(connect_tcp(addr), 64 << 10, 9, None)
+            .unwrap_or_else(|e| panic!("{driver:?}: {e}"));
+        drop(filler);
+        serving.join().unwrap();
+        ringsock.stop();
+    }
+}
+
+/// `-c 2`: exactly two connections are forwarded; the third waits in the backlog (its
+/// bytes go nowhere) until one of the two closes, and is then served.
+/// systemd-socket-proxyd would accept it and, being off by one, forward it.
+#[test]
+fn connections_max_is_exact() {
+    let backend = Backend::unix(Reply::Echo);
+    for driver in DRIVERS {
+        let before = backend.accepted();
+        let (ringsock, addr) = proxy(driver, &["-c", "2"], &backend.target);
+        let mut a = connect_tcp(addr);
+        let mut b = connect_tcp(addr);
+        assert_eq!(round_trip(&mut a, b"a").unwrap(), b"a", "{driver:?}");
+        assert_eq!(round_trip(&mut b, b"b").unwrap(), b"b", "{driver:?}");
+
+        let mut c = connect_tcp(addr);
+        c.write_all(b"c").unwrap();
+        assert_silent(
+            &mut c,
+            Duration::from_millis(500),
+            "third connection with -c 2",
+        );
+        assert_eq!(backend.accepted() - before, 2, "{driver:?}");
+
+        drop(a);
+        let mut got = [0u8; 1];
+        c.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("{driver:?}: third connection never served: {e}"));
+        assert_eq!(&got, b"c");
+        assert_eq!(backend.accepted() - before, 3, "{driver:?}");
+
+        // The limit holds again with b and c open.
+        let mut d = connect_tcp(addr);
+        d.write_all(b"d").unwrap();
+        assert_silent(
+            &mut d,
+            Duration::from_millis(300),
+            "fourth connection with two open",
+        );
+        drop(b);
+        d.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("{driver:?}: fourth connection never served: {e}"));
+        assert_eq!(&got, b"d");
+        assert_eq!(round_trip(&mut c, b"still").unwrap(), b"still");
+
+        drop((c, d));
+        ringsock.stop();
+    }
+}
+
+/// `--exit-idle-time 1s`: an open connection keeps it running past the idle time; after
+/// the last close it exits 0 about a second later.
+#[test]
+fn exit_idle_time_counts_from_the_last_close() {
+    let backend = Backend::unix(Reply::Echo);
+    for driver in DRIVERS {
+        let (listen, addr) = Listen::tcp();
+        // Connected before ringsock starts: the connection waits in the backlog, so the
+        // idle clock cannot run out before ringsock sees it.
+        let mut client = connect_tcp(addr);
+        let mut ringsock = Spawn::new(&["proxy", "--exit-idle-time", "1s", &backend.target])
+            .listen(listen)
+            .driver(driver)
+            .start();
+        ringsock.expect_driver(driver);
+        assert_eq!(round_trip(&mut client, b"x").unwrap(), b"x");
+        // Nothing to wait on: the test is that nothing happens while the connection is open.
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            ringsock.exited().is_none(),
+            "{driver:?}: exited with a connection open:\n{}",
+            ringsock.stderr()
+        );
+        assert_eq!(round_trip(&mut client, b"y").unwrap(), b"y");
+
+        drop(client);
+        let closed = Instant::now();
+        let status = ringsock.wait_exit(Duration::from_secs(10));
+        let after = closed.elapsed();
+        assert!(
+            status.success(),
+            "{driver:?}: {status}\n{}",
+            ringsock.stderr()
+        );
+        assert!(
+            after >= Duration::from_millis(800) && after < Duration::from_secs(4),
+            "{driver:?}: exited {after:?} after the last close, --exit-idle-time is 1s"
+        );
+        assert!(
+            ringsock.stderr().contains("--exit-idle-time"),
+            "{}",
+            ringsock.stderr()
+        );
+    }
+}
+
+/// SIGTERM with three 8 MiB transfers half done: they complete byte-exact, a client
+/// connecting after the signal is never forwarded, and the exit code is 0.
+#[test]
+fn sigterm_lets_open_transfers_finish_and_accepts_no_more() {
+    let backend = Backend::unix(Reply::Echo);
+    for driver in DRIVERS {
+        let before = backend.accepted();
+        let (mut ringsock, addr) = proxy(driver, &[], &backend.target);
+        let (reached_tx, reached_rx) = mpsc::channel();
+        let mut go = Vec::new();
+        let transfers: Vec<_> = (0..3)
+            .map(|i| {
+                let (go_tx, go_rx) = mpsc::channel();
+                go.push(go_tx);
+                let gate = Gate {
+                    at: 1 << 20,
+                    reached: reached_tx.clone(),
+                    go: go_rx,
+                };
+                let stream = connect_tcp(addr);
+                std::thread::spawn(move || echo_transfer(stream, 8 << 20, i * 101, Some(gate)))
+            })
+            .collect();
+        for _ in 0..3 {
+            reached_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("transfers never got going");
+        }
+        backend.wait_accepted(before + 3, LOG);
+
+        ringsock.signal(libc::SIGTERM);
+        ringsock.wait_for_log(
+            "received SIGTERM; shutting down with 3 connections open",
+            LOG,
+        );
+        // The listening socket stays open until exit, so this connects (into the
+        // backlog) or is refused; either way it must never reach the backend.
+        let late = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok();
+        if let Some(late) = &late {
+            late.set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let _ = (&*late).write_all(b"late");
+        }
+        drop(go);
+        for (i, t) in transfers.into_iter().enumerate() {
+            t.join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{driver:?}: transfer {i} after SIGTERM: {e}"));
+        }
+        let status = ringsock.wait_exit(Duration::from_secs(20));
+        assert!(
+            status.success(),
+            "{driver:?}: {status}\n{}",
+            ringsock.stderr()
+        );
+        assert_eq!(
+            backend.accepted() - before,
+            3,
+            "{driver:?}: a connection made after SIGTERM was forwarded"
+        );
+        if let Some(mut late) = late {
+            closed_without_data(&mut late)
+                .unwrap_or_else(|e| panic!("{driver:?}: late client: {e}"));
+        }
+    }
+}
+
+/// `--shutdown-timeout 1s` with a connection that never finishes: exit 0 after ~1s.
+#[test]
+fn shutdown_timeout_bounds_the_drain() {
+    let backend = Backend::unix(Reply::Echo);
+    for driver in DRIVERS {
+        let (mut ringsock, addr) = proxy(driver, &["--shutdown-timeout", "1s"], &backend.target);
+        let mut client = connect_tcp(addr);
+        assert_eq!(round_trip(&mut client, b"x").unwrap(), b"x");
+        ringsock.signal(libc::SIGTERM);
+        let start = Instant::now();
+        let status = ringsock.wait_exit(Duration::from_secs(10));
+        let took = start.elapsed();
+        assert!(
+            status.success(),
+            "{driver:?}: {status}\n{}",
+            ringsock.stderr()
+        );
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "{driver:?}: exited {took:?} after SIGTERM, --shutdown-timeout is 1s"
+        );
+        assert!(
+            ringsock.stderr().contains("--shutdown-timeout"),
+            "{}",
+            ringsock.stderr()
+        );
+        // The process is gone, so the connection ends.
+        closed_without_data(&mut client).unwrap_or_else(|e| panic!("{driver:?}: {e}"));
+    }
+}
+
+/// 200 idle proxied connections: waiting is done with readiness (POLL_ADD or epoll), so
+/// no io_uring worker thread (iou-wrk) sleeps on a socket for any of them.
+#[test]
+fn idle_connections_hold_no_threads() {
+    let backend = Backend::unix(Reply::Echo);
+    for driver in DRIVERS {
+        let (ringsock, addr) = proxy(driver, &[], &backend.target);
+        let clients: Vec<TcpStream> = (0..200)
+            .map(|i| {
+                let mut client = connect_tcp(addr);
+                let byte = [i as u8];
+                assert_eq!(round_trip(&mut client, &byte).unwrap(), byte, "{driver:?}");
+                client
+            })
+            .collect();
+        let threads = ringsock.threads();
+        assert!(
+            threads < 16,
+            "{driver:?}: {threads} threads for 200 idle connections: {:?}",
+            thread_names(ringsock.pid())
+        );
+        drop(clients);
+        ringsock.stop();
+    }
+}
+
+fn thread_names(pid: i32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+/// Under journald (JOURNAL_STREAM set) every line carries a syslog priority.
+#[test]
+fn journal_stream_gets_syslog_priorities() {
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.sock");
+        let (listen, addr) = Listen::tcp();
+        let ringsock = Spawn::new(&["proxy", missing.to_str().unwrap()])
+            .listen(listen)
+            .driver(driver)
+            .env("JOURNAL_STREAM", "8:12345")
+            .start();
+        ringsock.expect_driver(driver);
+        expect_reset(addr).unwrap_or_else(|e| panic!("{driver:?}: {e}"));
+        ringsock.wait_for_log("failed to connect", LOG);
+        let log = ringsock.stop();
+        for line in log.lines() {
+            let b = line.as_bytes();
+            assert!(
+                b.len() > 3 && b[0] == b'<' && (b'0'..=b'7').contains(&b[1]) && b[2] == b'>',
+                "{driver:?}: {line:?}"
+            );
+        }
+        assert!(
+            log.lines().any(|l| l.starts_with("<6>listening on")),
+            "{log}"
+        );
+        assert!(
+            log.lines().any(|l| l.starts_with("<4>failed to connect")),
+            "{log}"
+        );
     }
 }

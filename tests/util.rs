@@ -11,6 +11,8 @@ use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringsock");
@@ -71,6 +73,7 @@ pub struct Spawn {
     names: Option<String>,
     env: Vec<(String, String)>,
     driver: Driver,
+    listen_pid: Option<String>,
 }
 
 impl Spawn {
@@ -81,7 +84,20 @@ impl Spawn {
             names: None,
             env: Vec::new(),
             driver: Driver::IoUring,
+            listen_pid: None,
         }
+    }
+
+    /// Passes this LISTEN_PID instead of ringsock's own pid (activation meant for
+    /// another process must be ignored).
+    pub fn listen_pid(mut self, pid: &str) -> Spawn {
+        // It goes into a shell script: digits only.
+        assert!(
+            pid.bytes().all(|b| b.is_ascii_digit()),
+            "LISTEN_PID {pid:?}"
+        );
+        self.listen_pid = Some(pid.to_string());
+        self
     }
 
     pub fn listen(mut self, l: Listen) -> Spawn {
@@ -114,7 +130,11 @@ impl Spawn {
             Command::new(BIN)
         } else {
             let mut cmd = Command::new("sh");
-            cmd.arg("-c").arg("LISTEN_PID=$$ exec \"$0\" \"$@\"").arg(BIN);
+            let script = match &self.listen_pid {
+                Some(pid) => format!("LISTEN_PID={pid} exec \"$0\" \"$@\""),
+                None => "LISTEN_PID=$$ exec \"$0\" \"$@\"".to_string(),
+            };
+            cmd.arg("-c").arg(script).arg(BIN);
             cmd.env("LISTEN_FDS", self.listeners.len().to_string());
             cmd
         };
@@ -143,7 +163,10 @@ impl Spawn {
             cmd.pre_exec(move || {
                 // First move every fd above the target range, then into place, so that
                 // an fd already sitting at 3.. is not clobbered.
-                let high: Vec<i32> = fds.iter().map(|&fd| libc::fcntl(fd, libc::F_DUPFD, 100)).collect();
+                let high: Vec<i32> = fds
+                    .iter()
+                    .map(|&fd| libc::fcntl(fd, libc::F_DUPFD, 100))
+                    .collect();
                 for (i, &fd) in high.iter().enumerate() {
                     if fd < 0 || libc::dup2(fd, 3 + i as i32) < 0 {
                         return Err(std::io::Error::last_os_error());
@@ -155,7 +178,11 @@ impl Spawn {
         }
         let child = cmd.spawn().expect("spawn ringsock");
         drop(self.listeners);
-        Ringsock { child, stderr_path, _dir: dir }
+        Ringsock {
+            child,
+            stderr_path,
+            _dir: dir,
+        }
     }
 }
 
@@ -177,7 +204,10 @@ impl Ringsock {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("ringsock never logged {needle:?}; stderr:\n{}", self.stderr());
+        panic!(
+            "ringsock never logged {needle:?}; stderr:\n{}",
+            self.stderr()
+        );
     }
 
     pub fn signal(&self, signal: i32) {
@@ -194,20 +224,29 @@ impl Ringsock {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("ringsock did not exit within {timeout:?}; stderr:\n{}", self.stderr());
+        panic!(
+            "ringsock did not exit within {timeout:?}; stderr:\n{}",
+            self.stderr()
+        );
     }
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(mut self) -> String {
         self.signal(libc::SIGTERM);
         let status = self.wait_exit(Duration::from_secs(20));
-        assert!(status.success(), "ringsock exited with {status}; stderr:\n{}", self.stderr());
+        assert!(
+            status.success(),
+            "ringsock exited with {status}; stderr:\n{}",
+            self.stderr()
+        );
         self.stderr()
     }
 
     /// Thread count of the process, io_uring kernel workers included.
     pub fn threads(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/task", self.pid())).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 }
 
@@ -221,12 +260,16 @@ impl Drop for Ringsock {
 /// Runs ringsock to completion with no listeners (argument and startup errors).
 pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).stdin(Stdio::null()).env_remove("LISTEN_PID").env_remove("LISTEN_FDS");
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS");
     for (k, v) in env {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run ringsock");
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     (out.status, text)
 }
 
@@ -234,6 +277,8 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) 
 pub struct NotifySocket {
     pub path: PathBuf,
     socket: UnixDatagram,
+    /// What NOTIFY_SOCKET is set to: the path, or `@name`.
+    value: String,
     _dir: tempfile::TempDir,
 }
 
@@ -242,14 +287,47 @@ impl NotifySocket {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let socket = UnixDatagram::bind(&path).unwrap();
-        NotifySocket { path, socket, _dir: dir }
+        let value = path.to_str().unwrap().to_string();
+        NotifySocket {
+            path,
+            socket,
+            value,
+            _dir: dir,
+        }
+    }
+
+    /// In the abstract namespace (`NOTIFY_SOCKET=@name`), as systemd itself may pass.
+    pub fn abstract_name() -> NotifySocket {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!(
+            "ringsock-notify-{}-{}",
+            std::process::id(),
+            BACKEND_SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let socket = UnixDatagram::bind_addr(&addr).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        NotifySocket {
+            path: PathBuf::new(),
+            socket,
+            value: format!("@{name}"),
+            _dir: dir,
+        }
+    }
+
+    /// The value for NOTIFY_SOCKET.
+    pub fn env_value(&self) -> &str {
+        &self.value
     }
 
     /// Next datagram, or None after `timeout`.
     pub fn recv(&self, timeout: Duration) -> Option<String> {
         self.socket.set_read_timeout(Some(timeout)).unwrap();
         let mut buf = [0u8; 4096];
-        self.socket.recv(&mut buf).ok().map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+        self.socket
+            .recv(&mut buf)
+            .ok()
+            .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 
     /// Waits for a datagram containing `needle`; returns it.
@@ -306,7 +384,9 @@ pub fn echo(mut conn: UnixStream) {
 /// Connects with retries (the listener may be in another process's backlog handling).
 pub fn connect_tcp(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     stream
 }
 
@@ -318,7 +398,9 @@ pub fn send_half_close_read(mut stream: TcpStream, data: &[u8]) -> Vec<u8> {
         reader.read_to_end(&mut got).map(|_| got)
     });
     stream.write_all(data).expect("write");
-    stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
     reading.join().unwrap().expect("read reply")
 }
 
@@ -333,4 +415,486 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Runs ringsock under `systemd-socket-activate`, the way the README shows without a
+/// systemd unit: it binds the `-l` addresses, waits for the first connection and execs
+/// ringsock in its own process, so the pid we hold becomes ringsock's.
+pub struct Activate {
+    args: Vec<String>,
+    listen: Vec<String>,
+    fdnames: Option<String>,
+    env: Vec<(String, String)>,
+    driver: Driver,
+}
+
+impl Activate {
+    pub fn new(args: &[&str]) -> Activate {
+        Activate {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            listen: Vec::new(),
+            fdnames: None,
+            env: Vec::new(),
+            driver: Driver::IoUring,
+        }
+    }
+
+    /// One `-l ADDR`; fds are numbered 3.. in this order.
+    pub fn listen(mut self, addr: &str) -> Activate {
+        self.listen.push(addr.to_string());
+        self
+    }
+
+    pub fn fdnames(mut self, names: &str) -> Activate {
+        self.fdnames = Some(names.to_string());
+        self
+    }
+
+    /// Passed with `-E`: the child gets nothing else from our environment.
+    pub fn env(mut self, key: &str, value: &str) -> Activate {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn driver(mut self, driver: Driver) -> Activate {
+        self.driver = driver;
+        self
+    }
+
+    pub fn start(self) -> Ringsock {
+        let mut cmd = Command::new("systemd-socket-activate");
+        for addr in &self.listen {
+            cmd.arg("-l").arg(addr);
+        }
+        if let Some(names) = &self.fdnames {
+            cmd.arg(format!("--fdname={names}"));
+        }
+        let mut env = vec![("RINGSOCK_LOG_LEVEL".to_string(), "debug".to_string())];
+        if let Driver::Epoll = self.driver {
+            env.push(("MONOIO_FORCE_LEGACY_DRIVER".into(), "1".into()));
+        }
+        env.extend(self.env);
+        for (k, v) in env {
+            cmd.arg("-E").arg(format!("{k}={v}"));
+        }
+        cmd.arg(BIN).args(&self.args);
+        // systemd-socket-activate passes on fds it was itself activated with: it must
+        // see none of ours.
+        for var in [
+            "LISTEN_PID",
+            "LISTEN_FDS",
+            "LISTEN_FDNAMES",
+            "NOTIFY_SOCKET",
+            "JOURNAL_STREAM",
+        ] {
+            cmd.env_remove(var);
+        }
+        spawn_logged(cmd)
+    }
+}
+
+/// Spawns `cmd` with stderr going to a file that wait_for_log reads.
+pub fn spawn_logged(mut cmd: Command) -> Ringsock {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stderr_path = dir.path().join("stderr");
+    let stderr = File::create(&stderr_path).expect("stderr file");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    let child = cmd.spawn().expect("spawn");
+    Ringsock {
+        child,
+        stderr_path,
+        _dir: dir,
+    }
+}
+
+impl Ringsock {
+    /// Waits for the log line naming `driver`: the test then really ran on it.
+    pub fn expect_driver(&self, driver: Driver) {
+        let needle = match driver {
+            Driver::IoUring => "using the io_uring driver",
+            Driver::Epoll => "using the epoll driver",
+        };
+        self.wait_for_log(needle, Duration::from_secs(10));
+    }
+
+    /// Exit status if it has exited already.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+}
+
+/// An unused TCP port on `ip` (`127.0.0.1`, `::1`) for programs that bind by number
+/// (systemd-socket-activate, --listen). Another process could take it in between, but
+/// nothing else on a test machine binds random loopback ports.
+pub fn free_port(ip: &str) -> u16 {
+    let ip: std::net::IpAddr = ip.parse().unwrap();
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A connected stream the helpers drive from two threads (writer and reader).
+pub trait Conn: Read + Write + Send + Sized + 'static {
+    fn clone_conn(&self) -> std::io::Result<Self>;
+    fn shutdown_write(&self) -> std::io::Result<()>;
+    fn set_read_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl Conn for TcpStream {
+    fn clone_conn(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+    fn set_read_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(timeout)
+    }
+}
+
+impl Conn for UnixStream {
+    fn clone_conn(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+    fn set_read_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(timeout)
+    }
+}
+
+pub fn connect_unix(path: &Path) -> UnixStream {
+    let stream = UnixStream::connect(path).expect("connect unix");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+}
+
+/// What a [`Backend`] does with each connection.
+#[derive(Clone, Copy, Debug)]
+pub enum Reply {
+    /// Echo every byte as it arrives; half-close after the client did.
+    Echo,
+    /// Read to EOF first, then send everything back and close: the request/response
+    /// shape that needs half-close kept end to end.
+    AfterEof,
+}
+
+/// A backend on a Unix path, an abstract name or TCP; one thread per connection.
+/// Counts the connections it accepted, which is how tests see what ringsock forwarded.
+pub struct Backend {
+    /// The TARGET argument that reaches it.
+    pub target: String,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    wake: Wake,
+    _dir: Option<tempfile::TempDir>,
+}
+
+enum Wake {
+    Tcp(SocketAddr),
+    Unix(std::os::unix::net::SocketAddr),
+}
+
+static BACKEND_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+impl Backend {
+    pub fn unix(reply: Reply) -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = Backend::unix_at(&dir.path().join("backend.sock"), reply);
+        backend._dir = Some(dir);
+        backend
+    }
+
+    /// At a given path, for a target that comes up after ringsock started.
+    pub fn unix_at(path: &Path, reply: Reply) -> Backend {
+        let listener = UnixListener::bind(path).expect("bind backend");
+        let wake = Wake::Unix(std::os::unix::net::SocketAddr::from_pathname(path).unwrap());
+        Backend::run_unix(listener, path.to_str().unwrap().to_string(), wake, reply)
+    }
+
+    /// In the abstract namespace, named uniquely per process and backend.
+    pub fn abstract_name(reply: Reply) -> Backend {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!(
+            "ringsock-test-{}-{}",
+            std::process::id(),
+            BACKEND_SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let listener = UnixListener::bind_addr(&addr).expect("bind abstract backend");
+        Backend::run_unix(listener, format!("@{name}"), Wake::Unix(addr), reply)
+    }
+
+    /// `bind` is `127.0.0.1:0` or `[::1]:0`; the target is the bound address.
+    pub fn tcp(bind: &str, reply: Reply) -> Backend {
+        let listener = TcpListener::bind(bind).expect("bind tcp backend");
+        let addr = listener.local_addr().unwrap();
+        let (accepted, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (a, s) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                a.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || serve(conn, reply));
+            }
+        });
+        Backend {
+            target: addr.to_string(),
+            accepted,
+            stop,
+            wake: Wake::Tcp(addr),
+            _dir: None,
+        }
+    }
+
+    fn run_unix(listener: UnixListener, target: String, wake: Wake, reply: Reply) -> Backend {
+        let (accepted, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (a, s) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                a.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || serve(conn, reply));
+            }
+        });
+        Backend {
+            target,
+            accepted,
+            stop,
+            wake,
+            _dir: None,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` connections were accepted.
+    pub fn wait_accepted(&self, n: usize, timeout: Duration) {
+        let start = Instant::now();
+        while self.accepted() < n {
+            assert!(
+                start.elapsed() < timeout,
+                "backend accepted {} of {n} connections within {timeout:?}",
+                self.accepted()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Backend {
+    /// Stops the accept thread: set the flag, then wake its accept(2) with a connection.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = match &self.wake {
+            Wake::Tcp(addr) => TcpStream::connect(addr).map(drop),
+            Wake::Unix(addr) => UnixStream::connect_addr(addr).map(drop),
+        };
+    }
+}
+
+fn serve<C: Conn>(mut conn: C, reply: Reply) {
+    match reply {
+        Reply::Echo => {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if conn.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        Reply::AfterEof => {
+            let mut got = Vec::new();
+            if conn.read_to_end(&mut got).is_err() || conn.write_all(&got).is_err() {
+                return;
+            }
+        }
+    }
+    let _ = conn.shutdown_write();
+}
+
+/// Length of the pattern block: a prime, so no splice or buffer size divides it and a
+/// chunk lost, doubled or swapped shows up as a mismatch, not as equal bytes.
+const BLOCK_LEN: usize = 1_048_573;
+
+fn block() -> &'static [u8] {
+    static BLOCK: OnceLock<Vec<u8>> = OnceLock::new();
+    BLOCK.get_or_init(|| pattern(BLOCK_LEN, 0x5eed))
+}
+
+/// Up to `max` bytes of the endless repetition of the block, from stream offset `pos`.
+fn stream_at(pos: usize, max: usize) -> &'static [u8] {
+    let off = pos % BLOCK_LEN;
+    &block()[off..BLOCK_LEN.min(off + max)]
+}
+
+/// A pause in [`echo_transfer`]'s sending: after `at` bytes it says so on `reached` and
+/// waits for `go` (dropping the sender counts as go).
+pub struct Gate {
+    pub at: usize,
+    pub reached: mpsc::Sender<()>,
+    pub go: mpsc::Receiver<()>,
+}
+
+/// Sends `len` bytes of the pattern (from offset `seed`, so connections differ), then
+/// half-closes, while reading the echo concurrently and comparing every byte: Ok only
+/// if exactly those bytes came back, followed by EOF.
+pub fn echo_transfer<C: Conn>(
+    conn: C,
+    len: usize,
+    seed: usize,
+    gate: Option<Gate>,
+) -> Result<(), String> {
+    conn.set_read_timeout_to(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    let mut writer = conn.clone_conn().map_err(|e| e.to_string())?;
+    let sending = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut sent = 0;
+        let mut gate = gate;
+        while sent < len {
+            let mut max = (len - sent).min(1 << 18);
+            if let Some(g) = &gate {
+                if sent == g.at {
+                    let _ = g.reached.send(());
+                    let _ = g.go.recv_timeout(Duration::from_secs(60));
+                    gate = None;
+                    continue;
+                }
+                if g.at > sent {
+                    max = max.min(g.at - sent);
+                }
+            }
+            let chunk = stream_at(seed + sent, max);
+            writer.write_all(chunk)?;
+            sent += chunk.len();
+        }
+        if let Some(g) = &gate {
+            let _ = g.reached.send(());
+        }
+        writer.shutdown_write()
+    });
+    let received = read_pattern(conn, len, seed);
+    let sent = sending.join().expect("sender panicked");
+    match (received, sent) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(()), Err(e)) => Err(format!("sending failed: {e}")),
+        (Err(r), Err(s)) => Err(format!("{r}; sending failed too: {s}")),
+    }
+}
+
+/// Reads until EOF and checks it is exactly `len` pattern bytes from offset `seed`.
+pub fn read_pattern<C: Conn>(mut conn: C, len: usize, seed: usize) -> Result<(), String> {
+    let mut buf = vec![0u8; 1 << 18];
+    let mut got = 0usize;
+    loop {
+        let n = match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => return Err(format!("read failed after {got} of {len} bytes: {e}")),
+        };
+        if got + n > len {
+            return Err(format!(
+                "received {} bytes, more than the {len} sent",
+                got + n
+            ));
+        }
+        let mut checked = 0;
+        while checked < n {
+            let want = stream_at(seed + got + checked, n - checked);
+            if buf[checked..checked + want.len()] != *want {
+                let at = (0..want.len())
+                    .find(|&i| buf[checked + i] != want[i])
+                    .unwrap();
+                return Err(format!("byte {} of {len} differs", got + checked + at));
+            }
+            checked += want.len();
+        }
+        got += n;
+    }
+    if got == len {
+        Ok(())
+    } else {
+        Err(format!("EOF after {got} of {len} bytes"))
+    }
+}
+
+/// Writes `data` and reads back exactly as many bytes: one echo round trip.
+pub fn round_trip<C: Conn>(conn: &mut C, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    conn.write_all(data)?;
+    let mut got = vec![0u8; data.len()];
+    conn.read_exact(&mut got)?;
+    Ok(got)
+}
+
+/// Asserts nothing arrives within `wait`: the only way to see that bytes were *not*
+/// forwarded, so it is a timeout by nature.
+pub fn assert_silent<C: Conn>(conn: &mut C, wait: Duration, what: &str) {
+    conn.set_read_timeout_to(Some(wait)).unwrap();
+    let mut buf = [0u8; 64];
+    match conn.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("{what}: expected no data for {wait:?}, got {other:?}"),
+    }
+    conn.set_read_timeout_to(Some(Duration::from_secs(30)))
+        .unwrap();
+}
+
+/// True when the peer closed or reset without sending a byte.
+pub fn closed_without_data<C: Conn>(conn: &mut C) -> Result<(), String> {
+    let mut buf = [0u8; 64];
+    match conn.read(&mut buf) {
+        Ok(0) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        other => Err(format!("expected EOF or reset, got {other:?}")),
+    }
+}
+
+/// Connects and expects to be reset without a byte: either the read gets ECONNRESET,
+/// or the RST already arrived while connect(2) was returning, which then reports it.
+pub fn expect_reset(addr: SocketAddr) -> Result<(), String> {
+    let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Ok(stream) => stream,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+        Err(e) => return Err(format!("connect failed: {e}")),
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        other => Err(format!("expected a reset, got {other:?}")),
+    }
 }
