@@ -2,6 +2,7 @@
 
 mod util;
 
+mod activation;
 mod proxy;
 
 mod packaging;

@@ -1,0 +1,219 @@
+//! Where ringsock's sockets come from and what it tells the service manager: activation
+//! through `systemd-socket-activate`, sd_notify, and the clear exit-1 errors for
+//! arguments and fds it cannot run with.
+
+use std::net::UdpSocket;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+const LOG: Duration = Duration::from_secs(10);
+
+/// `systemd-socket-activate -l 127.0.0.1:P -l /path -l [::1]:P --fdname=web:local:web6`
+/// execs ringsock on the first connection; every listener forwards under its name, and
+/// NOTIFY_SOCKET passed with -E gets READY=1 and STOPPING=1.
+#[test]
+fn runs_under_systemd_socket_activate_with_named_listeners() {
+    let backend = Backend::unix(Reply::Echo);
+    for driver in DRIVERS {
+        let notify = NotifySocket::new();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("front.sock");
+        let v4: std::net::SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+            .parse()
+            .unwrap();
+        let v6: std::net::SocketAddr = format!("[::1]:{}", free_port("::1")).parse().unwrap();
+        let ringsock = Activate::new(&["proxy", &backend.target])
+            .listen(&v4.to_string())
+            .listen(path.to_str().unwrap())
+            .listen(&v6.to_string())
+            .fdnames("web:local:web6")
+            .env("NOTIFY_SOCKET", notify.env_value())
+            .driver(driver)
+            .start();
+        // systemd-socket-activate's own line, once all three are bound.
+        ringsock.wait_for_log("as 5.", LOG);
+
+        // This first connection is what makes it exec ringsock.
+        echo_transfer(connect_tcp(v4), 1 << 20, 1, None)
+            .unwrap_or_else(|e| panic!("{driver:?} v4: {e}"));
+        ringsock.expect_driver(driver);
+        let ready = notify.expect("READY=1", LOG);
+        assert!(ready.contains("STATUS=Forwarding to"), "{ready:?}");
+        ringsock.wait_for_log(&format!("listening on {v4} (web)"), LOG);
+        ringsock.wait_for_log(&format!("listening on {} (local)", path.display()), LOG);
+        ringsock.wait_for_log(&format!("listening on {v6} (web6)"), LOG);
+        echo_transfer(connect_unix(&path), 1 << 20, 2, None)
+            .unwrap_or_else(|e| panic!("{driver:?} unix: {e}"));
+        echo_transfer(connect_tcp(v6), 1 << 20, 3, None)
+            .unwrap_or_else(|e| panic!("{driver:?} v6: {e}"));
+        assert_eq!(backend.accepted() % 3, 0);
+
+        ringsock.stop();
+        notify.expect("STOPPING=1", LOG);
+    }
+}
+
+/// READY=1 (with STATUS=) is the first message, WATCHDOG=1 comes at half of
+/// WATCHDOG_USEC, STOPPING=1 on SIGTERM; to a path and to an abstract NOTIFY_SOCKET.
+#[test]
+fn notifies_ready_watchdog_and_stopping() {
+    let backend = Backend::unix(Reply::Echo);
+    for make in [
+        NotifySocket::new as fn() -> NotifySocket,
+        NotifySocket::abstract_name,
+    ] {
+        for driver in DRIVERS {
+            let notify = make();
+            let (listen, addr) = Listen::tcp();
+            let ringsock = Spawn::new(&["proxy", &backend.target])
+                .listen(listen)
+                .driver(driver)
+                .env("NOTIFY_SOCKET", notify.env_value())
+                .env("WATCHDOG_USEC", "200000")
+                .start();
+            let what = format!("{driver:?}, NOTIFY_SOCKET={}", notify.env_value());
+            let first = notify
+                .recv(LOG)
+                .unwrap_or_else(|| panic!("{what}: no sd_notify message"));
+            assert!(
+                first.contains("READY=1") && first.contains("STATUS="),
+                "{what}: first message {first:?}"
+            );
+            ringsock.expect_driver(driver);
+
+            // Every 100 ms: two pings well within a second.
+            let start = Instant::now();
+            notify.expect("WATCHDOG=1", Duration::from_secs(1));
+            notify.expect("WATCHDOG=1", Duration::from_secs(1));
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "{what}: pings {:?} apart",
+                start.elapsed() / 2
+            );
+
+            echo_transfer(connect_tcp(addr), 4096, 0, None)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            ringsock.stop();
+            let stopping = notify.expect("STOPPING=1", LOG);
+            assert!(stopping.contains("STATUS="), "{what}: {stopping:?}");
+        }
+    }
+}
+
+/// Waits for exit code 1 with an error that mentions every one of `needles`.
+fn fails_with(mut ringsock: Ringsock, needles: &[&str]) -> String {
+    let status = ringsock.wait_exit(LOG);
+    let log = ringsock.stderr();
+    assert_eq!(status.code(), Some(1), "{status}; stderr:\n{log}");
+    for needle in needles {
+        assert!(log.contains(needle), "no {needle:?} in:\n{log}");
+    }
+    log
+}
+
+#[test]
+fn without_sockets_it_says_how_to_pass_them() {
+    let (status, out) = run_to_exit(&["proxy", "/run/backend.sock"], &[]);
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("--listen") && out.contains("systemd"), "{out}");
+}
+
+/// Each fd that is not a listening stream socket is named in the error, in whatever
+/// position it was passed.
+#[test]
+fn a_passed_fd_that_cannot_listen_is_named() {
+    let cases = [
+        ("UDP", "SOCK_STREAM"),
+        ("regular file", "not a socket"),
+        ("connected socket", "not listening"),
+    ];
+    for (what, why) in cases {
+        let bad = || bad_fd(what);
+        let ringsock = Spawn::new(&["proxy", "/run/backend.sock"])
+            .listen(bad())
+            .start();
+        fails_with(ringsock, &["fd 3", why]);
+        // Second, after a good listener: the error must say fd 4, not fd 3.
+        let (good, _) = Listen::tcp();
+        let ringsock = Spawn::new(&["proxy", "/run/backend.sock"])
+            .listen(good)
+            .listen(bad())
+            .names("good:bad")
+            .start();
+        let log = fails_with(ringsock, &["fd 4", "\"bad\"", why]);
+        assert!(!log.contains("fd 3"), "{what}: {log}");
+    }
+}
+
+fn bad_fd(what: &str) -> Listen {
+    Listen::Raw(match what {
+        "UDP" => OwnedFd::from(UdpSocket::bind("127.0.0.1:0").unwrap()),
+        "regular file" => OwnedFd::from(tempfile::tempfile().unwrap()),
+        "connected socket" => OwnedFd::from(UnixStream::pair().unwrap().0),
+        _ => unreachable!("{what}"),
+    })
+}
+
+#[test]
+fn listen_fdnames_must_match_the_count() {
+    let (listen, _) = Listen::tcp();
+    let ringsock = Spawn::new(&["proxy", "/run/backend.sock"])
+        .listen(listen)
+        .names("a:b")
+        .start();
+    fails_with(ringsock, &["LISTEN_FDNAMES"]);
+}
+
+/// LISTEN_PID of another process: the fds were not meant for us, so it is as if none were
+/// passed; with --listen it runs on that address alone.
+#[test]
+fn listen_pid_of_another_process_is_ignored() {
+    let (listen, _) = Listen::tcp();
+    let ringsock = Spawn::new(&["proxy", "/run/backend.sock"])
+        .listen(listen)
+        .listen_pid("1")
+        .start();
+    fails_with(ringsock, &["--listen", "systemd"]);
+
+    let backend = Backend::unix(Reply::Echo);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    let (listen, _) = Listen::tcp();
+    let ringsock = Spawn::new(&["proxy", "--listen", &addr.to_string(), &backend.target])
+        .listen(listen)
+        .listen_pid("1")
+        .start();
+    ringsock.wait_for_log(&format!("listening on {addr}"), LOG);
+    echo_transfer(connect_tcp(addr), 4096, 0, None).unwrap();
+    let log = ringsock.stop();
+    assert_eq!(log.matches("listening on").count(), 1, "{log}");
+}
+
+/// Argument errors exit 1 with a message that points at the problem.
+#[test]
+fn bad_arguments_exit_1() {
+    let cases: [(&[&str], &str); 7] = [
+        (&["proxy", "host:http"], "not a port number"),
+        (&["proxy", "[::1:80"], "missing ']'"),
+        (
+            &["proxy", "-c", "0", "/run/backend.sock"],
+            "--connections-max",
+        ),
+        (&["proxy", "--bogus", "/run/backend.sock"], "--bogus"),
+        (&["proxy"], "TARGET"),
+        (&["proxy", "/run/a.sock", "/run/b.sock"], "/run/b.sock"),
+        (
+            &["proxy", "--exit-idle-time", "soon", "/run/backend.sock"],
+            "--exit-idle-time",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (status, out) = run_to_exit(args, &[]);
+        assert_eq!(status.code(), Some(1), "{args:?}: {out}");
+        assert!(out.contains(needle), "{args:?}: no {needle:?} in {out:?}");
+    }
+}
