@@ -5,6 +5,7 @@
 pub mod log;
 pub mod activation;
 pub mod cli;
+pub mod http;
 pub mod net;
 pub mod notify;
 pub mod proxy;
@@ -38,7 +39,42 @@ pub fn run(config: Config) -> Result<(), String> {
                 move |_| proxy::ProxyHandler::new(proxy.target.clone(), proxy.connect_timeout),
             )
         }
-        Config::Serve(..) => return Err("`serve` is not available in this build yet".into()),
+        Config::Serve(common, serve) => {
+            let root = match &serve.root {
+                Some(dir) => Some(
+                    http::files::Root::new(dir, serve.follow_symlinks, serve.autoindex)
+                        .map_err(|e| format!("failed to open --root {}: {e}", dir.display()))?,
+                ),
+                None => None,
+            };
+            let listeners = listeners(
+                &common,
+                Some(ListenAddr::Inet(std::net::SocketAddr::from((
+                    [127, 0, 0, 1],
+                    8080,
+                )))),
+            )?;
+            let status = match &serve.root {
+                Some(dir) => format!(
+                    "Serving {} over HTTP on {} sockets",
+                    dir.display(),
+                    listeners.len()
+                ),
+                None => format!("Serving the API over HTTP on {} sockets", listeners.len()),
+            };
+            let shared = http::Shared::new(http::Settings {
+                root,
+                header_timeout: serve.header_timeout,
+                keepalive_timeout: serve.keepalive_timeout,
+            });
+            runtime::run(
+                listeners,
+                &common.lifecycle,
+                &notifier,
+                &status,
+                move |worker| http::HttpHandler::new(&shared, worker),
+            )
+        }
     }
     .map_err(|e| e.to_string())
 }

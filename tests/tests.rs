@@ -6,3 +6,4 @@ mod activation;
 mod proxy;
 
 mod packaging;
+mod serve;

@@ -1,0 +1,91 @@
+//! Request and byte counters. Each worker owns its own set (one writer, so plain
+//! load+store instead of locked read-modify-write, on its own cache lines); `/metrics`
+//! sums every worker's set.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::runtime::shutdown::lock;
+
+/// One worker's counters. Aligned so two workers never share a cache line.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct WorkerCounters {
+    /// Responses by status class: index 0 for 1xx up to 4 for 5xx.
+    responses: [AtomicU64; 5],
+    bytes_sent: AtomicU64,
+}
+
+impl WorkerCounters {
+    /// Only the owning worker calls this, so the load+store cannot lose an update.
+    pub fn count_response(&self, class: usize) {
+        if let Some(counter) = self.responses.get(class.wrapping_sub(1)) {
+            bump(counter, 1);
+        }
+    }
+
+    pub fn count_bytes(&self, n: u64) {
+        bump(&self.bytes_sent, n);
+    }
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
+/// Every worker's counters, for summing.
+#[derive(Default)]
+pub struct Metrics {
+    workers: Mutex<Vec<Arc<WorkerCounters>>>,
+}
+
+/// A sum over all workers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub responses: [u64; 5],
+    pub bytes_sent: u64,
+}
+
+impl Metrics {
+    /// A new worker's counters, registered for summing.
+    pub fn register(&self) -> Arc<WorkerCounters> {
+        let counters = Arc::new(WorkerCounters::default());
+        lock(&self.workers).push(counters.clone());
+        counters
+    }
+
+    pub fn totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        for worker in lock(&self.workers).iter() {
+            for (sum, counter) in totals.responses.iter_mut().zip(&worker.responses) {
+                *sum += counter.load(Ordering::Relaxed);
+            }
+            totals.bytes_sent += worker.bytes_sent.load(Ordering::Relaxed);
+        }
+        totals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_workers() {
+        let metrics = Metrics::default();
+        let (a, b) = (metrics.register(), metrics.register());
+        a.count_response(2);
+        b.count_response(2);
+        b.count_response(4);
+        b.count_response(9);
+        a.count_bytes(10);
+        b.count_bytes(5);
+        assert_eq!(
+            metrics.totals(),
+            Totals {
+                responses: [0, 2, 0, 1, 0],
+                bytes_sent: 15
+            }
+        );
+    }
+}

@@ -1,0 +1,518 @@
+//! `ringsock serve`: a minimal HTTP/1.1 server (aptly's `/api/version`, Prometheus
+//! metrics, a mirror tree) run by the same workers, limits and shutdown as `proxy`.
+//!
+//! One task per connection: read into a reused buffer, answer every complete request in
+//! it in order (pipelining) into a reused output buffer, write that with one send, send
+//! file bodies with sendfile(2). Reads use the runtime's ownership-passing receive (on
+//! io_uring one submission that completes with the data); writes are non-blocking
+//! syscalls that wait for readiness only when the socket buffer is full.
+
+pub mod api;
+pub mod files;
+pub mod metrics;
+pub mod request;
+pub mod response;
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::AsyncReadRent;
+use monoio::BufResult;
+
+use crate::net::{is_disconnect, Stream};
+use crate::runtime::{Handler, Worker};
+use files::{FileInfo, Kind, Plan, Root};
+use metrics::{Metrics, WorkerCounters};
+use request::{Method, Reject, Request};
+use response::{Connection, DateCache, HeadWriter, Status};
+
+/// What the server was configured with, shared by all workers.
+pub struct Settings {
+    pub root: Option<Root>,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+/// Built once; every worker's handler holds it.
+pub struct Shared {
+    settings: Settings,
+    metrics: Metrics,
+}
+
+impl Shared {
+    pub fn new(settings: Settings) -> Arc<Shared> {
+        Arc::new(Shared {
+            settings,
+            metrics: Metrics::default(),
+        })
+    }
+}
+
+/// One per worker.
+pub struct HttpHandler {
+    shared: Arc<Shared>,
+    worker: Rc<Worker>,
+    counters: Arc<WorkerCounters>,
+    date: DateCache,
+}
+
+/// Where a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Version,
+    Metrics,
+    Files,
+    NotFound,
+}
+
+/// Routes on the path (query already stripped). The API wins over files of the same name.
+pub fn route(path: &[u8], has_root: bool) -> Route {
+    match path {
+        b"/api/version" => Route::Version,
+        b"/metrics" => Route::Metrics,
+        _ if has_root => Route::Files,
+        _ => Route::NotFound,
+    }
+}
+
+/// A file body still to send after the head.
+struct Body {
+    file: File,
+    offset: u64,
+    len: u64,
+}
+
+/// First read buffer; grown to [`request::MAX_HEAD`] only for a head that needs it.
+const READ_BUF: usize = 4096;
+/// Pipelined answers are batched into one send up to this size.
+const FLUSH_AT: usize = 64 * 1024;
+/// After an error answer, how long and how much we read and discard before closing, so
+/// unread request bytes do not turn our close into a RST that destroys the answer.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+impl HttpHandler {
+    pub fn new(shared: &Arc<Shared>, worker: &Rc<Worker>) -> HttpHandler {
+        HttpHandler {
+            counters: shared.metrics.register(),
+            shared: shared.clone(),
+            worker: worker.clone(),
+            date: DateCache::default(),
+        }
+    }
+}
+
+impl Handler for HttpHandler {
+    async fn handle(self: Rc<Self>, mut stream: Stream) {
+        if let Err(e) = self.serve(&mut stream).await {
+            if !is_disconnect(&e) {
+                crate::debug!("failed to serve a connection: {e}");
+            }
+            // A body cut short must not look complete to the client.
+            stream.reset_on_close();
+        }
+    }
+}
+
+/// Why the wait for more request bytes ended.
+enum Wake<T> {
+    Read(BufResult<usize, T>),
+    Timeout,
+    Shutdown,
+}
+
+impl HttpHandler {
+    async fn serve(&self, stream: &mut Stream) -> io::Result<()> {
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
+        let mut out: Vec<u8> = Vec::with_capacity(READ_BUF);
+        let mut rel: Vec<u8> = Vec::new();
+        // When the head being read began; `None` while idle between requests.
+        let mut head_started = Some(Instant::now());
+        loop {
+            let mut start = 0;
+            let mut close = false;
+            while start < buf.len() {
+                let req = match request::parse(&buf[start..]) {
+                    Ok(Some(req)) => req,
+                    Ok(None) => break,
+                    Err(Reject { status, why }) => {
+                        crate::debug!("rejecting a request with {}: {why}", status.code);
+                        self.simple(&mut out, status, Connection::Close, false);
+                        return self.finish_closing(stream, &mut out).await;
+                    }
+                };
+                start += req.head_len;
+                let connection = if !req.keep_alive || self.worker.shutdown.is_triggered() {
+                    Connection::Close
+                } else if req.http10 {
+                    Connection::KeepAlive10
+                } else {
+                    Connection::KeepAlive
+                };
+                let body = self.respond(&req, connection, &mut out, &mut rel);
+                if let Some(body) = body {
+                    // The head goes with MSG_MORE so it shares a segment with the body.
+                    self.write_out(stream, &mut out, true).await?;
+                    let mut sent = 0;
+                    let result =
+                        files::send_file(stream, &body.file, body.offset, body.len, &mut sent)
+                            .await;
+                    self.counters.count_bytes(sent);
+                    result?;
+                }
+                if connection == Connection::Close {
+                    close = true;
+                    break;
+                }
+                if out.len() >= FLUSH_AT {
+                    self.write_out(stream, &mut out, false).await?;
+                }
+            }
+            if close {
+                return self.finish_closing(stream, &mut out).await;
+            }
+            self.write_out(stream, &mut out, false).await?;
+
+            // Keep only the unanswered rest, at the front.
+            if start > 0 {
+                buf.copy_within(start.., 0);
+                buf.truncate(buf.len() - start);
+                head_started = (!buf.is_empty()).then(Instant::now);
+            }
+            if buf.len() == buf.capacity() {
+                buf.reserve_exact(request::MAX_HEAD - buf.len());
+            }
+
+            let (idle, wait) = match head_started {
+                None => (true, self.shared.settings.keepalive_timeout),
+                Some(at) => (
+                    false,
+                    self.shared
+                        .settings
+                        .header_timeout
+                        .saturating_sub(at.elapsed()),
+                ),
+            };
+            let len = buf.len();
+            let wake = {
+                let read = read_owned(stream, buf.slice_mut(len..));
+                let shutdown = async {
+                    // Only an idle connection is closed at shutdown; a request being
+                    // read is answered (with `Connection: close`).
+                    if idle {
+                        self.worker.shutdown.wait().await
+                    } else {
+                        std::future::pending().await
+                    }
+                };
+                monoio::select! {
+                    r = read => Wake::Read(r),
+                    _ = monoio::time::sleep(wait) => Wake::Timeout,
+                    _ = shutdown => Wake::Shutdown,
+                }
+            };
+            match wake {
+                Wake::Read((Ok(0), _)) => return Ok(()),
+                Wake::Read((Ok(_), slice)) => {
+                    buf = slice.into_inner();
+                    if head_started.is_none() {
+                        head_started = Some(Instant::now());
+                    }
+                }
+                Wake::Read((Err(e), _)) => return Err(e),
+                // Idle keep-alive connections just close, as nginx does.
+                Wake::Timeout | Wake::Shutdown if idle => return Ok(()),
+                Wake::Timeout | Wake::Shutdown => {
+                    self.simple(
+                        &mut out,
+                        response::REQUEST_TIMEOUT,
+                        Connection::Close,
+                        false,
+                    );
+                    return self.finish_closing(stream, &mut out).await;
+                }
+            }
+        }
+    }
+
+    /// Writes the head (and small body) of one answer into `out`; a file body is
+    /// returned for the caller to send after flushing.
+    fn respond(
+        &self,
+        req: &Request<'_>,
+        connection: Connection,
+        out: &mut Vec<u8>,
+        rel: &mut Vec<u8>,
+    ) -> Option<Body> {
+        let head_only = req.method == Method::Head;
+        if req.method == Method::NotAllowed {
+            self.count(response::METHOD_NOT_ALLOWED);
+            let date = self.date.now();
+            let mut head = HeadWriter::start(out, response::METHOD_NOT_ALLOWED, &date);
+            head.header("Allow", b"GET, HEAD");
+            error_body(head, response::METHOD_NOT_ALLOWED, connection, false);
+            return None;
+        }
+        let path = request::path_of(req.target);
+        match route(path, self.shared.settings.root.is_some()) {
+            Route::Version => {
+                self.count(response::OK);
+                let date = self.date.now();
+                let mut head = HeadWriter::start(out, response::OK, &date);
+                head.header("Content-Type", api::VERSION_TYPE)
+                    .content_length(api::VERSION_BODY.len() as u64);
+                head.finish(connection);
+                if !head_only {
+                    out.extend_from_slice(api::VERSION_BODY);
+                }
+                None
+            }
+            Route::Metrics => {
+                let mut text = String::with_capacity(1024);
+                api::render_metrics(
+                    &mut text,
+                    self.worker.limiter.accepted(),
+                    self.worker.limiter.open(),
+                    &self.shared.metrics.totals(),
+                );
+                self.count(response::OK);
+                let date = self.date.now();
+                let mut head = HeadWriter::start(out, response::OK, &date);
+                head.header("Content-Type", api::METRICS_TYPE)
+                    .content_length(text.len() as u64);
+                head.finish(connection);
+                if !head_only {
+                    out.extend_from_slice(text.as_bytes());
+                }
+                None
+            }
+            Route::NotFound => {
+                self.simple(out, response::NOT_FOUND, connection, head_only);
+                None
+            }
+            Route::Files => match self.file(req, path, connection, out, rel) {
+                Ok(body) => body,
+                Err(status) => {
+                    self.simple(out, status, connection, head_only);
+                    None
+                }
+            },
+        }
+    }
+
+    fn file(
+        &self,
+        req: &Request<'_>,
+        path: &[u8],
+        connection: Connection,
+        out: &mut Vec<u8>,
+        rel: &mut Vec<u8>,
+    ) -> Result<Option<Body>, Status> {
+        let root = self
+            .shared
+            .settings
+            .root
+            .as_ref()
+            .ok_or(response::NOT_FOUND)?;
+        files::resolve(path, rel)?;
+        let c_rel = std::ffi::CStr::from_bytes_with_nul(rel).map_err(|_| response::BAD_REQUEST)?;
+        let file = root.open(c_rel)?;
+        let kind = files::kind(&file).map_err(|_| response::INTERNAL_SERVER_ERROR)?;
+        let info = match kind {
+            Kind::File(info) => info,
+            Kind::Dir if root.autoindex => {
+                self.directory(req, path, &file, connection, out)?;
+                return Ok(None);
+            }
+            Kind::Dir | Kind::Other => return Err(response::FORBIDDEN),
+        };
+        let head_only = req.method == Method::Head;
+        let date = self.date.now();
+        let plan = files::plan(&info, req);
+        let status = match plan {
+            Plan::NotModified => response::NOT_MODIFIED,
+            Plan::Full => response::OK,
+            Plan::Partial { .. } => response::PARTIAL_CONTENT,
+            Plan::Unsatisfiable => response::RANGE_NOT_SATISFIABLE,
+        };
+        self.count(status);
+        let mut head = HeadWriter::start(out, status, &date);
+        validators(&mut head, &info);
+        let (offset, len) = match plan {
+            Plan::NotModified => {
+                head.finish(connection);
+                return Ok(None);
+            }
+            Plan::Unsatisfiable => {
+                let mut value = b"bytes */".to_vec();
+                response::push_u64(&mut value, info.len);
+                head.header("Content-Range", &value);
+                error_body(head, status, connection, head_only);
+                return Ok(None);
+            }
+            Plan::Full => (0, info.len),
+            Plan::Partial { first, last } => {
+                head.content_range(first, last, info.len);
+                (first, last - first + 1)
+            }
+        };
+        head.header("Content-Type", files::content_type(&rel[..rel.len() - 1]))
+            .header("Accept-Ranges", b"bytes")
+            .content_length(len);
+        head.finish(connection);
+        Ok((!head_only && len > 0).then_some(Body { file, offset, len }))
+    }
+
+    /// A directory under `--autoindex`: redirect to the slash form, then list it.
+    fn directory(
+        &self,
+        req: &Request<'_>,
+        path: &[u8],
+        dir: &File,
+        connection: Connection,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Status> {
+        let date = self.date.now();
+        if !path.ends_with(b"/") {
+            self.count(response::MOVED_PERMANENTLY);
+            let mut location = path.to_vec();
+            location.push(b'/');
+            let mut head = HeadWriter::start(out, response::MOVED_PERMANENTLY, &date);
+            head.header("Location", &location);
+            error_body(head, response::MOVED_PERMANENTLY, connection, false);
+            return Ok(());
+        }
+        let mut html = Vec::new();
+        files::autoindex(dir, path, &mut html).map_err(|_| response::INTERNAL_SERVER_ERROR)?;
+        self.count(response::OK);
+        let mut head = HeadWriter::start(out, response::OK, &date);
+        head.header("Content-Type", b"text/html; charset=utf-8")
+            .content_length(html.len() as u64);
+        head.finish(connection);
+        if req.method != Method::Head {
+            out.extend_from_slice(&html);
+        }
+        Ok(())
+    }
+
+    /// A status with a one-line text body, e.g. `404 Not Found`.
+    fn simple(&self, out: &mut Vec<u8>, status: Status, connection: Connection, head_only: bool) {
+        self.count(status);
+        let date = self.date.now();
+        let head = HeadWriter::start(out, status, &date);
+        error_body(head, status, connection, head_only);
+    }
+
+    fn count(&self, status: Status) {
+        self.counters.count_response(status.class());
+    }
+
+    /// Sends and empties `out`. `more`: a body follows at once (MSG_MORE).
+    async fn write_out(&self, stream: &Stream, out: &mut Vec<u8>, more: bool) -> io::Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let result = write_all(stream, out, more).await;
+        self.counters.count_bytes(out.len() as u64);
+        out.clear();
+        result
+    }
+
+    /// Sends what is left, then closes gracefully: FIN first, and unread request bytes
+    /// read and dropped for a while, so the client gets to read the answer.
+    async fn finish_closing(&self, stream: &mut Stream, out: &mut Vec<u8>) -> io::Result<()> {
+        self.write_out(stream, out, false).await?;
+        stream.shutdown_write()?;
+        let deadline = Instant::now() + LINGER_TIME;
+        let mut drained = 0;
+        let mut buf = std::mem::take(out);
+        buf.reserve(READ_BUF);
+        while drained < LINGER_BYTES {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            buf.clear();
+            let read = read_owned(stream, buf);
+            let (result, back) = monoio::select! {
+                r = read => r,
+                _ = monoio::time::sleep(left) => break,
+            };
+            buf = back;
+            match result {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Last-Modified and ETag, on every answer about a file.
+fn validators(head: &mut HeadWriter<'_>, info: &FileInfo) {
+    head.header("Last-Modified", &response::format_http_date(info.mtime))
+        .header("ETag", info.etag());
+}
+
+/// Finishes `head` with a `CODE Reason\n` text body.
+fn error_body(mut head: HeadWriter<'_>, status: Status, connection: Connection, head_only: bool) {
+    // "NNN " + reason + "\n"
+    let len = 4 + status.reason.len() + 1;
+    head.header("Content-Type", b"text/plain; charset=utf-8")
+        .content_length(len as u64);
+    let out = head.finish(connection);
+    if !head_only {
+        response::push_u64(out, u64::from(status.code));
+        out.push(b' ');
+        out.extend_from_slice(status.reason.as_bytes());
+        out.push(b'\n');
+    }
+}
+
+/// The runtime's receive on either kind of stream.
+async fn read_owned<T: IoBufMut>(stream: &mut Stream, buf: T) -> BufResult<usize, T> {
+    match stream {
+        Stream::Tcp(s) => s.read(buf).await,
+        Stream::Unix(s) => s.read(buf).await,
+    }
+}
+
+/// Writes all of `data` with non-blocking send(2), waiting for write readiness only
+/// when the socket buffer is full.
+async fn write_all(stream: &Stream, data: &[u8], more: bool) -> io::Result<()> {
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | if more { libc::MSG_MORE } else { 0 };
+    let mut at = 0;
+    while at < data.len() {
+        let rest = &data[at..];
+        // SAFETY: rest is valid for reads of rest.len() bytes; the fd is open.
+        let n = unsafe { libc::send(stream.as_raw_fd(), rest.as_ptr().cast(), rest.len(), flags) };
+        if n >= 0 {
+            at += n as usize;
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => stream.writable().await?,
+            io::ErrorKind::Interrupted => {}
+            _ => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route(b"/api/version", false), Route::Version);
+        assert_eq!(route(b"/metrics", true), Route::Metrics);
+        assert_eq!(route(b"/dists/x/InRelease", true), Route::Files);
+        assert_eq!(route(b"/dists/x/InRelease", false), Route::NotFound);
+    }
+}
