@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -325,14 +325,6 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `ListenStream=HOST:PORT` of a unit, with the port (or template instance) replaced.
 fn listen_on(socket_unit: &str, port: u16) -> String {
     let listen = value(socket_unit, "ListenStream");
@@ -411,7 +403,7 @@ fn seed_aptly_setup_end_to_end_through_ringsock_proxy() {
         "aptly-proxy.service must forward to aptly.socket"
     );
     let notify = NotifySocket::new();
-    let port = free_port();
+    let port = free_port("127.0.0.1");
     let listen = listen_on(&read_unit("examples/aptly-proxy.socket"), port);
     assert_eq!(listen, format!("127.0.0.1:{port}"));
     let mut proxy = Proc::start(
@@ -446,7 +438,7 @@ fn seed_aptly_setup_end_to_end_through_ringsock_proxy() {
     }
 
     // The ringsock-proxy@ template's command line, as /etc/ringsock/proxy-PORT.env fills it.
-    let port2 = free_port();
+    let port2 = free_port("127.0.0.1");
     let listen2 = listen_on(&read_unit("ringsock-proxy@.socket"), port2);
     let template_cmd = expand(
         &value(&read_unit("ringsock-proxy@.service"), "ExecStart"),
@@ -716,4 +708,103 @@ fn deb_package_has_everything_installs_and_runs() {
             text(&out)
         );
     }
+}
+
+/// Installs, in the child before exec, a seccomp filter that gives the three io_uring
+/// calls `action` — what SystemCallFilter= without them does in a unit.
+fn seccomp_io_uring(cmd: &mut Command, action: u32) {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const ALLOW: u32 = 0x7fff_0000;
+    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let calls = [
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+    ];
+    let mut filter = vec![insn(LD_W_ABS, 0, 0, 0)]; // seccomp_data.nr
+    for (i, nr) in calls.iter().enumerate() {
+        // Jump to the `action` return below the remaining checks and the allow.
+        let to_action = (calls.len() - i) as u8;
+        filter.push(insn(JEQ_K, to_action, 0, *nr as u32));
+    }
+    filter.push(insn(RET_K, 0, 0, ALLOW));
+    filter.push(insn(RET_K, 0, 0, action));
+    // SAFETY: between fork and exec only prctl(2) on memory allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut _,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const _,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn proxy_under_seccomp(backend: &EchoBackend, port: u16, action: u32) -> Ringsock {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+        .arg(&backend.path)
+        .env("RINGSOCK_LOG_LEVEL", "debug");
+    for var in [
+        "LISTEN_PID",
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
+        "JOURNAL_STREAM",
+        "MONOIO_FORCE_LEGACY_DRIVER",
+    ] {
+        cmd.env_remove(var);
+    }
+    seccomp_io_uring(&mut cmd, action);
+    spawn_logged(cmd)
+}
+
+/// What the README promises for a hardened unit whose SystemCallFilter= lacks the io_uring
+/// calls: with SystemCallErrorNumber=EPERM ringsock says why and works on epoll; without
+/// it, the kernel kills the process with SIGSYS (systemd shows status=31/SYS).
+#[test]
+fn io_uring_blocked_by_seccomp_falls_back_or_dies_as_documented() {
+    use std::os::unix::process::ExitStatusExt;
+    let backend = EchoBackend::unix();
+
+    let port = free_port("127.0.0.1");
+    let ringsock = proxy_under_seccomp(&backend, port, 0x0005_0000 | libc::EPERM as u32);
+    ringsock.wait_for_log(
+        "io_uring is unavailable (io_uring_setup: permission denied; check sysctl kernel.io_uring_disabled",
+        Duration::from_secs(10),
+    );
+    ringsock.wait_for_log("using the epoll driver", Duration::from_secs(10));
+    let data = pattern(1 << 20, 11);
+    let reply = send_half_close_read(connect_tcp(([127, 0, 0, 1], port).into()), &data);
+    assert!(
+        reply == data,
+        "{} bytes back of {}:\n{}",
+        reply.len(),
+        data.len(),
+        ringsock.stderr()
+    );
+    let log = ringsock.stop();
+    assert!(!log.contains("using the io_uring driver"), "{log}");
+
+    let port = free_port("127.0.0.1");
+    let mut ringsock = proxy_under_seccomp(&backend, port, 0x8000_0000); // SECCOMP_RET_KILL_PROCESS
+    let status = ringsock.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGSYS),
+        "{status}:\n{}",
+        ringsock.stderr()
+    );
 }
