@@ -325,12 +325,13 @@ impl Drop for Proc {
     }
 }
 
-/// `ListenStream=HOST:PORT` of a unit, with the port (or template instance) replaced.
+/// `ListenStream=` of a unit with the port (or template instance) replaced; a bare port
+/// (all addresses) becomes 127.0.0.1, as tests listen on loopback only.
 fn listen_on(socket_unit: &str, port: u16) -> String {
     let listen = value(socket_unit, "ListenStream");
-    let (host, _) = listen
+    let host = listen
         .rsplit_once(':')
-        .unwrap_or_else(|| panic!("{listen} has no port"));
+        .map_or("127.0.0.1", |(host, _)| host);
     format!("{host}:{port}")
 }
 
@@ -470,6 +471,72 @@ fn seed_aptly_setup_end_to_end_through_ringsock_proxy() {
         "ringsock logs the driver in use:\n{}",
         proxy.log()
     );
+}
+
+/// ringsock-serve.socket/.service as shipped, on a mirror tree: the unit's command line with
+/// ROOT and OPTIONS as /etc/ringsock/serve.env sets them, socket-activated.
+#[test]
+fn serve_unit_serves_a_mirror_tree_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("public");
+    fs::create_dir_all(root.join("dists/bookworm/main/binary-amd64")).unwrap();
+    let release = pattern(100_000, 5);
+    fs::write(root.join("dists/bookworm/Release"), &release).unwrap();
+
+    let command = expand(
+        &value(&read_unit("ringsock-serve.service"), "ExecStart"),
+        &[("ROOT", root.to_str().unwrap()), ("OPTIONS", "--autoindex")],
+    );
+    assert_eq!(command[0], UNIT_BIN);
+    let listen = listen_on(&read_unit("ringsock-serve.socket"), free_port("127.0.0.1"));
+    let notify = NotifySocket::new();
+    let mut serve = Proc::start(
+        Command::new("systemd-socket-activate")
+            .args(["-l", &listen])
+            .arg(format!("-ENOTIFY_SOCKET={}", notify.path.display()))
+            .args(["-ERINGSOCK_LOG_LEVEL=debug", "--", BIN])
+            .args(&command[1..]),
+        dir.path().join("serve.log"),
+    );
+    serve.wait_for_log("Listening on", Duration::from_secs(10));
+
+    let base = format!("http://{listen}");
+    let release_url = format!("{base}/dists/bookworm/Release");
+    let out = run(Command::new("curl").args(["-sS", "--max-time", "10", &release_url]));
+    assert!(
+        out.stdout == release,
+        "Release: {} bytes of {}:\n{}",
+        out.stdout.len(),
+        release.len(),
+        serve.log()
+    );
+    notify.expect("READY=1", Duration::from_secs(10));
+    // apt resumes with Range.
+    let out = run(Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-r",
+        "1000-1999",
+        "-w",
+        "%{http_code}",
+        &release_url,
+    ]));
+    assert_eq!(&out.stdout[..1000], &release[1000..2000]);
+    assert_eq!(&out.stdout[1000..], b"206");
+    // --autoindex from OPTIONS took effect.
+    let (meta, listing) = curl_version(&[], &format!("{base}/dists/bookworm/"));
+    assert!(meta.starts_with("200 text/html"), "{meta}");
+    assert!(
+        listing.contains("main/") && listing.contains("Release"),
+        "{listing}"
+    );
+    let (meta, body) = curl_version(&[], &format!("{base}/api/version"));
+    assert!(meta.starts_with("200 application/json"), "{meta}");
+    assert!(body.starts_with("{\"Version\":\""), "{body}");
+
+    serve.terminate(Duration::from_secs(20));
+    notify.expect("STOPPING=1", Duration::from_secs(5));
 }
 
 /// Flags (`-c`, `--connections-max`, ...) in the Options section of `ringsock ARGS --help`.
