@@ -123,20 +123,17 @@ fn open_status(e: io::Error) -> Status {
 /// empty and `.` segments are dropped. The root itself is `.`.
 pub fn resolve(path: &[u8], rel: &mut Vec<u8>) -> Result<(), Status> {
     rel.clear();
-    let mut i = 0;
-    while i < path.len() {
-        let b = path[i];
-        if b == b'%' {
-            let hex = path.get(i + 1..i + 3).ok_or(response::BAD_REQUEST)?;
-            let byte = (hex_value(hex[0]).ok_or(response::BAD_REQUEST)? << 4)
-                | hex_value(hex[1]).ok_or(response::BAD_REQUEST)?;
-            rel.push(byte);
-            i += 3;
-        } else {
-            rel.push(b);
-            i += 1;
-        }
+    let mut rest = path;
+    // Copy the runs between escapes whole; escapes are rare in mirror paths.
+    while let Some(at) = rest.iter().position(|&b| b == b'%') {
+        rel.extend_from_slice(&rest[..at]);
+        let hex = rest.get(at + 1..at + 3).ok_or(response::BAD_REQUEST)?;
+        let high = hex_value(hex[0]).ok_or(response::BAD_REQUEST)?;
+        let low = hex_value(hex[1]).ok_or(response::BAD_REQUEST)?;
+        rel.push(high << 4 | low);
+        rest = &rest[at + 3..];
     }
+    rel.extend_from_slice(rest);
     if rel.iter().any(|&b| b == 0 || b == b'\\') {
         return Err(response::BAD_REQUEST);
     }

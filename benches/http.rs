@@ -1,0 +1,96 @@
+//! Micro-benchmarks of `ringsock serve`'s per-request CPU work, without sockets: what a
+//! worker spends on each request before and after the syscalls.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ringsock::http::files::{self, FileInfo};
+use ringsock::http::response::{self, Connection, HeadWriter};
+use ringsock::http::{api, request, route};
+
+/// What apt 2.6 sends for an index file it already has (If-Modified-Since revalidation).
+const APT_HEAD: &[u8] = b"GET /debian/dists/bookworm/main/binary-amd64/Packages.xz HTTP/1.1\r\n\
+Host: deb.example.org\r\n\
+Cache-Control: max-age=0\r\n\
+If-Modified-Since: Sat, 10 Feb 2024 09:59:29 GMT\r\n\
+User-Agent: Debian APT-HTTP/1.3 (2.6.1)\r\n\r\n";
+
+fn parse(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parse");
+    group.throughput(Throughput::Bytes(APT_HEAD.len() as u64));
+    // httparse tokenising plus our header dispatch and framing checks for one apt head.
+    group.bench_function("apt_request_head", |b| {
+        b.iter(|| {
+            let req = request::parse(black_box(APT_HEAD));
+            black_box(req.map(|r| r.map(|r| r.head_len)))
+        })
+    });
+    group.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    // Picking the handler for a path: API endpoints first, then the file tree.
+    c.bench_function("route/api_and_file", |b| {
+        b.iter(|| {
+            (
+                route(black_box(b"/api/version"), true),
+                route(
+                    black_box(b"/debian/pool/main/h/hello/hello_2.10-3_amd64.deb"),
+                    true,
+                ),
+            )
+        })
+    });
+}
+
+fn heads(c: &mut Criterion) {
+    let date = response::format_http_date(1_700_000_000);
+    let mut out = Vec::with_capacity(512);
+    // The whole /api/version answer (head and body) into a reused buffer, as the hot
+    // path writes it.
+    c.bench_function("head/api_version", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut head = HeadWriter::start(&mut out, response::OK, &date);
+            head.header("Content-Type", api::VERSION_TYPE)
+                .content_length(api::VERSION_BODY.len() as u64);
+            head.finish(Connection::KeepAlive)
+                .extend_from_slice(api::VERSION_BODY);
+            black_box(out.len())
+        })
+    });
+    let info = FileInfo::new(1_234_567_890, 1_700_000_000);
+    // A 206 file head with validators, Content-Range and Content-Type.
+    c.bench_function("head/file_range", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut head = HeadWriter::start(&mut out, response::PARTIAL_CONTENT, &date);
+            head.header("Last-Modified", &response::format_http_date(info.mtime))
+                .header("ETag", info.etag())
+                .content_range(1000, 1_234_567_889, info.len)
+                .header("Content-Type", files::content_type(b"pool/a.deb"))
+                .header("Accept-Ranges", b"bytes")
+                .content_length(1_234_566_890);
+            head.finish(Connection::KeepAlive);
+            black_box(out.len())
+        })
+    });
+}
+
+fn resolve(c: &mut Criterion) {
+    let mut rel = Vec::with_capacity(256);
+    // Percent-decoding and normalising a typical pool path into the NUL-terminated
+    // relative path handed to openat2 (the open itself is a syscall, not measured).
+    c.bench_function("resolve/pool_path", |b| {
+        b.iter(|| {
+            let r = files::resolve(
+                black_box(b"/debian/pool/main/libx/libxml2/libxml2_2.9.14%2Bdfsg-1.3_amd64.deb"),
+                &mut rel,
+            );
+            black_box((r.is_ok(), rel.len()))
+        })
+    });
+}
+
+criterion_group!(benches, parse, routing, heads, resolve);
+criterion_main!(benches);
