@@ -121,6 +121,12 @@ pub async fn accept_loop<H: Handler>(listener: WorkerListener, worker: Rc<Worker
                     permit = worker.limiter.acquire() => permit,
                 },
             };
+            // select! picks a ready branch at random, and the per-worker notification
+            // may not have run yet: without this, connections arriving after SIGTERM
+            // were still accepted.
+            if worker.is_stopping() {
+                return;
+            }
             match listener.try_accept() {
                 Ok(stream) => {
                     backoff = Duration::ZERO;

@@ -47,6 +47,8 @@ pub struct Worker {
     pub index: usize,
     pub shutdown: Rc<LocalShutdown>,
     pub limiter: Arc<Limiter>,
+    /// The process-wide trigger, set before `shutdown` hears of it on this thread.
+    stopping: Arc<Shutdown>,
     open: Cell<usize>,
     drained: RefCell<Option<Waker>>,
 }
@@ -55,6 +57,12 @@ pub struct Worker {
 struct Tracker(Rc<Worker>);
 
 impl Worker {
+    /// Whether shutdown began anywhere: read before every accept, so no connection is
+    /// taken after SIGTERM even when this worker's own notification is still queued.
+    fn is_stopping(&self) -> bool {
+        self.shutdown.is_triggered() || self.stopping.is_triggered()
+    }
+
     fn track(self: &Rc<Self>) -> Tracker {
         self.open.set(self.open.get() + 1);
         Tracker(self.clone())
@@ -154,6 +162,7 @@ where
                         index,
                         shutdown: Rc::new(LocalShutdown::default()),
                         limiter,
+                        stopping: shutdown.clone(),
                         open: Cell::new(0),
                         drained: RefCell::new(None),
                     });
@@ -216,12 +225,14 @@ where
         signals: &signals,
     };
     let reason = supervisor.wait_for_stop(&done_rx)?;
+    // Stop accepting first: once the log says we are shutting down, no new connection
+    // may be taken (it would hold the drain for up to --shutdown-timeout).
+    shutdown.trigger();
     crate::info!(
         "{reason}; shutting down with {} connections open",
         limiter.open()
     );
     notifier.send(&format!("STOPPING=1\nSTATUS=Shutting down: {reason}"));
-    shutdown.trigger();
     supervisor.drain(&done_rx);
     Ok(())
 }
