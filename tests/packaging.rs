@@ -220,6 +220,35 @@ fn ringsock_units_are_notify_watchdog_restart_and_hardened() {
     }
 }
 
+/// systemd's own measure of the hardening: `systemd-analyze security --offline` rates every
+/// ringsock service "OK" (exposure below 3.0 of 10; a unit without hardening, like the
+/// seed's aptly.service, rates 9.6 "UNSAFE").
+#[test]
+fn ringsock_units_rate_ok_in_systemd_analyze_security() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in unit_files() {
+        let unit = fs::read_to_string(&file).unwrap().replace(UNIT_BIN, BIN);
+        fs::write(dir.path().join(file_name(&file)), unit).unwrap();
+    }
+    for name in [
+        "ringsock-proxy@8080.service",
+        "ringsock-serve.service",
+        "aptly-proxy.service",
+    ] {
+        let out = run(Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(dir.path().join(name)));
+        let said = text(&out);
+        let level = said
+            .lines()
+            .find_map(|l| l.split_once(&format!("Overall exposure level for {name}: ")))
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no exposure level for {name}:\n{said}"));
+        assert!(level < 3.0, "{name}: exposure {level}:\n{said}");
+    }
+}
+
 #[test]
 fn unit_command_lines_parse() {
     // Every ringsock ExecStart=, with its environment filled in the documented way, is
