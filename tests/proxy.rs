@@ -204,26 +204,27 @@ fn serves_several_listeners_with_their_names() {
 #[test]
 fn a_target_that_is_down_resets_the_client_and_serving_goes_on() {
     for driver in DRIVERS {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("later.sock");
-        let port = free_port("127.0.0.1");
-        let unix_target = path.to_str().unwrap().to_string();
-        let tcp_target = format!("127.0.0.1:{port}");
-        for target in [&unix_target, &tcp_target] {
-            let (ringsock, addr) = proxy(driver, &[], target);
+        for unix in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("later.sock");
+            let port = ClosedPort::new();
+            let target = if unix {
+                path.to_str().unwrap().to_string()
+            } else {
+                port.addr.to_string()
+            };
+            let (ringsock, addr) = proxy(driver, &[], &target);
             expect_reset(addr).unwrap_or_else(|e| panic!("{driver:?} to {target}: {e}"));
             ringsock.wait_for_log("failed to connect", LOG);
-            let backend = if target == &unix_target {
+            let backend = if unix {
                 Backend::unix_at(&path, Reply::Echo)
             } else {
-                Backend::tcp(target, Reply::Echo)
+                Backend::tcp_on(port.open(), Reply::Echo)
             };
             echo_transfer(connect_tcp(addr), 1 << 20, 5, None)
                 .unwrap_or_else(|e| panic!("{driver:?} to {target}: {e}"));
             assert_eq!(backend.accepted(), 1);
             ringsock.stop();
-            drop(backend);
-            let _ = std::fs::remove_file(&path);
         }
     }
 }

@@ -537,6 +537,31 @@ pub fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+/// A TCP port that refuses connections (bound, not listening) until [`ClosedPort::open`]:
+/// a target that is down and comes back on the same port, with no other process able
+/// to take the port in between.
+pub struct ClosedPort {
+    socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        ClosedPort { socket, addr }
+    }
+
+    pub fn open(self) -> TcpListener {
+        self.socket.listen(128).unwrap();
+        self.socket.into()
+    }
+}
+
 /// A connected stream the helpers drive from two threads (writer and reader).
 pub trait Conn: Read + Write + Send + Sized + 'static {
     fn clone_conn(&self) -> std::io::Result<Self>;
@@ -634,7 +659,11 @@ impl Backend {
 
     /// `bind` is `127.0.0.1:0` or `[::1]:0`; the target is the bound address.
     pub fn tcp(bind: &str, reply: Reply) -> Backend {
-        let listener = TcpListener::bind(bind).expect("bind tcp backend");
+        Backend::tcp_on(TcpListener::bind(bind).expect("bind tcp backend"), reply)
+    }
+
+    /// On a listener the test made, e.g. from [`ClosedPort::open`].
+    pub fn tcp_on(listener: TcpListener, reply: Reply) -> Backend {
         let addr = listener.local_addr().unwrap();
         let (accepted, stop) = (
             Arc::new(AtomicUsize::new(0)),
