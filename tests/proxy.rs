@@ -229,6 +229,47 @@ fn a_target_that_is_down_resets_the_client_and_serving_goes_on() {
     }
 }
 
+/// A reset on either side reaches the other as a reset, never as a clean EOF that
+/// would pass a cut stream off as complete.
+#[test]
+fn a_reset_on_one_side_resets_the_other() {
+    let abort = |stream: TcpStream| {
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(stream);
+    };
+    for driver in DRIVERS {
+        let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = backend.local_addr().unwrap().to_string();
+        let (ringsock, addr) = proxy(driver, &[], &target);
+        for backend_resets in [true, false] {
+            let mut client = connect_tcp(addr);
+            client.write_all(b"hello").unwrap();
+            let (mut upstream, _) = backend.accept().unwrap();
+            upstream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut got = [0u8; 5];
+            upstream.read_exact(&mut got).unwrap();
+            let (mut survivor, side) = if backend_resets {
+                abort(upstream);
+                (client, "client")
+            } else {
+                abort(client);
+                (upstream, "backend")
+            };
+            let mut buf = [0u8; 16];
+            let result = survivor.read(&mut buf);
+            assert!(
+                matches!(&result, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+                "{driver:?}: the {side} got {result:?}, expected a reset"
+            );
+        }
+        ringsock.stop();
+    }
+}
+
 /// A Unix backend whose backlog is full answers a non-blocking connect with EAGAIN;
 /// ringsock retries until --connect-timeout, then resets the client. Once the backend
 /// accepts again, clients are served.
