@@ -105,6 +105,35 @@ fn many_concurrent_connections_are_byte_exact() {
     }
 }
 
+/// Request/response traffic on one long-lived connection: round trips whose sizes swing
+/// between a byte and 128 KiB (across 16 KiB and 64 KiB, where a forwarder may switch
+/// between copying and splicing), every reply checked.
+#[test]
+fn round_trips_of_changing_sizes_on_one_connection() {
+    let backend = Backend::unix(Reply::Echo);
+    let sizes = [
+        1usize, 64, 1000, 16383, 16384, 16385, 7, 65536, 65537, 131072, 3, 20000,
+    ];
+    for driver in DRIVERS {
+        let (ringsock, addr) = proxy(driver, &[], &backend.target);
+        let mut client = connect_tcp(addr);
+        for round in 0..15 {
+            for (i, &len) in sizes.iter().enumerate() {
+                let data = pattern(len, (round * sizes.len() + i) as u64 + 1);
+                let reply = round_trip(&mut client, &data)
+                    .unwrap_or_else(|e| panic!("{driver:?}: round {round}, {len} bytes: {e}"));
+                assert!(
+                    reply == data,
+                    "{driver:?}: round {round}, the {len}-byte reply differs"
+                );
+            }
+        }
+        client.shutdown(Shutdown::Write).unwrap();
+        closed_without_data(&mut client).unwrap_or_else(|e| panic!("{driver:?}: {e}"));
+        ringsock.stop();
+    }
+}
+
 /// The client sends, half-closes and only then reads; the backend answers only after
 /// EOF. systemd-socket-proxyd closes instead of half-closing and this reply is lost.
 #[test]
