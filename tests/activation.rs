@@ -222,3 +222,54 @@ fn bad_arguments_exit_1() {
         assert!(out.contains(needle), "{args:?}: no {needle:?} in {out:?}");
     }
 }
+
+/// Without activation, `--listen` binds a path, an abstract name and a TCP port at once;
+/// the socket file it created is removed on exit, a stale one from a dead process is
+/// replaced, and a live one is an error.
+#[test]
+fn listen_flag_binds_paths_abstract_names_and_ports() {
+    use std::os::linux::net::SocketAddrExt;
+    let backend = Backend::unix(Reply::Echo);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("front.sock");
+    // A socket file nobody listens on any more, as a crashed process leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let name = format!("ringsock-listen-{}", std::process::id());
+    let tcp: std::net::SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    for driver in DRIVERS {
+        let ringsock = Spawn::new(&[
+            "proxy",
+            "--listen",
+            path.to_str().unwrap(),
+            "--listen",
+            &format!("@{name}"),
+            "--listen",
+            &tcp.to_string(),
+            &backend.target,
+        ])
+        .driver(driver)
+        .start();
+        ringsock.expect_driver(driver);
+        ringsock.wait_for_log(&format!("listening on @{name}"), LOG);
+
+        echo_transfer(connect_unix(&path), 1 << 16, 1, None)
+            .unwrap_or_else(|e| panic!("{driver:?} path: {e}"));
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let abstract_ = UnixStream::connect_addr(&addr).unwrap();
+        echo_transfer(abstract_, 1 << 16, 2, None)
+            .unwrap_or_else(|e| panic!("{driver:?} abstract: {e}"));
+        echo_transfer(connect_tcp(tcp), 1 << 16, 3, None)
+            .unwrap_or_else(|e| panic!("{driver:?} tcp: {e}"));
+
+        // While it runs, a second one must not take over its socket file.
+        let second = Spawn::new(&["proxy", "--listen", path.to_str().unwrap(), &backend.target])
+            .driver(driver)
+            .start();
+        fails_with(second, &["another process is listening"]);
+
+        ringsock.stop();
+        assert!(!path.exists(), "{driver:?}: {} left behind", path.display());
+    }
+}
