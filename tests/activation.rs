@@ -108,6 +108,31 @@ fn notifies_ready_watchdog_and_stopping() {
     }
 }
 
+/// WATCHDOG_PID naming another process: the watchdog is not ours to feed.
+#[test]
+fn no_watchdog_pings_when_watchdog_pid_is_another_process() {
+    let backend = Backend::unix(Reply::Echo);
+    let notify = NotifySocket::new();
+    let (listen, _) = Listen::tcp();
+    let ringsock = Spawn::new(&["proxy", &backend.target])
+        .listen(listen)
+        .env("NOTIFY_SOCKET", notify.env_value())
+        .env("WATCHDOG_USEC", "100000")
+        .env("WATCHDOG_PID", "1")
+        .start();
+    notify.expect("READY=1", LOG);
+    // Ten ping intervals of silence: nothing to wait on but the absence itself.
+    let quiet_until = Instant::now() + Duration::from_millis(500);
+    while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
+        match notify.recv(left) {
+            Some(msg) => assert!(!msg.contains("WATCHDOG=1"), "pinged: {msg:?}"),
+            None => break,
+        }
+    }
+    ringsock.stop();
+    notify.expect("STOPPING=1", LOG);
+}
+
 /// Waits for exit code 1 with an error that mentions every one of `needles`.
 fn fails_with(mut ringsock: Ringsock, needles: &[&str]) -> String {
     let status = ringsock.wait_exit(LOG);

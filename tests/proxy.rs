@@ -165,6 +165,49 @@ fn a_reply_sent_after_the_client_half_closed_arrives() {
     }
 }
 
+/// The mirror case: the backend half-closes first (a banner, then EOF) and keeps reading;
+/// the client sees the EOF and can still send everything it has.
+#[test]
+fn the_backend_may_half_close_first() {
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("banner.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let backend = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            conn.write_all(b"banner").unwrap();
+            conn.shutdown(Shutdown::Write).unwrap();
+            let mut got = Vec::new();
+            conn.read_to_end(&mut got).map(|_| got)
+        });
+        let (ringsock, addr) = proxy(driver, &[], path.to_str().unwrap());
+        let mut client = connect_tcp(addr);
+        let mut banner = Vec::new();
+        client
+            .read_to_end(&mut banner)
+            .unwrap_or_else(|e| panic!("{driver:?}: {e}"));
+        assert_eq!(banner, b"banner", "{driver:?}");
+        let data = pattern(1 << 20, 3);
+        client
+            .write_all(&data)
+            .unwrap_or_else(|e| panic!("{driver:?}: sending after the backend's EOF: {e}"));
+        client.shutdown(Shutdown::Write).unwrap();
+        let got = backend
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{driver:?}: backend: {e}"));
+        assert!(
+            got == data,
+            "{driver:?}: backend got {} bytes, expected the {} sent",
+            got.len(),
+            data.len()
+        );
+        ringsock.stop();
+    }
+}
+
 /// Every TARGET form: TCP v4, TCP v6 as `[::1]:port` and as systemd's `::1:port`, a
 /// Unix path and an abstract name.
 #[test]

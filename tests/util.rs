@@ -322,6 +322,8 @@ impl NotifySocket {
 
     /// Next datagram, or None after `timeout`.
     pub fn recv(&self, timeout: Duration) -> Option<String> {
+        // std refuses a zero read timeout; the shortest wait does the same job.
+        let timeout = timeout.max(Duration::from_millis(1));
         self.socket.set_read_timeout(Some(timeout)).unwrap();
         let mut buf = [0u8; 4096];
         self.socket
