@@ -664,6 +664,28 @@ fn concurrent_large_downloads_and_a_stalled_client() {
 }
 
 #[test]
+fn a_client_that_stops_reading_is_dropped_after_the_keepalive_timeout() {
+    let data = pattern(32 << 20, 13);
+    for driver in DRIVERS {
+        let server = serve(driver, &["--keepalive-timeout", "1s"]);
+        server.file("big", &data);
+        let mut conn = server.connect();
+        conn.send(get("/big").as_bytes());
+        std::thread::sleep(Duration::from_millis(2500));
+        let mut got = Vec::new();
+        let start = Instant::now();
+        let _ = conn.reader.read_to_end(&mut got);
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert!(
+            got.len() < data.len(),
+            "{driver:?}: the whole body arrived anyway"
+        );
+        assert_eq!(server.get(&get("/api/version")).status, 200);
+        server.ringsock.stop();
+    }
+}
+
+#[test]
 fn graceful_shutdown_finishes_responses_and_closes_idle_connections() {
     let data = pattern(16 << 20, 5);
     for driver in DRIVERS {
@@ -672,12 +694,15 @@ fn graceful_shutdown_finishes_responses_and_closes_idle_connections() {
         let mut idle = server.connect();
         idle.send(get("/api/version").as_bytes());
         assert_eq!(idle.response(false).status, 200);
+        // Connected but silent: nothing to finish either.
+        let mut fresh = server.connect();
         // A download in flight: the client has not read the body yet.
         let mut busy = server.connect();
         busy.send(get("/big").as_bytes());
         std::thread::sleep(Duration::from_millis(200));
         server.ringsock.signal(libc::SIGTERM);
         assert!(idle.closed_within(Duration::from_secs(5)), "{driver:?}");
+        assert!(fresh.closed_within(Duration::from_secs(5)), "{driver:?}");
         let r = busy.response(false);
         assert!(r.body == data, "{driver:?}: in-flight body cut");
         let status = server.ringsock.wait_exit(Duration::from_secs(10));

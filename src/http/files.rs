@@ -13,6 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use super::request::{trim, Method, Request};
 use super::response::{self, parse_http_date, Status};
@@ -418,12 +419,14 @@ const FAIR_SHARE: u64 = 4 << 20;
 
 /// Sends `len` bytes of `file` from `offset` with sendfile(2), waiting for write
 /// readiness whenever the socket buffer is full. A client that stops reading parks
-/// only this task. `sent` counts what went out, also when it fails midway.
+/// only this task, and is dropped after `stall` without progress. `sent` counts what
+/// went out, also when it fails midway.
 pub async fn send_file(
     stream: &Stream,
     file: &File,
     offset: u64,
     len: u64,
+    stall: Duration,
     sent: &mut u64,
 ) -> io::Result<()> {
     let mut off = offset as libc::off_t;
@@ -438,7 +441,7 @@ pub async fn send_file(
             since_yield += n as u64;
             if since_yield >= FAIR_SHARE {
                 since_yield = 0;
-                stream.writable().await?;
+                super::writable_within(stream, stall).await?;
             }
             continue;
         }
@@ -453,7 +456,7 @@ pub async fn send_file(
         match e.kind() {
             io::ErrorKind::WouldBlock => {
                 since_yield = 0;
-                stream.writable().await?;
+                super::writable_within(stream, stall).await?;
             }
             io::ErrorKind::Interrupted => {}
             _ => return Err(e),

@@ -158,9 +158,15 @@ impl HttpHandler {
                     // The head goes with MSG_MORE so it shares a segment with the body.
                     self.write_out(stream, &mut out, true).await?;
                     let mut sent = 0;
-                    let result =
-                        files::send_file(stream, &body.file, body.offset, body.len, &mut sent)
-                            .await;
+                    let result = files::send_file(
+                        stream,
+                        &body.file,
+                        body.offset,
+                        body.len,
+                        self.shared.settings.keepalive_timeout,
+                        &mut sent,
+                    )
+                    .await;
                     self.counters.count_bytes(sent);
                     result?;
                 }
@@ -187,6 +193,9 @@ impl HttpHandler {
                 buf.reserve_exact(request::MAX_HEAD - buf.len());
             }
 
+            // Idle between requests: the keep-alive timeout applies and a timeout closes
+            // silently. Reading a head (or waiting for the first one): the header timeout,
+            // then 408.
             let (idle, wait) = match head_started {
                 None => (true, self.shared.settings.keepalive_timeout),
                 Some(at) => (
@@ -197,12 +206,13 @@ impl HttpHandler {
                         .saturating_sub(at.elapsed()),
                 ),
             };
+            // Shutdown closes every connection with no request bytes pending; one whose
+            // head is arriving gets its answer (with `Connection: close`).
+            let closable = buf.is_empty();
             let wake = {
                 let read = read_more(stream, buf);
                 let shutdown = async {
-                    // Only an idle connection is closed at shutdown; a request being
-                    // read is answered (with `Connection: close`).
-                    if idle {
+                    if closable {
                         self.worker.shutdown.wait().await
                     } else {
                         std::future::pending().await
@@ -223,9 +233,11 @@ impl HttpHandler {
                     }
                 }
                 Wake::Read((Err(e), _)) => return Err(e),
-                // Idle keep-alive connections just close, as nginx does.
-                Wake::Timeout | Wake::Shutdown if idle => return Ok(()),
-                Wake::Timeout | Wake::Shutdown => {
+                // Idle keep-alive connections just close at their timeout, as nginx
+                // does; so does any connection without pending request bytes at shutdown.
+                Wake::Shutdown => return Ok(()),
+                Wake::Timeout if idle => return Ok(()),
+                Wake::Timeout => {
                     self.simple(
                         &mut out,
                         response::REQUEST_TIMEOUT,
@@ -415,9 +427,13 @@ impl HttpHandler {
         if out.is_empty() {
             return Ok(());
         }
-        let result = write_all(stream, out, more).await;
+        let result = write_all(stream, out, more, self.shared.settings.keepalive_timeout).await;
         self.counters.count_bytes(out.len() as u64);
         out.clear();
+        // A big listing or a long pipeline must not pin its buffer for the connection's life.
+        if out.capacity() > FLUSH_AT {
+            out.shrink_to(READ_BUF);
+        }
         result
     }
 
@@ -484,9 +500,21 @@ async fn read_more(stream: &mut Stream, buf: Vec<u8>) -> (io::Result<usize>, Vec
     (result, slice.into_inner())
 }
 
+/// Waits until the socket takes more bytes; a client that has read nothing for `stall`
+/// is given up on (nginx's send_timeout), so it cannot hold a connection slot forever.
+pub async fn writable_within(stream: &Stream, stall: Duration) -> io::Result<()> {
+    monoio::select! {
+        ready = stream.writable() => ready,
+        _ = monoio::time::sleep(stall) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client stopped reading",
+        )),
+    }
+}
+
 /// Writes all of `data` with non-blocking send(2), waiting for write readiness only
 /// when the socket buffer is full.
-async fn write_all(stream: &Stream, data: &[u8], more: bool) -> io::Result<()> {
+async fn write_all(stream: &Stream, data: &[u8], more: bool, stall: Duration) -> io::Result<()> {
     let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | if more { libc::MSG_MORE } else { 0 };
     let mut at = 0;
     while at < data.len() {
@@ -499,7 +527,7 @@ async fn write_all(stream: &Stream, data: &[u8], more: bool) -> io::Result<()> {
         }
         let e = io::Error::last_os_error();
         match e.kind() {
-            io::ErrorKind::WouldBlock => stream.writable().await?,
+            io::ErrorKind::WouldBlock => writable_within(stream, stall).await?,
             io::ErrorKind::Interrupted => {}
             _ => return Err(e),
         }
