@@ -184,12 +184,24 @@ where
                         shutdown.wait().await;
                         local.trigger();
                     });
-                    for listener in worker_listeners {
-                        monoio::spawn(accept_loop(listener, worker.clone(), handler.clone()));
-                    }
+                    let accepting: Vec<_> = worker_listeners
+                        .into_iter()
+                        .map(|l| monoio::spawn(accept_loop(l, worker.clone(), handler.clone())))
+                        .collect();
                     worker.shutdown.wait().await;
+                    // Let the accept loops finish while the runtime still turns: that
+                    // cancels their io_uring polls, which hold references to the listening
+                    // sockets. Left to the kernel's asynchronous ring teardown at exit,
+                    // they kept a --listen address bound ~10 ms after the process was
+                    // gone, so an immediate restart failed with EADDRINUSE.
+                    for task in accepting {
+                        task.await;
+                    }
                     worker.drained().await;
                 });
+                // Likewise submit whatever is still queued in the ring before the main
+                // thread may exit.
+                drop(runtime);
                 let _ = done_tx.send(());
             })?;
     }
