@@ -298,3 +298,41 @@ fn listen_flag_binds_paths_abstract_names_and_ports() {
         assert!(!path.exists(), "{driver:?}: {} left behind", path.display());
     }
 }
+
+/// Once ringsock has exited, its --listen addresses are free: a restart right away
+/// must not fail with EADDRINUSE. (On io_uring, polls left to the kernel's asynchronous
+/// ring teardown used to keep them bound for ~10 ms after exit.)
+#[test]
+fn exit_frees_listen_addresses_at_once() {
+    use std::os::linux::net::SocketAddrExt;
+    let backend = Backend::unix(Reply::Echo);
+    let port = free_port("127.0.0.1");
+    for driver in DRIVERS {
+        for round in 0..5 {
+            let name = format!("ringsock-restart-{}-{round}", std::process::id());
+            let tcp = format!("127.0.0.1:{port}");
+            let ringsock = Spawn::new(&[
+                "proxy",
+                "--listen",
+                &format!("@{name}"),
+                "--listen",
+                &tcp,
+                &backend.target,
+            ])
+            .driver(driver)
+            .start();
+            ringsock.wait_for_log(&format!("listening on {tcp}"), LOG);
+            ringsock.stop_promptly();
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+            std::os::unix::net::UnixListener::bind_addr(&addr)
+                .unwrap_or_else(|e| panic!("{driver:?} round {round}: @{name} still bound: {e}"));
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.set_reuse_address(true).unwrap();
+            let bound = socket.bind(&tcp.parse::<std::net::SocketAddr>().unwrap().into());
+            bound
+                .and_then(|()| socket.listen(16))
+                .unwrap_or_else(|e| panic!("{driver:?} round {round}: {tcp} still bound: {e}"));
+        }
+    }
+}

@@ -521,6 +521,30 @@ impl Ringsock {
         self.wait_for_log(needle, Duration::from_secs(10));
     }
 
+    /// SIGTERM, then notice the exit within a millisecond (stop() polls every 20 ms):
+    /// for checks of what must hold right after the process is gone.
+    pub fn stop_promptly(mut self) -> String {
+        self.signal(libc::SIGTERM);
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.exited() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no exit after SIGTERM:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        assert!(
+            status.success(),
+            "ringsock exited with {status}; stderr:\n{}",
+            self.stderr()
+        );
+        self.stderr()
+    }
+
     /// Exit status if it has exited already.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("try_wait")
