@@ -208,17 +208,19 @@ fn the_backend_may_half_close_first() {
     }
 }
 
-/// Every TARGET form: TCP v4, TCP v6 as `[::1]:port` and as systemd's `::1:port`, a
-/// Unix path and an abstract name.
+/// Every TARGET form: TCP v4, a host name (resolved per connection), TCP v6 as
+/// `[::1]:port` and as systemd's `::1:port`, a Unix path and an abstract name.
 #[test]
 fn forwards_to_every_kind_of_target() {
     let v4 = Backend::tcp("127.0.0.1:0", Reply::Echo);
     let v6 = Backend::tcp("[::1]:0", Reply::Echo);
     let unix = Backend::unix(Reply::Echo);
     let abstract_ = Backend::abstract_name(Reply::Echo);
+    let v4_port = v4.target.rsplit_once(':').unwrap().1;
     let v6_port = v6.target.rsplit_once(':').unwrap().1;
     let targets = [
         (&v4, v4.target.clone()),
+        (&v4, format!("localhost:{v4_port}")),
         (&v6, v6.target.clone()),
         (&v6, format!("::1:{v6_port}")),
         (&unix, unix.target.clone()),
