@@ -442,6 +442,66 @@ fn connections_max_is_exact() {
     }
 }
 
+/// Out of fds (RLIMIT_NOFILE 48, 40 clients of two sockets each): accepting or connecting
+/// fails for some clients, ringsock says so and keeps running, and once the clients
+/// are gone it serves again.
+#[test]
+fn running_out_of_fds_is_survived() {
+    let backend = Backend::unix(Reply::Echo);
+    for driver in DRIVERS {
+        let (listen, addr) = Listen::tcp();
+        let mut ringsock = Spawn::new(&["proxy", &backend.target])
+            .listen(listen)
+            .driver(driver)
+            .fd_limit(48)
+            .start();
+        ringsock.expect_driver(driver);
+        let idle_sockets = ringsock.open_sockets();
+        let clients: Vec<TcpStream> = (0..40)
+            .map(|_| {
+                let mut client = connect_tcp(addr);
+                let _ = client.write_all(b"x");
+                client
+            })
+            .collect();
+        let start = Instant::now();
+        while !ringsock.stderr().contains("Too many open files") {
+            assert!(
+                start.elapsed() < LOG,
+                "{driver:?}: never ran out of fds:\n{}",
+                ringsock.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(clients);
+        // Served again once ringsock has let go of them all: none left in the backlog
+        // (it accepts those after its back-off, to find them closed) and none open.
+        let start = Instant::now();
+        while accept_queue(addr) != Some(0) || ringsock.open_sockets() > idle_sockets {
+            assert!(
+                ringsock.exited().is_none(),
+                "{driver:?}: died:\n{}",
+                ringsock.stderr()
+            );
+            assert!(
+                start.elapsed() < LOG,
+                "{driver:?}: still {:?} queued and {} sockets open, {idle_sockets} when idle",
+                accept_queue(addr),
+                ringsock.open_sockets()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut client = connect_tcp(addr);
+        assert_eq!(
+            round_trip(&mut client, b"again")
+                .unwrap_or_else(|e| panic!("{driver:?}: {e}\n{}", ringsock.stderr())),
+            b"again"
+        );
+        drop(client);
+        ringsock.stop();
+    }
+}
+
 /// `--exit-idle-time 1s`: an open connection keeps it running past the idle time; after
 /// the last close it exits 0 about a second later.
 #[test]

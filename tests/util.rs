@@ -74,6 +74,7 @@ pub struct Spawn {
     env: Vec<(String, String)>,
     driver: Driver,
     listen_pid: Option<String>,
+    fd_limit: Option<u64>,
 }
 
 impl Spawn {
@@ -85,7 +86,14 @@ impl Spawn {
             env: Vec::new(),
             driver: Driver::IoUring,
             listen_pid: None,
+            fd_limit: None,
         }
+    }
+
+    /// Starts it with RLIMIT_NOFILE at `n` (soft and hard), to run out of fds on purpose.
+    pub fn fd_limit(mut self, n: u64) -> Spawn {
+        self.fd_limit = Some(n);
+        self
     }
 
     /// Passes this LISTEN_PID instead of ringsock's own pid (activation meant for
@@ -158,7 +166,8 @@ impl Spawn {
             cmd.env(k, v);
         }
         let fds: Vec<i32> = self.listeners.iter().map(Listen::fd).collect();
-        // SAFETY: only async-signal-safe calls (dup/dup2/fcntl) between fork and exec.
+        let fd_limit = self.fd_limit;
+        // SAFETY: only async-signal-safe calls (dup/dup2/fcntl/setrlimit) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 // First move every fd above the target range, then into place, so that
@@ -172,6 +181,15 @@ impl Spawn {
                         return Err(std::io::Error::last_os_error());
                     }
                     libc::close(fd);
+                }
+                if let Some(n) = fd_limit {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -545,6 +563,17 @@ impl Ringsock {
         self.stderr()
     }
 
+    /// Sockets among its open fds (listeners and connections; not pipes or rings).
+    pub fn open_sockets(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|fds| {
+                fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                    .filter(|target| target.to_string_lossy().starts_with("socket:"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// Exit status if it has exited already.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("try_wait")
@@ -586,6 +615,28 @@ impl ClosedPort {
         self.socket.listen(128).unwrap();
         self.socket.into()
     }
+}
+
+/// Connections waiting in the accept queue of the IPv4 TCP listener on `addr`, from
+/// /proc/net/tcp (rx_queue of a LISTEN socket is its accept backlog).
+pub fn accept_queue(addr: SocketAddr) -> Option<usize> {
+    let SocketAddr::V4(v4) = addr else {
+        return None;
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&local.as_str()) || fields.get(3) != Some(&"0A") {
+            return None;
+        }
+        let rx = fields.get(4)?.split(':').nth(1)?;
+        usize::from_str_radix(rx, 16).ok()
+    })
 }
 
 /// A connected stream the helpers drive from two threads (writer and reader).
