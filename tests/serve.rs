@@ -656,6 +656,13 @@ fn concurrent_large_downloads_and_a_stalled_client() {
             "{driver:?}: {:?}",
             start.elapsed()
         );
+        // Waiting on the stalled socket parks no io_uring kernel worker: the main thread
+        // and the one worker are all there is.
+        assert!(
+            server.ringsock.threads() <= 3,
+            "{driver:?}: {} threads",
+            server.ringsock.threads()
+        );
         // The stalled client still gets everything once it reads.
         let r = stalled.response(false);
         assert!(r.body == *data, "{driver:?}: stalled client's body differs");
