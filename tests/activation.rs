@@ -22,10 +22,8 @@ fn runs_under_systemd_socket_activate_with_named_listeners() {
         let notify = NotifySocket::new();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("front.sock");
-        let v4: std::net::SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
-            .parse()
-            .unwrap();
-        let v6: std::net::SocketAddr = format!("[::1]:{}", free_port("::1")).parse().unwrap();
+        let (hold4, hold6) = (PortHold::new("127.0.0.1"), PortHold::new("::1"));
+        let (v4, v6) = (hold4.addr, hold6.addr);
         let ringsock = Activate::new(&["proxy", &backend.target])
             .listen(&v4.to_string())
             .listen(path.to_str().unwrap())
@@ -209,9 +207,8 @@ fn listen_pid_of_another_process_is_ignored() {
     fails_with(ringsock, &["--listen", "systemd"]);
 
     let backend = Backend::unix(Reply::Echo);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
-        .parse()
-        .unwrap();
+    let hold = PortHold::new("127.0.0.1");
+    let addr = hold.addr;
     let (listen, _) = Listen::tcp();
     let ringsock = Spawn::new(&["proxy", "--listen", &addr.to_string(), &backend.target])
         .listen(listen)
@@ -260,9 +257,8 @@ fn listen_flag_binds_paths_abstract_names_and_ports() {
     // A socket file nobody listens on any more, as a crashed process leaves it.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     let name = format!("ringsock-listen-{}", std::process::id());
-    let tcp: std::net::SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
-        .parse()
-        .unwrap();
+    let hold = PortHold::new("127.0.0.1");
+    let tcp = hold.addr;
     for driver in DRIVERS {
         let ringsock = Spawn::new(&[
             "proxy",
@@ -306,11 +302,11 @@ fn listen_flag_binds_paths_abstract_names_and_ports() {
 fn exit_frees_listen_addresses_at_once() {
     use std::os::linux::net::SocketAddrExt;
     let backend = Backend::unix(Reply::Echo);
-    let port = free_port("127.0.0.1");
+    let hold = PortHold::new("127.0.0.1");
     for driver in DRIVERS {
         for round in 0..5 {
             let name = format!("ringsock-restart-{}-{round}", std::process::id());
-            let tcp = format!("127.0.0.1:{port}");
+            let tcp = hold.addr.to_string();
             let ringsock = Spawn::new(&[
                 "proxy",
                 "--listen",

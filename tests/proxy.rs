@@ -457,11 +457,13 @@ fn running_out_of_fds_is_survived() {
             .start();
         ringsock.expect_driver(driver);
         let idle_sockets = ringsock.open_sockets();
+        // Some are reset while connect(2) returns (accepted, then no fd for the
+        // backend): that is one of the expected outcomes, not a test failure.
         let clients: Vec<TcpStream> = (0..40)
-            .map(|_| {
-                let mut client = connect_tcp(addr);
+            .filter_map(|_| {
+                let mut client = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
                 let _ = client.write_all(b"x");
-                client
+                Some(client)
             })
             .collect();
         let start = Instant::now();

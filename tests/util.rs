@@ -592,6 +592,36 @@ pub fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+/// Reserves a loopback TCP port for a program the test starts: bound with SO_REUSEADDR
+/// and not listening, so no outgoing connection is handed it as its local port, while
+/// ringsock's --listen and systemd-socket-activate, which set SO_REUSEADDR too, can still
+/// bind and listen on it. Unlike free_port() nothing can take it in between.
+pub struct PortHold {
+    _socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+impl PortHold {
+    /// `ip` is `127.0.0.1` or `::1`.
+    pub fn new(ip: &str) -> PortHold {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        let addr = SocketAddr::new(ip, 0);
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.bind(&addr.into()).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        PortHold {
+            _socket: socket,
+            addr,
+        }
+    }
+}
+
 /// A TCP port that refuses connections (bound, not listening) until [`ClosedPort::open`]:
 /// a target that is down and comes back on the same port, with no other process able
 /// to take the port in between.
