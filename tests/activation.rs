@@ -243,6 +243,42 @@ fn bad_arguments_exit_1() {
         assert_eq!(status.code(), Some(1), "{args:?}: {out}");
         assert!(out.contains(needle), "{args:?}: no {needle:?} in {out:?}");
     }
+    let (status, out) = run_to_exit(
+        &["proxy", "/run/backend.sock"],
+        &[("RINGSOCK_LOG_LEVEL", "loud")],
+    );
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("RINGSOCK_LOG_LEVEL"), "{out}");
+}
+
+/// --help and --version are not errors: exit 0, text on stdout.
+#[test]
+fn help_and_version_exit_0() {
+    for (args, needle) in [
+        (&["proxy", "--help"][..], "--connections-max"),
+        (&["--version"][..], env!("CARGO_PKG_VERSION")),
+    ] {
+        let (status, out) = run_to_exit(args, &[]);
+        assert_eq!(status.code(), Some(0), "{args:?}: {out}");
+        assert!(out.contains(needle), "{args:?}: no {needle:?} in {out:?}");
+    }
+}
+
+/// --log-level beats the environment: at `warning` no info or debug line is written,
+/// but warnings are (the epoll driver's one).
+#[test]
+fn log_level_flag_beats_the_environment() {
+    let backend = Backend::unix(Reply::Echo);
+    let (listen, addr) = Listen::tcp();
+    let ringsock = Spawn::new(&["proxy", "--log-level", "warning", &backend.target])
+        .listen(listen)
+        .driver(Driver::Epoll)
+        .env("RINGSOCK_LOG_LEVEL", "debug")
+        .start();
+    ringsock.wait_for_log("warning: io_uring is unavailable", LOG);
+    echo_transfer(connect_tcp(addr), 4096, 0, None).unwrap();
+    let log = ringsock.stop();
+    assert!(!log.contains("info:") && !log.contains("debug:"), "{log}");
 }
 
 /// Without activation, `--listen` binds a path, an abstract name and a TCP port at once;

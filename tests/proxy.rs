@@ -648,6 +648,61 @@ fn shutdown_timeout_bounds_the_drain() {
     }
 }
 
+/// `--threads N` runs exactly N workers (named ringsock-wN), each forwarding.
+#[test]
+fn threads_flag_sets_the_worker_count() {
+    let backend = Backend::unix(Reply::Echo);
+    for driver in DRIVERS {
+        for n in [1usize, 3] {
+            let (ringsock, addr) = proxy(driver, &["--threads", &n.to_string()], &backend.target);
+            ringsock.wait_for_log(&format!("driver on {n} worker threads"), LOG);
+            let workers = thread_names(ringsock.pid())
+                .iter()
+                .filter(|name| name.starts_with("ringsock-w"))
+                .count();
+            assert_eq!(workers, n, "{driver:?}: {:?}", thread_names(ringsock.pid()));
+            // More connections than workers, all at once, so every worker gets some.
+            let clients: Vec<_> = (0..2 * n)
+                .map(|i| {
+                    let stream = connect_tcp(addr);
+                    std::thread::spawn(move || echo_transfer(stream, 256 << 10, i, None))
+                })
+                .collect();
+            for c in clients {
+                c.join()
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("{driver:?} --threads {n}: {e}"));
+            }
+            ringsock.stop();
+        }
+    }
+}
+
+/// SIGINT (Ctrl-C in a terminal) stops as gracefully as SIGTERM.
+#[test]
+fn sigint_stops_gracefully() {
+    let backend = Backend::unix(Reply::Echo);
+    for driver in DRIVERS {
+        let (mut ringsock, addr) = proxy(driver, &[], &backend.target);
+        let mut client = connect_tcp(addr);
+        assert_eq!(round_trip(&mut client, b"x").unwrap(), b"x");
+        ringsock.signal(libc::SIGINT);
+        ringsock.wait_for_log(
+            "received SIGINT; shutting down with 1 connections open",
+            LOG,
+        );
+        // The open connection still works until its client is done.
+        assert_eq!(round_trip(&mut client, b"y").unwrap(), b"y");
+        drop(client);
+        let status = ringsock.wait_exit(LOG);
+        assert!(
+            status.success(),
+            "{driver:?}: {status}\n{}",
+            ringsock.stderr()
+        );
+    }
+}
+
 /// 200 idle proxied connections: waiting is done with readiness (POLL_ADD or epoll), so
 /// no io_uring worker thread (iou-wrk) sleeps on a socket for any of them.
 #[test]
