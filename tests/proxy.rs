@@ -704,7 +704,8 @@ fn sigint_stops_gracefully() {
 }
 
 /// 200 idle proxied connections: waiting is done with readiness (POLL_ADD or epoll), so
-/// no io_uring worker thread (iou-wrk) sleeps on a socket for any of them.
+/// no io_uring worker thread (iou-wrk) sleeps on a socket for any of them; and an idle
+/// connection holds no pipe (pipes are taken only while bytes are in flight).
 #[test]
 fn idle_connections_hold_no_threads() {
     let backend = Backend::unix(Reply::Echo);
@@ -723,6 +724,13 @@ fn idle_connections_hold_no_threads() {
             threads < 16,
             "{driver:?}: {threads} threads for 200 idle connections: {:?}",
             thread_names(ringsock.pid())
+        );
+        // Emptied pipes may wait in the per-worker pool, but no more than were in flight
+        // at once (a round trip at a time here), never two per connection.
+        let pipe_fds = ringsock.open_fds("pipe:");
+        assert!(
+            pipe_fds <= 16,
+            "{driver:?}: {pipe_fds} pipe fds for 200 idle connections"
         );
         drop(clients);
         ringsock.stop();

@@ -565,10 +565,15 @@ impl Ringsock {
 
     /// Sockets among its open fds (listeners and connections; not pipes or rings).
     pub fn open_sockets(&self) -> usize {
+        self.open_fds("socket:")
+    }
+
+    /// Open fds whose /proc link starts with `kind` (`socket:`, `pipe:`, `anon_inode:`).
+    pub fn open_fds(&self, kind: &str) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|fds| {
                 fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-                    .filter(|target| target.to_string_lossy().starts_with("socket:"))
+                    .filter(|target| target.to_string_lossy().starts_with(kind))
                     .count()
             })
             .unwrap_or(0)
