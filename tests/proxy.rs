@@ -5,7 +5,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -645,6 +646,78 @@ fn shutdown_timeout_bounds_the_drain() {
         );
         // The process is gone, so the connection ends.
         closed_without_data(&mut client).unwrap_or_else(|e| panic!("{driver:?}: {e}"));
+    }
+}
+
+/// One worker, two connections: a client that stops reading while its backend floods
+/// it must not stall the other client on the same worker, and once it reads again it
+/// gets every byte.
+#[test]
+fn a_client_that_stops_reading_stalls_no_one_else() {
+    const FLOOD: usize = 32 << 20;
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flood.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let written = Arc::new(AtomicUsize::new(0));
+        let progress = written.clone();
+        // The first byte picks the behaviour: 'f' floods, anything else is echoed.
+        let backend = std::thread::spawn(move || {
+            let mut served = Vec::new();
+            for conn in listener.incoming().take(2) {
+                let mut conn = conn.unwrap();
+                let progress = progress.clone();
+                served.push(std::thread::spawn(move || {
+                    let mut first = [0u8; 1];
+                    conn.read_exact(&mut first).unwrap();
+                    if &first == b"f" {
+                        let _ = write_pattern(&mut conn, FLOOD, 77, &progress);
+                        let _ = conn.shutdown(Shutdown::Write);
+                    } else {
+                        conn.write_all(&first).unwrap();
+                        echo(conn);
+                    }
+                }));
+            }
+            served.into_iter().for_each(|t| t.join().unwrap());
+        });
+        let (ringsock, addr) = proxy(driver, &["--threads", "1"], path.to_str().unwrap());
+
+        let mut flooded = connect_tcp(addr);
+        flooded.write_all(b"f").unwrap();
+        // Stalled: every buffer on the way is full and the count stops moving.
+        let start = Instant::now();
+        let mut last = usize::MAX;
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = written.load(Ordering::SeqCst);
+            if now == last && now > 0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < LOG,
+                "{driver:?}: the flood never stalled ({now} bytes)"
+            );
+            last = now;
+        }
+        assert!(
+            last < FLOOD,
+            "{driver:?}: {last} bytes went through a client that reads nothing"
+        );
+
+        let mut other = connect_tcp(addr);
+        for i in 0..50 {
+            let data = pattern(1 + i * 1000, i as u64 + 1);
+            let reply = round_trip(&mut other, &data)
+                .unwrap_or_else(|e| panic!("{driver:?}: round trip {i} stalled: {e}"));
+            assert!(reply == data, "{driver:?}: round trip {i}");
+        }
+        drop(other);
+
+        read_pattern(flooded, FLOOD, 77)
+            .unwrap_or_else(|e| panic!("{driver:?}: the flooded client: {e}"));
+        backend.join().unwrap();
+        ringsock.stop();
     }
 }
 

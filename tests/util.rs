@@ -951,6 +951,24 @@ pub fn echo_transfer<C: Conn>(
     }
 }
 
+/// Writes `len` pattern bytes from offset `seed` (what read_pattern checks), counting
+/// them in `progress` as they go.
+pub fn write_pattern<W: Write>(
+    out: &mut W,
+    len: usize,
+    seed: usize,
+    progress: &AtomicUsize,
+) -> std::io::Result<()> {
+    let mut sent = 0;
+    while sent < len {
+        let chunk = stream_at(seed + sent, (len - sent).min(1 << 16));
+        out.write_all(chunk)?;
+        sent += chunk.len();
+        progress.store(sent, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
 /// Reads until EOF and checks it is exactly `len` pattern bytes from offset `seed`.
 pub fn read_pattern<C: Conn>(mut conn: C, len: usize, seed: usize) -> Result<(), String> {
     let mut buf = vec![0u8; 1 << 18];
