@@ -16,7 +16,7 @@ use crate::log::RateLimit;
 use crate::net::{is_disconnect, Stream};
 use crate::runtime::Handler;
 pub use pipe::PipePool;
-pub use pump::pump;
+pub use pump::{pump, PumpContext};
 pub use target::Target;
 
 /// Pipe size per direction, as systemd-socket-proxyd uses (its F_SETPIPE_SZ).
@@ -30,7 +30,7 @@ static PUMP_ERRORS: RateLimit = RateLimit::new(Duration::from_secs(5));
 pub struct ProxyHandler {
     target: Target,
     connect_timeout: Duration,
-    pipes: PipePool,
+    pumps: PumpContext,
 }
 
 impl ProxyHandler {
@@ -38,7 +38,7 @@ impl ProxyHandler {
         ProxyHandler {
             target,
             connect_timeout,
-            pipes: PipePool::new(PIPE_SIZE, PIPES_KEPT),
+            pumps: PumpContext::new(PipePool::new(PIPE_SIZE, PIPES_KEPT)),
         }
     }
 }
@@ -54,7 +54,7 @@ impl Handler for ProxyHandler {
                 return;
             }
         };
-        if let Err(e) = forward(&client, &upstream, &self.pipes).await {
+        if let Err(e) = forward(&client, &upstream, &self.pumps).await {
             if !is_disconnect(&e) {
                 crate::warn_limited!(
                     PUMP_ERRORS,
@@ -72,8 +72,8 @@ impl Handler for ProxyHandler {
 }
 
 /// Runs both directions until both finished (each half-closed in turn) or either failed.
-pub async fn forward(client: &Stream, upstream: &Stream, pipes: &PipePool) -> io::Result<()> {
-    both_or_first_error(pump(client, upstream, pipes), pump(upstream, client, pipes)).await
+pub async fn forward(client: &Stream, upstream: &Stream, pumps: &PumpContext) -> io::Result<()> {
+    both_or_first_error(pump(client, upstream, pumps), pump(upstream, client, pumps)).await
 }
 
 async fn both_or_first_error(
