@@ -408,6 +408,9 @@ pub fn connect_tcp(addr: SocketAddr) -> TcpStream {
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     stream
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
 }
 
 /// Sends `data`, half-closes, reads until EOF: the reply must come back intact.
@@ -674,11 +677,38 @@ pub fn accept_queue(addr: SocketAddr) -> Option<usize> {
     })
 }
 
+/// accept(2) with a deadline, so a test whose connection never arrives fails instead of
+/// hanging.
+pub fn accept_within(listener: &TcpListener, timeout: Duration) -> TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                return stream;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    start.elapsed() < timeout,
+                    "no connection within {timeout:?}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
 /// A connected stream the helpers drive from two threads (writer and reader).
 pub trait Conn: Read + Write + Send + Sized + 'static {
     fn clone_conn(&self) -> std::io::Result<Self>;
     fn shutdown_write(&self) -> std::io::Result<()>;
     fn set_read_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()>;
+    fn set_write_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()>;
 }
 
 impl Conn for TcpStream {
@@ -690,6 +720,9 @@ impl Conn for TcpStream {
     }
     fn set_read_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()> {
         self.set_read_timeout(timeout)
+    }
+    fn set_write_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.set_write_timeout(timeout)
     }
 }
 
@@ -703,12 +736,18 @@ impl Conn for UnixStream {
     fn set_read_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()> {
         self.set_read_timeout(timeout)
     }
+    fn set_write_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.set_write_timeout(timeout)
+    }
 }
 
 pub fn connect_unix(path: &Path) -> UnixStream {
     let stream = UnixStream::connect(path).expect("connect unix");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     stream
 }
@@ -913,7 +952,10 @@ pub fn echo_transfer<C: Conn>(
     seed: usize,
     gate: Option<Gate>,
 ) -> Result<(), String> {
+    // Both ways bounded: a stalled proxy fails the transfer instead of hanging the test.
     conn.set_read_timeout_to(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    conn.set_write_timeout_to(Some(Duration::from_secs(60)))
         .map_err(|e| e.to_string())?;
     let mut writer = conn.clone_conn().map_err(|e| e.to_string())?;
     let sending = std::thread::spawn(move || -> std::io::Result<()> {
