@@ -1,0 +1,102 @@
+//! The forwarding hot path in process: bytes through `proxy::forward` between Unix
+//! socket pairs on one io_uring worker, without perf/'s processes and loopback TCP.
+//!
+//! client ⇄ [proxy_in | forward() | proxy_out] ⇄ backend, all non-blocking socketpairs.
+
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use monoio::io::{AsyncReadRentExt, AsyncWriteRentExt};
+use monoio::net::UnixStream;
+use ringsock::activation::Family;
+use ringsock::net::Stream;
+use ringsock::proxy::{forward, PipePool, PumpContext, PIPE_SIZE};
+
+/// A connected pair: one end for the test (monoio stream), one for the proxy (`Stream`).
+fn pair() -> (UnixStream, Stream) {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    ours.set_nonblocking(true).expect("nonblocking");
+    theirs.set_nonblocking(true).expect("nonblocking");
+    (
+        UnixStream::from_std(ours).expect("register"),
+        Stream::from_fd(OwnedFd::from(theirs), Family::Unix).expect("register"),
+    )
+}
+
+fn pump(c: &mut Criterion) {
+    let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("runtime");
+    let (mut client, mut backend) = runtime.block_on(async {
+        let (client, proxy_in) = pair();
+        let (backend, proxy_out) = pair();
+        monoio::spawn(async move {
+            let pumps = PumpContext::new(PipePool::new(PIPE_SIZE, 16));
+            let _ = forward(&proxy_in, &proxy_out, &pumps).await;
+        });
+        (client, backend)
+    });
+
+    let mut group = c.benchmark_group("pump");
+    group.measurement_time(Duration::from_secs(5));
+
+    // Latency of one request/response through both directions (copy path).
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("round_trip_64B", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let mut request = vec![7u8; 64];
+                let mut reply = vec![0u8; 64];
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let (r, buf) = client.write_all(request).await;
+                    r.expect("client write");
+                    request = buf;
+                    let (r, buf) = backend.read_exact(reply).await;
+                    r.expect("backend read");
+                    let (r, buf) = backend.write_all(buf).await;
+                    r.expect("backend write");
+                    let (r, buf) = client.read_exact(buf).await;
+                    r.expect("client read");
+                    reply = buf;
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    // One direction, bulk: 1 MiB written by the client while the backend reads it (the
+    // splice path once the first read fills the copy buffer).
+    const MIB: usize = 1 << 20;
+    group.throughput(Throughput::Bytes(MIB as u64));
+    group.bench_function("transfer_1MiB", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let writer = async {
+                        let mut data = vec![1u8; MIB];
+                        let (r, buf) = client.write_all(data).await;
+                        r.expect("client write");
+                        data = buf;
+                        data
+                    };
+                    let reader = async {
+                        let (r, buf) = backend.read_exact(vec![0u8; MIB]).await;
+                        r.expect("backend read");
+                        buf
+                    };
+                    let (_, got) = monoio::join!(writer, reader);
+                    criterion::black_box(got);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pump);
+criterion_main!(benches);
