@@ -275,20 +275,43 @@ impl Drop for Ringsock {
     }
 }
 
-/// Runs ringsock to completion with no listeners (argument and startup errors).
+/// Runs ringsock to completion with no listeners (argument and startup errors); stderr
+/// then stdout. Panics if it is still running after 20 s: a regression that makes it
+/// serve instead of failing must fail the test, not hang it.
 pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (err_path, out_path) = (dir.path().join("stderr"), dir.path().join("stdout"));
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .stdin(Stdio::null())
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDS");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run ringsock");
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    (out.status, text)
+    let mut child = cmd.spawn().expect("run ringsock");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ringsock {args:?} still running after 20 s: {}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let read = |path: &Path| {
+        String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+    };
+    let text = read(&err_path) + &read(&out_path);
+    (status, text)
 }
 
 /// A test NOTIFY_SOCKET that collects sd_notify datagrams.
