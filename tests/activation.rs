@@ -106,6 +106,38 @@ fn notifies_ready_watchdog_and_stopping() {
     }
 }
 
+/// While a connection holds the drain after SIGTERM, the watchdog is still fed.
+#[test]
+fn watchdog_is_fed_while_draining() {
+    let backend = Backend::unix(Reply::Echo);
+    for driver in DRIVERS {
+        let notify = NotifySocket::new();
+        let (listen, addr) = Listen::tcp();
+        let mut ringsock = Spawn::new(&["proxy", "--shutdown-timeout", "1s", &backend.target])
+            .listen(listen)
+            .driver(driver)
+            .env("NOTIFY_SOCKET", notify.env_value())
+            .env("WATCHDOG_USEC", "200000")
+            .start();
+        notify.expect("READY=1", LOG);
+        let mut client = connect_tcp(addr);
+        assert_eq!(round_trip(&mut client, b"x").unwrap(), b"x");
+        ringsock.signal(libc::SIGTERM);
+        notify.expect("STOPPING=1", LOG);
+        // A second of draining at 100 ms per ping.
+        for i in 0..3 {
+            let msg = notify.expect("WATCHDOG=1", LOG);
+            assert!(ringsock.exited().is_none() || i > 0, "{driver:?}: {msg:?}");
+        }
+        let status = ringsock.wait_exit(LOG);
+        assert!(
+            status.success(),
+            "{driver:?}: {status}\n{}",
+            ringsock.stderr()
+        );
+    }
+}
+
 /// WATCHDOG_PID naming another process: the watchdog is not ours to feed.
 #[test]
 fn no_watchdog_pings_when_watchdog_pid_is_another_process() {
