@@ -343,8 +343,8 @@ fn a_reset_on_one_side_resets_the_other() {
 }
 
 /// A Unix backend whose backlog is full answers a non-blocking connect with EAGAIN;
-/// ringsock retries until --connect-timeout, then resets the client. Once the backend
-/// accepts again, clients are served.
+/// ringsock retries until --connect-timeout, then resets the client; a client whose
+/// retries outlast the full queue is served.
 #[test]
 fn connect_timeout_gives_up_on_a_backend_that_never_accepts() {
     for driver in DRIVERS {
@@ -376,17 +376,40 @@ fn connect_timeout_gives_up_on_a_backend_that_never_accepts() {
         );
         ringsock.wait_for_log("--connect-timeout", LOG);
 
-        // The backend comes back: it accepts the filler and then whoever comes next.
-        let serving = std::thread::spawn(move || {
+        ringsock.stop();
+
+        // Busy, not gone: with a longer timeout a client arriving while the queue is
+        // full is held until the backend accepts again, then served.
+        let (ringsock, addr) = proxy(
+            driver,
+            &["--connect-timeout", "10s"],
+            path.to_str().unwrap(),
+        );
+        let idle_sockets = ringsock.open_sockets();
+        let stream = connect_tcp(addr);
+        let transfer = std::thread::spawn(move || echo_transfer(stream, 64 << 10, 9, None));
+        // Accepted means its connect is under way, and failing with EAGAIN for as long
+        // as the queue stays full.
+        let start = Instant::now();
+        while ringsock.open_sockets() <= idle_sockets {
+            assert!(
+                start.elapsed() < LOG,
+                "{driver:?}: the client was never accepted"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The backend accepts again: the filler, then whoever comes next.
+        std::thread::spawn(move || {
             for conn in listener.incoming().take(2) {
                 let conn = conn.unwrap();
                 std::thread::spawn(move || echo(conn));
             }
         });
-        echo_transfer(connect_tcp(addr), 64 << 10, 9, None)
-            .unwrap_or_else(|e| panic!("{driver:?}: {e}"));
+        transfer
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{driver:?}: held client: {e}"));
         drop(filler);
-        serving.join().unwrap();
         ringsock.stop();
     }
 }
