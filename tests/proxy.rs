@@ -525,6 +525,30 @@ fn running_out_of_fds_is_survived() {
     }
 }
 
+/// Each connection costs up to four fds, so the soft RLIMIT_NOFILE (1024 by default) is
+/// raised to the hard limit at start.
+#[test]
+fn raises_the_soft_fd_limit_to_the_hard_one() {
+    let backend = Backend::unix(Reply::Echo);
+    let (listen, _) = Listen::tcp();
+    let ringsock = Spawn::new(&["proxy", &backend.target])
+        .listen(listen)
+        .fd_limits(64, 4096)
+        .start();
+    ringsock.wait_for_log("raised the open file limit from 64 to 4096", LOG);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", ringsock.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["4096", "4096"],
+        "{line}"
+    );
+    ringsock.stop();
+}
+
 /// `--exit-idle-time 1s`: an open connection keeps it running past the idle time; after
 /// the last close it exits 0 about a second later.
 #[test]

@@ -74,7 +74,7 @@ pub struct Spawn {
     env: Vec<(String, String)>,
     driver: Driver,
     listen_pid: Option<String>,
-    fd_limit: Option<u64>,
+    fd_limit: Option<(u64, u64)>,
 }
 
 impl Spawn {
@@ -91,8 +91,13 @@ impl Spawn {
     }
 
     /// Starts it with RLIMIT_NOFILE at `n` (soft and hard), to run out of fds on purpose.
-    pub fn fd_limit(mut self, n: u64) -> Spawn {
-        self.fd_limit = Some(n);
+    pub fn fd_limit(self, n: u64) -> Spawn {
+        self.fd_limits(n, n)
+    }
+
+    /// Starts it with RLIMIT_NOFILE at `soft` and `hard`.
+    pub fn fd_limits(mut self, soft: u64, hard: u64) -> Spawn {
+        self.fd_limit = Some((soft, hard));
         self
     }
 
@@ -182,10 +187,10 @@ impl Spawn {
                     }
                     libc::close(fd);
                 }
-                if let Some(n) = fd_limit {
+                if let Some((soft, hard)) = fd_limit {
                     let limit = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
+                        rlim_cur: soft,
+                        rlim_max: hard,
                     };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                         return Err(std::io::Error::last_os_error());
