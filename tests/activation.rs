@@ -138,6 +138,22 @@ fn watchdog_is_fed_while_draining() {
     }
 }
 
+/// A NOTIFY_SOCKET nobody listens on (the manager went away) is logged, never fatal.
+#[test]
+fn a_dead_notify_socket_does_not_stop_the_traffic() {
+    let backend = Backend::unix(Reply::Echo);
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("gone");
+    let (listen, addr) = Listen::tcp();
+    let ringsock = Spawn::new(&["proxy", &backend.target])
+        .listen(listen)
+        .env("NOTIFY_SOCKET", gone.to_str().unwrap())
+        .start();
+    ringsock.wait_for_log("failed to notify the service manager", LOG);
+    echo_transfer(connect_tcp(addr), 1 << 16, 0, None).unwrap();
+    ringsock.stop();
+}
+
 /// WATCHDOG_PID naming another process: the watchdog is not ours to feed.
 #[test]
 fn no_watchdog_pings_when_watchdog_pid_is_another_process() {
