@@ -224,6 +224,17 @@ fn a_passed_fd_that_cannot_listen_is_named() {
     }
 }
 
+/// LISTEN_FDS counting more fds than were passed: the missing one is named.
+#[test]
+fn a_listen_fds_count_beyond_the_passed_fds_is_named() {
+    let (listen, _) = Listen::tcp();
+    let ringsock = Spawn::new(&["proxy", "/run/backend.sock"])
+        .listen(listen)
+        .env("LISTEN_FDS", "2")
+        .start();
+    fails_with(ringsock, &["fd 4", "Bad file descriptor"]);
+}
+
 fn bad_fd(what: &str) -> Listen {
     Listen::Raw(match what {
         "UDP" => OwnedFd::from(UdpSocket::bind("127.0.0.1:0").unwrap()),
