@@ -294,6 +294,37 @@ fn keep_alive_and_pipelining() {
 }
 
 #[test]
+fn a_long_pipeline_is_answered_in_order() {
+    for driver in DRIVERS {
+        let server = serve(driver, &[]);
+        for i in 0..10 {
+            server.file(
+                &format!("f{i}"),
+                format!("body {i}").repeat(i + 1).as_bytes(),
+            );
+        }
+        // 500 requests in one write: heads split across reads, answers batched.
+        let batch: String = (0..500)
+            .map(|n| get(&format!("/f{}?n={n}", n % 10)))
+            .collect();
+        let mut conn = server.connect();
+        let mut writer = conn.reader.get_ref().try_clone().unwrap();
+        let sending = std::thread::spawn(move || writer.write_all(batch.as_bytes()));
+        for n in 0..500 {
+            let r = conn.response(false);
+            let i = n % 10;
+            assert_eq!(
+                r.text(),
+                format!("body {i}").repeat(i + 1),
+                "{driver:?} answer {n}"
+            );
+        }
+        sending.join().unwrap().unwrap();
+        server.ringsock.stop();
+    }
+}
+
+#[test]
 fn bad_input_gets_a_clear_status_and_the_worker_survives() {
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "u".repeat(9000));
     let big_head = format!(
