@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use monoio::{FusionDriver, FusionRuntime, RuntimeBuilder};
+use monoio::time::TimeDriver;
+use monoio::{FusionDriver, FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::activation::Listener;
 use crate::net::Stream;
@@ -141,12 +142,7 @@ where
         std::thread::Builder::new()
             .name(format!("ringsock-w{index}"))
             .spawn(move || {
-                let runtime = RuntimeBuilder::<FusionDriver>::new()
-                    .with_entries(RING_ENTRIES)
-                    .enable_timer()
-                    .attach_thread_pool(Box::new(ThreadPerBlockingTask))
-                    .build();
-                let mut runtime = match runtime {
+                let mut runtime = match build_runtime() {
                     Ok(runtime) => runtime,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -197,6 +193,10 @@ where
                     for task in accepting {
                         task.await;
                     }
+                    // With DEFER_TASKRUN the cancelled polls are only reaped when the
+                    // worker next waits on the ring: wait once, briefly, so it happens
+                    // here and not in the kernel's teardown after exit.
+                    monoio::time::sleep(Duration::from_millis(1)).await;
                     worker.drained().await;
                 });
                 // Likewise submit whatever is still queued in the ring before the main
@@ -317,6 +317,36 @@ impl Supervisor<'_> {
             }
         }
     }
+}
+
+type WorkerRuntime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
+
+/// Builds this thread's runtime: io_uring with the cheapest completion delivery the
+/// kernel offers, else io_uring as is, else epoll (monoio's own fallback).
+///
+/// By default the kernel runs a ring's completion work (task_work) by interrupting
+/// the thread (an IPI) whenever it arrives. Each worker is the only thread touching its
+/// ring, so `SINGLE_ISSUER | DEFER_TASKRUN` (6.1+) lets it run that work in batches
+/// when it next waits instead; `COOP_TASKRUN` (5.19+) at least avoids the interrupts.
+/// See perf/results for what it is worth.
+fn build_runtime() -> io::Result<WorkerRuntime> {
+    let builder = || {
+        RuntimeBuilder::<FusionDriver>::new()
+            .with_entries(RING_ENTRIES)
+            .enable_timer()
+            .attach_thread_pool(Box::new(ThreadPerBlockingTask))
+    };
+    let mut deferred = io_uring::IoUring::builder();
+    deferred.setup_single_issuer().setup_defer_taskrun();
+    let mut cooperative = io_uring::IoUring::builder();
+    cooperative.setup_coop_taskrun();
+    for flags in [deferred, cooperative] {
+        match builder().uring_builder(flags).build() {
+            Ok(runtime) => return Ok(runtime),
+            Err(e) => crate::debug!("io_uring refused a setup flag ({e}); trying with fewer"),
+        }
+    }
+    builder().build()
 }
 
 /// Runs monoio's `spawn_blocking` work (only host-name lookups) on a short-lived thread:
