@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use monoio::io::{AsyncReadRentExt, AsyncWriteRentExt};
 use monoio::net::UnixStream;
 use ringsock::activation::Family;
-use ringsock::net::Stream;
+use ringsock::net::{Duplex, Stream};
 use ringsock::proxy::{forward, PipePool, PumpContext, PIPE_SIZE};
 
 /// A connected pair: one end for the test (monoio stream), one for the proxy (`Stream`).
@@ -34,7 +34,7 @@ fn pump(c: &mut Criterion) {
         let (backend, proxy_out) = pair();
         monoio::spawn(async move {
             let pumps = PumpContext::new(PipePool::new(PIPE_SIZE, 16));
-            let _ = forward(&proxy_in, &proxy_out, &pumps).await;
+            let _ = forward(&Duplex::new(proxy_in), &Duplex::new(proxy_out), &pumps).await;
         });
         (client, backend)
     });

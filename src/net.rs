@@ -4,7 +4,11 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use std::cell::UnsafeCell;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpStream, UnixStream};
+use monoio::BufResult;
 
 use crate::activation::Family;
 
@@ -126,4 +130,60 @@ pub fn is_disconnect(e: &io::Error) -> bool {
             libc::ECONNRESET | libc::EPIPE | libc::ECONNABORTED | libc::ETIMEDOUT | libc::ENOTCONN
         )
     )
+}
+
+/// One stream used by both directions of a proxied connection at once: one pump reads
+/// it while the other writes it.
+///
+/// Sound for the same reason monoio's own `Split` is for TCP and Unix streams (which it
+/// implements with the same `UnsafeCell`): a receive and a send are independent
+/// submissions that only copy the fd out of the stream, so the `&mut` each call takes
+/// lasts only for that call, never across an await.
+pub struct Duplex(UnsafeCell<Stream>);
+
+impl Duplex {
+    pub fn new(stream: Stream) -> Duplex {
+        Duplex(UnsafeCell::new(stream))
+    }
+
+    pub fn stream(&self) -> &Stream {
+        // SAFETY: see the type's comment; no `&mut` outlives the call that made it.
+        unsafe { &*self.0.get() }
+    }
+
+    /// Receives into `buf`'s spare capacity with the runtime's own receive: on io_uring
+    /// a RECV submission that completes with the data (no readiness round trip, no extra
+    /// syscall), on epoll a recv(2) when ready.
+    pub async fn recv(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        // SAFETY: see the type's comment; the call only clones the fd into the op.
+        let future = match unsafe { &mut *self.0.get() } {
+            Stream::Tcp(s) => Either::Left(s.read(buf)),
+            Stream::Unix(s) => Either::Right(s.read(buf)),
+        };
+        match future {
+            Either::Left(f) => f.await,
+            Either::Right(f) => f.await,
+        }
+    }
+
+    /// Sends all of `buf` with the runtime's own send. On io_uring this beat a direct
+    /// send(2) by about a fifth in proxy CPU per ping-pong request (perf/, same run):
+    /// the SEND completes inside the next ring enter along with everything else.
+    pub async fn send_all(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+        // SAFETY: see the type's comment; the call only clones the fd into the op.
+        let future = match unsafe { &mut *self.0.get() } {
+            Stream::Tcp(s) => Either::Left(s.write_all(buf)),
+            Stream::Unix(s) => Either::Right(s.write_all(buf)),
+        };
+        let (result, buf) = match future {
+            Either::Left(f) => f.await,
+            Either::Right(f) => f.await,
+        };
+        (result.map(|_| ()), buf)
+    }
+}
+
+enum Either<L, R> {
+    Left(L),
+    Right(R),
 }

@@ -13,7 +13,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use crate::log::RateLimit;
-use crate::net::{is_disconnect, Stream};
+use crate::net::{is_disconnect, Duplex, Stream};
 use crate::runtime::Handler;
 pub use pipe::PipePool;
 pub use pump::{pump, PumpContext};
@@ -54,6 +54,7 @@ impl Handler for ProxyHandler {
                 return;
             }
         };
+        let (client, upstream) = (Duplex::new(client), Duplex::new(upstream));
         if let Err(e) = forward(&client, &upstream, &self.pumps).await {
             if !is_disconnect(&e) {
                 crate::warn_limited!(
@@ -65,14 +66,14 @@ impl Handler for ProxyHandler {
             crate::debug!("connection to {} aborted: {e}", self.target);
             // One side failed mid-stream: cut the other with RST too, so it cannot take
             // a truncated stream for a complete one.
-            client.reset_on_close();
-            upstream.reset_on_close();
+            client.stream().reset_on_close();
+            upstream.stream().reset_on_close();
         }
     }
 }
 
 /// Runs both directions until both finished (each half-closed in turn) or either failed.
-pub async fn forward(client: &Stream, upstream: &Stream, pumps: &PumpContext) -> io::Result<()> {
+pub async fn forward(client: &Duplex, upstream: &Duplex, pumps: &PumpContext) -> io::Result<()> {
     both_or_first_error(pump(client, upstream, pumps), pump(upstream, client, pumps)).await
 }
 

@@ -1,43 +1,43 @@
 //! Moves one direction of a proxied connection, socket to socket, until EOF.
 //!
-//! Small messages are copied through a per-worker scratch buffer with recv/send; once a
-//! read fills that buffer the stream is bulk and moves socket → pipe → socket with
-//! splice(2), zero-copy, until a burst comes up short again. splice costs more than a
-//! copy for a 64-byte request (pipe buffers, page references), and a copy of a full
-//! pipe's worth costs more than splice: HAProxy's `splice-auto` makes the same choice.
+//! Small messages go through the runtime's own receive and a send: on io_uring a RECV
+//! parked on the socket completes with the data, with no readiness round trip and no
+//! extra syscall. Once a receive fills its buffer the stream is bulk and moves
+//! socket → pipe → socket with splice(2), zero-copy, until a burst comes up short
+//! again. splice costs more than a copy for a 64-byte request (pipe buffers, page
+//! references) and less for a pipe's worth: HAProxy's `splice-auto` makes the same call.
 //!
-//! Readiness comes from the runtime (io_uring POLL_ADD, or epoll); the data calls are
-//! non-blocking syscalls made right here. io_uring's own SPLICE op is always punted to a
-//! kernel worker thread that then sleeps on the socket, so 2,000 idle connections would
-//! pin 4,000 `iou-wrk` threads; waiting for readiness first pins none.
+//! The splices are non-blocking syscalls issued on readiness (io_uring POLL_ADD, or
+//! epoll). io_uring's own SPLICE op is always punted to a kernel worker thread that then
+//! sleeps on the socket, so 2,000 idle connections would pin 4,000 `iou-wrk` threads;
+//! waiting for readiness first pins none.
 
-use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use super::pipe::{Pipe, PipePool};
-use crate::net::Stream;
+use crate::net::{Duplex, Stream};
 
-/// Size of the per-worker copy buffer; a read that fills it switches to splice.
-pub const SCRATCH_SIZE: usize = 16 * 1024;
+/// Receive buffer per direction, held for the connection's life (a parked RECV owns it).
+/// Small on purpose: 2,000 idle connections cost 8 MiB of it. A receive that fills it
+/// switches the direction to splice.
+pub const RECV_SIZE: usize = 2 * 1024;
 
-/// Per-worker state the pumps share: the pipe pool and the copy buffer. Only borrowed
-/// between two syscalls, never across an await.
+/// A splice burst shorter than this ends bulk mode: the stream is back to messages.
+const BULK_BURST: usize = 16 * 1024;
+
+/// Per-worker state the pumps share.
 pub struct PumpContext {
     pub pipes: PipePool,
-    scratch: RefCell<Box<[u8]>>,
 }
 
 impl PumpContext {
     pub fn new(pipes: PipePool) -> PumpContext {
-        PumpContext {
-            pipes,
-            scratch: RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice()),
-        }
+        PumpContext { pipes }
     }
 }
 
-/// What one burst of reading did.
+/// What one burst of splicing did.
 enum Burst {
     /// The source sent EOF and every byte before it was delivered.
     Eof,
@@ -50,57 +50,36 @@ enum Burst {
 ///
 /// Errors are either side failing (reset, broken pipe) or running out of fds for a
 /// pipe; the caller tears the whole connection down.
-pub async fn pump(src: &Stream, dst: &Stream, ctx: &PumpContext) -> io::Result<()> {
-    let mut splicing = false;
+pub async fn pump(src: &Duplex, dst: &Duplex, ctx: &PumpContext) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(RECV_SIZE);
     loop {
-        src.readable().await?;
-        let burst = if splicing {
-            splice_burst(src, dst, &ctx.pipes).await?
-        } else {
-            copy_burst(src, dst, ctx).await?
-        };
-        match burst {
-            Burst::Eof => {
-                dst.shutdown_write()?;
+        let (received, returned) = src.recv(buf).await;
+        let n = received?;
+        if n == 0 {
+            dst.stream().shutdown_write()?;
+            return Ok(());
+        }
+        let (sent, mut returned) = dst.send_all(returned).await;
+        sent?;
+        returned.clear();
+        buf = returned;
+        if n == RECV_SIZE {
+            if let Burst::Eof = splice_while_bulk(src.stream(), dst.stream(), &ctx.pipes).await? {
+                dst.stream().shutdown_write()?;
                 return Ok(());
             }
-            Burst::Moved(n) => splicing = n >= SCRATCH_SIZE,
         }
     }
 }
 
-/// One recv into the scratch buffer and its delivery.
-async fn copy_burst(src: &Stream, dst: &Stream, ctx: &PumpContext) -> io::Result<Burst> {
-    let leftover = {
-        let mut scratch = ctx.scratch.borrow_mut();
-        let n = match recv(src.as_raw_fd(), &mut scratch) {
-            Ok(0) => return Ok(Burst::Eof),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Moved(0)),
-            Err(e) => return Err(e),
-        };
-        let sent = match send(dst.as_raw_fd(), &scratch[..n]) {
-            Ok(sent) => sent,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => return Err(e),
-        };
-        if sent == n {
-            return Ok(Burst::Moved(n));
-        }
-        // The destination is full: keep the rest (the scratch buffer is shared).
-        (scratch[sent..n].to_vec(), n)
-    };
-    let (rest, n) = leftover;
-    let mut rest = &rest[..];
-    while !rest.is_empty() {
-        dst.writable().await?;
-        match send(dst.as_raw_fd(), rest) {
-            Ok(sent) => rest = &rest[sent..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+/// Splices burst after burst while the bursts stay large.
+async fn splice_while_bulk(src: &Stream, dst: &Stream, pipes: &PipePool) -> io::Result<Burst> {
+    loop {
+        match splice_burst(src, dst, pipes).await? {
+            Burst::Moved(n) if n >= BULK_BURST => src.readable().await?,
+            burst => return Ok(burst),
         }
     }
-    Ok(Burst::Moved(n))
 }
 
 /// Splices until the source has nothing more for now, through a pipe held only for the
@@ -155,34 +134,6 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
             std::ptr::null_mut(),
             len,
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is valid for writes of its length.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: buf is valid for reads of its length. MSG_NOSIGNAL: a closed peer is an
-    // EPIPE error here, not a process-killing SIGPIPE.
-    let n = unsafe {
-        libc::send(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         )
     };
     if n < 0 {

@@ -78,7 +78,10 @@ impl Target {
         if host.is_empty() {
             return Err(format!("invalid TARGET {text:?}: the host is empty"));
         }
-        Ok(Target::Host { host: host.to_owned(), port })
+        Ok(Target::Host {
+            host: host.to_owned(),
+            port,
+        })
     }
 
     /// Connects, trying each resolved address in turn, all within `timeout`.
@@ -104,11 +107,17 @@ impl Target {
             Target::Addr(addr) => connect(&(*addr).into(), Family::Tcp).await,
             Target::Host { host, port } => {
                 let query = (host.clone(), *port);
-                let addrs = monoio::spawn_blocking(move || query.to_socket_addrs().map(Vec::from_iter))
-                    .await
-                    .map_err(|_| io::Error::other("host name lookup was cancelled"))?
-                    .map_err(|e| io::Error::new(e.kind(), format!("failed to resolve {host:?}: {e}")))?;
-                let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host:?} has no addresses"));
+                let addrs =
+                    monoio::spawn_blocking(move || query.to_socket_addrs().map(Vec::from_iter))
+                        .await
+                        .map_err(|_| io::Error::other("host name lookup was cancelled"))?
+                        .map_err(|e| {
+                            io::Error::new(e.kind(), format!("failed to resolve {host:?}: {e}"))
+                        })?;
+                let mut last = io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{host:?} has no addresses"),
+                );
                 for addr in addrs {
                     match connect(&addr.into(), Family::Tcp).await {
                         Ok(stream) => return Ok(stream),
