@@ -28,7 +28,11 @@ impl Notifier {
                         ))
                     }
                 };
-                Some((UnixDatagram::unbound()?, addr))
+                let socket = UnixDatagram::unbound()?;
+                // A service manager that stops reading must not block the supervisor
+                // (and with it signals and watchdog pings): drop the message instead.
+                socket.set_nonblocking(true)?;
+                Some((socket, addr))
             }
         };
         Ok(Notifier {
