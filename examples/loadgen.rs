@@ -125,17 +125,21 @@ fn serve_backend(mut conn: UnixStream) -> io::Result<()> {
     let n = conn.read(&mut buf)?;
     if n >= 8 && &buf[..4] == b"SINK" {
         // Bulk: checksum everything after the 8-byte header until EOF, then reply.
+        // Whole words are summed in place; only a partial word (< 8 bytes) moves to the
+        // front, so the backend costs one pass over the data.
         let mut sum = Sum::default();
-        let mut pending: Vec<u8> = buf[8..n].to_vec();
+        let (mut start, mut end) = (8, n);
         loop {
-            let whole = pending.len() / 8 * 8;
-            sum.update(&pending[..whole]);
-            pending.drain(..whole);
-            let n = conn.read(&mut buf)?;
+            let whole = (end - start) / 8 * 8;
+            sum.update(&buf[start..start + whole]);
+            buf.copy_within(start + whole..end, 0);
+            end -= start + whole;
+            start = 0;
+            let n = conn.read(&mut buf[end..])?;
             if n == 0 {
                 break;
             }
-            pending.extend_from_slice(&buf[..n]);
+            end += n;
         }
         conn.write_all(&sum.bytes())?;
         return conn.shutdown(Shutdown::Write);
