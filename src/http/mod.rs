@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
-use monoio::io::AsyncReadRent;
 
 use crate::net::{is_disconnect, Stream};
 use crate::runtime::{Handler, Worker};
@@ -493,10 +492,7 @@ fn error_body(mut head: HeadWriter<'_>, status: Status, connection: Connection, 
 /// waiting for readiness (POLL_ADD) and calling recv(2) ourselves by 20-30% on io_uring.
 async fn read_more(stream: &mut Stream, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
     let len = buf.len();
-    let (result, slice) = match stream {
-        Stream::Tcp(s) => s.read(buf.slice_mut(len..)).await,
-        Stream::Unix(s) => s.read(buf.slice_mut(len..)).await,
-    };
+    let (result, slice) = stream.recv(buf.slice_mut(len..)).await;
     (result, slice.into_inner())
 }
 
