@@ -1,0 +1,315 @@
+#!/usr/bin/env bash
+# Side-by-side HTTP comparison, one run on this machine, every contender through the same
+# client (wrk -t1 -c64 --latency):
+#   1. ringsock serve (--threads 1) vs nginx (worker_processes 1, `return 200` with the same
+#      JSON body and type; sendfile on) vs aptly api serve (Go, release mode):
+#      GET /api/version, a 2 KiB file and a 1 MiB file (aptly api serve serves no files).
+#   2. The seed document's setup: wrk -> TCP -> forwarder -> aptly api serve on a Unix
+#      socket, with systemd-socket-proxyd and with ringsock proxy (both started by
+#      systemd-socket-activate, default flags as in the units), aptly direct on TCP as
+#      reference: GET /api/version.
+# Every contender is checked with curl (status, body, content type) before it is measured;
+# one that fails is recorded as such and not measured.
+#
+# Usage: perf/http.sh [SECONDS_PER_RUN]    (default 8; each run is preceded by a 1 s warm-up)
+# Writes perf/results/http-YYYY-MM-DD.md. Traffic stays on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-8}
+conns=64
+work=$(mktemp -d /tmp/ringsock-http.XXXXXX)
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+need() { command -v "$1" >/dev/null || { echo "perf/http.sh needs $1 (apt-get install $2)" >&2; exit 1; }; }
+need wrk wrk; need nginx nginx-light; need aptly aptly; need curl curl; need python3 python3
+need systemd-socket-activate systemd
+[ -x /lib/systemd/systemd-socket-proxyd ] || { echo "needs /lib/systemd/systemd-socket-proxyd (systemd)" >&2; exit 1; }
+
+cargo build --release --quiet --bin ringsock
+ringsock=$PWD/target/release/ringsock
+
+# The mirror tree: a 2 KiB and a 1 MiB file, served by ringsock (--root) and nginx (root).
+root=$work/public
+mkdir -p "$root/pool"
+head -c 2048 /dev/urandom > "$root/pool/small_2k.deb"
+head -c 1048576 /dev/urandom > "$root/pool/large_1m.deb"
+aptly_body='{"Version":"1.5.0+ds1-1+b4"}'
+json_type='application/json; charset=utf-8'
+deb_type='application/vnd.debian.binary-package'
+
+out=$work/raw.txt
+: > "$out"
+port=18600
+started=""   # pid of the contender now running
+
+# Starts contender $1 on 127.0.0.1:$port (a fresh port each time); sets $started.
+start() {
+  port=$((port + 1))
+  case $1 in
+    ringsock)
+      "$ringsock" serve --threads 1 --root "$root" --listen 127.0.0.1:$port 2>>"$work/$1.log" &
+      ;;
+    nginx)
+      # The same body ringsock answers, byte for byte (its own version, not aptly's).
+      cat > "$work/nginx.conf" <<CFG
+daemon off;
+worker_processes 1;
+user root;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  keepalive_timeout 60s;
+  client_body_temp_path $work/nginx-tmp;
+  proxy_temp_path $work/nginx-tmp;
+  fastcgi_temp_path $work/nginx-tmp;
+  uwsgi_temp_path $work/nginx-tmp;
+  scgi_temp_path $work/nginx-tmp;
+  types { $deb_type deb; }
+  default_type application/octet-stream;
+  server {
+    listen 127.0.0.1:$port;
+    root $root;
+    location = /api/version {
+      default_type "$json_type";
+      return 200 '$ringsock_body';
+    }
+  }
+}
+CFG
+      nginx -e "$work/nginx.err" -c "$work/nginx.conf" 2>>"$work/$1.log" &
+      ;;
+    aptly)
+      aptly_start "-listen=127.0.0.1:$port" ;;
+    aptly-unix)
+      aptly_start "-listen=unix://$work/aptly.sock" ;;
+    systemd-socket-proxyd)
+      systemd-socket-activate -l 127.0.0.1:$port /lib/systemd/systemd-socket-proxyd "$work/aptly.sock" 2>>"$work/$1.log" &
+      ;;
+    ringsock-proxy)
+      systemd-socket-activate -l 127.0.0.1:$port "$ringsock" proxy "$work/aptly.sock" 2>>"$work/$1.log" &
+      ;;
+  esac
+  started=$!
+  pids+=("$started")
+}
+
+# aptly with a throw-away rootDir, in gin's release mode; it logs every request on stdout
+# (as it would into the journal), which goes to /dev/null here.
+aptly_start() {
+  mkdir -p "$work/aptly"
+  echo "{\"rootDir\": \"$work/aptly\"}" > "$work/aptly.conf"
+  rm -f "$work/aptly.sock"
+  GIN_MODE=release aptly api serve -config="$work/aptly.conf" "$1" >/dev/null 2>>"$work/aptly.log" &
+}
+
+stop() {
+  local p=$1
+  [ -n "$p" ] || return 0
+  kill "$p" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+}
+
+# Waits up to 5 s for $1 (a TCP port or a Unix socket path) to accept.
+wait_listening() {
+  for _ in $(seq 50); do
+    case $1 in
+      /*) [ -S "$1" ] && return 0 ;;
+      *) (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0 ;;
+    esac
+    sleep 0.1
+  done
+  return 1
+}
+
+# check NAME URL BODY_FILE TYPE: one GET with curl; status 200, the exact body and type.
+check() {
+  local name=$1 url=$2 want=$3 type=$4 got
+  got=$(curl -sS --max-time 5 -o "$work/body" -w '%{http_code} %{content_type}' "$url" 2>&1) || true
+  if [ "$got" = "200 $type" ] && cmp -s "$work/body" "$want"; then
+    echo "verified $name $url: $got, $(wc -c < "$work/body") bytes" >> "$out"
+    return 0
+  fi
+  echo "FAILED $name $url: got '$got', $(wc -c < "$work/body" 2>/dev/null || echo 0) bytes, $(head -c 80 "$work/body" 2>/dev/null | tr -c '[:print:]' '.')" | tee -a "$out" >&2
+  return 1
+}
+
+# bench NAME WORKLOAD URL: 1 s warm-up, then the timed wrk run appended to the raw output.
+bench() {
+  local name=$1 workload=$2 url=$3
+  wrk -t1 -c$conns -d1s "$url" >/dev/null 2>&1 || true
+  echo "=== $name $workload $url" >> "$out"
+  wrk -t1 -c$conns -d${secs}s --latency "$url" >> "$out" 2>&1 || echo "wrk exited $?" >> "$out"
+  echo "$name $workload: $(grep Requests/sec "$out" | tail -1)"
+}
+
+# measure NAME WORKLOAD URL BODY_FILE TYPE
+measure() {
+  if check "$1" "$3" "$4" "$5"; then bench "$@"; else echo "=== $1 $2 $3 NOT MEASURED (failed verification)" >> "$out"; fi
+}
+
+ulimit -n 20000 2>/dev/null || true
+printf '%s' "$aptly_body" > "$work/aptly_body"
+
+# --- 1. servers side by side ---------------------------------------------------------
+start ringsock
+wait_listening $port || echo "ringsock serve did not listen" >> "$out"
+ringsock_body=$(curl -s --max-time 5 http://127.0.0.1:$port/api/version)
+printf '%s' "$ringsock_body" > "$work/ringsock_body"
+for s in ringsock nginx aptly; do
+  [ "$s" = ringsock ] || { start "$s"; wait_listening $port || echo "$s did not listen on $port" >> "$out"; }
+  base=http://127.0.0.1:$port
+  case $s in
+    aptly) measure "aptly api serve" version "$base/api/version" "$work/aptly_body" "$json_type" ;;
+    *)
+      label=$s; [ "$s" = ringsock ] && label="ringsock serve"
+      measure "$label" version "$base/api/version" "$work/ringsock_body" "$json_type"
+      measure "$label" file-2k "$base/pool/small_2k.deb" "$root/pool/small_2k.deb" "$deb_type"
+      measure "$label" file-1m "$base/pool/large_1m.deb" "$root/pool/large_1m.deb" "$deb_type"
+      ;;
+  esac
+  stop "$started"
+done
+
+# --- 2. the seed document's setup: wrk -> TCP -> forwarder -> aptly.sock ---------------
+start aptly
+wait_listening $port || echo "aptly did not listen on $port" >> "$out"
+measure "aptly direct (TCP)" e2e "http://127.0.0.1:$port/api/version" "$work/aptly_body" "$json_type"
+stop "$started"
+start aptly-unix
+aptly_pid=$started
+wait_listening "$work/aptly.sock" || echo "aptly did not create $work/aptly.sock" >> "$out"
+for fwd in systemd-socket-proxyd ringsock-proxy; do
+  start "$fwd"
+  wait_listening $port || echo "$fwd: systemd-socket-activate did not listen on $port" >> "$out"
+  label=$fwd; [ "$fwd" = ringsock-proxy ] && label="ringsock proxy"
+  # The first connection makes systemd-socket-activate exec the forwarder; check() is it.
+  measure "$label → aptly.sock" e2e "http://127.0.0.1:$port/api/version" "$work/aptly_body" "$json_type"
+  # Still alive and answering after the run?
+  check "$label → aptly.sock (after the run)" "http://127.0.0.1:$port/api/version" "$work/aptly_body" "$json_type" || true
+  stop "$started"
+done
+stop "$aptly_pid"
+for f in "$work"/*.log "$work/nginx.err"; do
+  [ -s "$f" ] || continue
+  echo "--- $(basename "$f") (last 5 lines)" >> "$out"; tail -5 "$f" >> "$out"
+done
+
+date=$(date -u +%Y-%m-%d)
+result=perf/results/http-$date.md
+mkdir -p perf/results
+python3 - "$out" "$secs" "$conns" "$(nginx -v 2>&1 | sed 's/.*\///')" "$(aptly version | sed 's/.*: //')" \
+    "$("$ringsock" --version | awk '{print $2}')" > "$result" <<'PY'
+import sys, re, os, platform
+raw, secs, conns, nginx_v, aptly_v, ringsock_v = sys.argv[1:7]
+text = open(raw).read()
+runs = {}   # (name, workload) -> dict
+for block in re.split(r"^=== ", text, flags=re.M)[1:]:
+    head, _, body = block.partition("\n")
+    m = re.match(r"(.+) (version|file-2k|file-1m|e2e) (\S+)( NOT MEASURED.*)?$", head)
+    if not m: continue
+    r = {"url": m.group(3), "failed": bool(m.group(4))}
+    def unit(v, u):
+        return float(v) * {"us": 1, "ms": 1e3, "s": 1e6}[u]
+    for key, pat in (("rps", r"Requests/sec:\s+([\d.]+)"),):
+        mm = re.search(pat, body)
+        if mm: r[key] = float(mm.group(1))
+    for pct in ("50", "99"):
+        mm = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\b" % pct, body, re.M)
+        if mm: r["p" + pct] = unit(mm.group(1), mm.group(2))
+    mm = re.search(r"Transfer/sec:\s+([\d.]+)([KMG]?B)", body)
+    if mm: r["bytes_s"] = float(mm.group(1)) * {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30}[mm.group(2)]
+    mm = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", body)
+    errs = []
+    if mm and any(int(x) for x in mm.groups()):
+        errs.append("socket errors: connect %s, read %s, write %s, timeout %s" % mm.groups())
+    mm = re.search(r"Non-2xx or 3xx responses: (\d+)", body)
+    if mm: errs.append("%s non-2xx/3xx" % mm.group(1))
+    mm = re.search(r"(\d+) requests in", body)
+    if mm: r["n"] = int(mm.group(1))
+    r["errors"] = errs
+    runs[(m.group(1), m.group(2))] = r
+
+def cell(name, wl, gbit=False):
+    r = runs.get((name, wl))
+    if r is None: return "—"
+    if r["failed"]: return "failed verification"
+    if "rps" not in r: return "no result"
+    s = "%.0f" % r["rps"]
+    if gbit and "bytes_s" in r: s += " (%.1f Gbit/s)" % (r["bytes_s"] * 8 / 1e9)
+    if "p50" in r and "p99" in r: s += " · %s / %s" % (lat(r["p50"]), lat(r["p99"]))
+    if r["errors"]: s += " · **%s**" % "; ".join(r["errors"])
+    return s
+def lat(us):
+    return "%.0f µs" % us if us < 1000 else "%.2f ms" % (us / 1000)
+def rps(name, wl):
+    r = runs.get((name, wl))
+    return r.get("rps") if r and not r["failed"] else None
+
+print("# HTTP comparison: ringsock serve / nginx / aptly, and the aptly proxy setup\n")
+print("One run, %s, kernel %s, %d CPUs; `wrk -t1 -c%s -d%ss --latency` after a 1 s warm-up, "
+      "client and servers on the same cores, loopback. Generated by perf/http.sh.\n"
+      % (os.popen("date -u +'%Y-%m-%d %H:%M UTC'").read().strip(), platform.release(), os.cpu_count(), conns, secs))
+print("ringsock %s (`serve --threads 1`), nginx %s (`worker_processes 1`, `return 200` with ringsock's "
+      "JSON body and type, `sendfile on`, `tcp_nopush on`, `access_log off`, `keepalive_requests 1000000`), "
+      "aptly %s (`api serve`, `GIN_MODE=release`, Go's default GOMAXPROCS = all CPUs, its per-request "
+      "log line to /dev/null). Every contender answered a curl check (status 200, exact body, "
+      "content type) before its run.\n" % (ringsock_v, nginx_v, aptly_v))
+print("Cells: requests/s · p50 / p99 latency.\n")
+print("## Servers\n")
+servers = ["ringsock serve", "nginx", "aptly api serve"]
+print("| request | " + " | ".join(servers) + " |")
+print("|---|" + "---|" * len(servers))
+for wl, label in (("version", "GET /api/version"), ("file-2k", "GET 2 KiB file"), ("file-1m", "GET 1 MiB file")):
+    print("| %s | %s |" % (label, " | ".join(cell(s, wl, gbit=(wl == "file-1m")) for s in servers)))
+print("\n`aptly api serve` has no file serving (1.5.0 has no `serveInAPIMode`), hence —.\n")
+print("## The seed document's setup: wrk → TCP → forwarder → aptly api serve on a Unix socket\n")
+print("Forwarders started by `systemd-socket-activate -l 127.0.0.1:PORT FORWARDER aptly.sock` with "
+      "default flags (systemd-socket-proxyd: one thread; ringsock proxy: one worker per CPU).\n")
+print("| path | GET /api/version |")
+print("|---|---|")
+e2e = ["aptly direct (TCP)", "systemd-socket-proxyd → aptly.sock", "ringsock proxy → aptly.sock"]
+for name in e2e:
+    print("| %s | %s |" % (name, cell(name, "e2e")))
+print("\n## ringsock against the targets\n")
+checks = [
+    ("/api/version vs nginx", rps("ringsock serve", "version"), rps("nginx", "version"), 1.1),
+    ("/api/version vs aptly api serve", rps("ringsock serve", "version"), rps("aptly api serve", "version"), 3.0),
+    ("2 KiB file vs nginx", rps("ringsock serve", "file-2k"), rps("nginx", "file-2k"), 1.0),
+    ("1 MiB file vs nginx", rps("ringsock serve", "file-1m"), rps("nginx", "file-1m"), 1.0),
+    ("aptly setup: ringsock proxy vs systemd-socket-proxyd", rps("ringsock proxy → aptly.sock", "e2e"),
+     rps("systemd-socket-proxyd → aptly.sock", "e2e"), 2.0),
+]
+for name, a, b, target in checks:
+    if a and b:
+        ratio = a / b
+        print("- %s: **%.2f×** (target ≥ %.1f×) %s" % (name, ratio, target, "met" if ratio >= target else "NOT met"))
+    else:
+        print("- %s: no ratio (a contender has no result) — NOT met" % name)
+a, d = rps("ringsock proxy → aptly.sock", "e2e"), rps("aptly direct (TCP)", "e2e")
+if a and d:
+    print("- (for scale) ringsock proxy → aptly.sock reaches %.0f%% of aptly direct on TCP" % (100 * a / d))
+errs = ["%s %s: %s" % (k[0], k[1], "; ".join(r["errors"])) for k, r in runs.items() if r["errors"]]
+fails = [l for l in text.splitlines() if l.startswith("FAILED") or "NOT MEASURED" in l or "did not" in l]
+print("- errors during runs: %s" % ("; ".join(errs) or "none"))
+print("- failed checks: %s" % ("; ".join(fails) or "none"))
+print("\n## Raw output\n\n```")
+print(text.rstrip())
+print("```")
+PY
+cat "$result"
