@@ -30,7 +30,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 need() { command -v "$1" >/dev/null || { echo "perf/http.sh needs $1 (apt-get install $2)" >&2; exit 1; }; }
-need wrk wrk; need nginx nginx-light; need aptly aptly; need curl curl; need python3 python3
+need wrk wrk; need /usr/bin/time time; need nginx nginx-light; need aptly aptly; need curl curl; need python3 python3
 need systemd-socket-activate systemd
 [ -x /lib/systemd/systemd-socket-proxyd ] || { echo "needs /lib/systemd/systemd-socket-proxyd (systemd)" >&2; exit 1; }
 
@@ -149,13 +149,26 @@ check() {
   return 1
 }
 
-# bench NAME WORKLOAD URL: 1 s warm-up, then the timed wrk run appended to the raw output.
+# CPU seconds (user + system, all threads, live or exited) the processes $@ used so far.
+cpu_s() {
+  local p t=0
+  for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}'))); done
+  awk -v t=$t -v hz="$hz" 'BEGIN { printf "%.2f", t / hz }'
+}
+
+# bench NAME WORKLOAD URL: 1 s warm-up, then the timed wrk run appended to the raw output
+# with the CPU time the server ($srv_pids), the backend behind it ($backend_pids) and wrk
+# used during it.
 bench() {
-  local name=$1 workload=$2 url=$3
+  local name=$1 workload=$2 url=$3 s0 b0 s1 b1
   wrk -t1 -c$conns -d1s "$url" >/dev/null 2>&1 || true
   echo "=== $name $workload $url" >> "$out"
-  wrk -t1 -c$conns -d${secs}s --latency "$url" >> "$out" 2>&1 || echo "wrk exited $?" >> "$out"
-  echo "$name $workload: $(grep Requests/sec "$out" | tail -1)"
+  s0=$(cpu_s $srv_pids); b0=$(cpu_s $backend_pids)
+  /usr/bin/time -f '%U %S' -o "$work/time" wrk -t1 -c$conns -d${secs}s --latency "$url" >> "$out" 2>&1 || echo "wrk exited $?" >> "$out"
+  s1=$(cpu_s $srv_pids); b1=$(cpu_s $backend_pids)
+  tail -1 "$work/time" | awk -v s0="$s0" -v s1="$s1" -v b0="$b0" -v b1="$b1" \
+    '{ printf "cpu: server %.2f s, backend %.2f s, wrk %.2f s\n", s1 - s0, b1 - b0, $(NF-1) + $NF }' >> "$out"
+  echo "$name $workload: $(grep Requests/sec "$out" | tail -1) $(tail -1 "$out")"
 }
 
 # measure NAME WORKLOAD URL BODY_FILE TYPE
@@ -164,6 +177,8 @@ measure() {
 }
 
 ulimit -n 20000 2>/dev/null || true
+hz=$(getconf CLK_TCK)
+srv_pids=""; backend_pids=""
 printf '%s' "$aptly_body" > "$work/aptly_body"
 
 # --- 1. servers side by side ---------------------------------------------------------
@@ -174,6 +189,8 @@ printf '%s' "$ringsock_body" > "$work/ringsock_body"
 for s in ringsock nginx aptly; do
   [ "$s" = ringsock ] || { start "$s"; wait_listening $port || echo "$s did not listen on $port" >> "$out"; }
   base=http://127.0.0.1:$port
+  if [ "$s" = nginx ]; then for _ in $(seq 20); do pgrep -P "$started" >/dev/null && break; sleep 0.1; done; fi
+  srv_pids="$started $(pgrep -P "$started" | tr '\n' ' ' || true)"   # nginx: master and worker
   case $s in
     aptly) measure "aptly api serve" version "$base/api/version" "$work/aptly_body" "$json_type" ;;
     *)
@@ -189,15 +206,18 @@ done
 # --- 2. the seed document's setup: wrk -> TCP -> forwarder -> aptly.sock ---------------
 start aptly
 wait_listening $port || echo "aptly did not listen on $port" >> "$out"
+srv_pids=$started
 measure "aptly direct (TCP)" e2e "http://127.0.0.1:$port/api/version" "$work/aptly_body" "$json_type"
 stop "$started"
 start aptly-unix
 aptly_pid=$started
 wait_listening "$work/aptly.sock" || echo "aptly did not create $work/aptly.sock" >> "$out"
+backend_pids=$aptly_pid
 for fwd in systemd-socket-proxyd ringsock-proxy; do
   start "$fwd"
   wait_listening $port || echo "$fwd: systemd-socket-activate did not listen on $port" >> "$out"
   label=$fwd; [ "$fwd" = ringsock-proxy ] && label="ringsock proxy"
+  srv_pids=$started   # systemd-socket-activate execs the forwarder in place
   # The first connection makes systemd-socket-activate exec the forwarder; check() is it.
   measure "$label → aptly.sock" e2e "http://127.0.0.1:$port/api/version" "$work/aptly_body" "$json_type"
   # Still alive and answering after the run?
@@ -240,6 +260,8 @@ for block in re.split(r"^=== ", text, flags=re.M)[1:]:
         errs.append("socket errors: connect %s, read %s, write %s, timeout %s" % mm.groups())
     mm = re.search(r"Non-2xx or 3xx responses: (\d+)", body)
     if mm: errs.append("%s non-2xx/3xx" % mm.group(1))
+    mm = re.search(r"cpu: server ([\d.]+) s, backend ([\d.]+) s, wrk ([\d.]+) s", body)
+    if mm: r["cpu_srv"], r["cpu_backend"], r["cpu_wrk"] = map(float, mm.groups())
     mm = re.search(r"(\d+) requests in", body)
     if mm: r["n"] = int(mm.group(1))
     r["errors"] = errs
@@ -253,10 +275,16 @@ def cell(name, wl, gbit=False):
     s = "%.0f" % r["rps"]
     if gbit and "bytes_s" in r: s += " (%.1f Gbit/s)" % (r["bytes_s"] * 8 / 1e9)
     if "p50" in r and "p99" in r: s += " · %s / %s" % (lat(r["p50"]), lat(r["p99"]))
+    if r.get("n") and "cpu_srv" in r: s += " · %.1f µs" % (r["cpu_srv"] / r["n"] * 1e6)
+    if "cpu_wrk" in r: s += " · wrk %.0f%%" % (100 * r["cpu_wrk"] / float(secs))
     if r["errors"]: s += " · **%s**" % "; ".join(r["errors"])
     return s
 def lat(us):
     return "%.0f µs" % us if us < 1000 else "%.2f ms" % (us / 1000)
+def cpu_per_req(name, wl):
+    r = runs.get((name, wl))
+    if r and not r["failed"] and r.get("n") and "cpu_srv" in r: return r["cpu_srv"] / r["n"]
+    return None
 def rps(name, wl):
     r = runs.get((name, wl))
     return r.get("rps") if r and not r["failed"] else None
@@ -270,7 +298,9 @@ print("ringsock %s (`serve --threads 1`), nginx %s (`worker_processes 1`, `retur
       "aptly %s (`api serve`, `GIN_MODE=release`, Go's default GOMAXPROCS = all CPUs, its per-request "
       "log line to /dev/null). Every contender answered a curl check (status 200, exact body, "
       "content type) before its run.\n" % (ringsock_v, nginx_v, aptly_v))
-print("Cells: requests/s · p50 / p99 latency.\n")
+print("Cells: requests/s · p50 / p99 latency · CPU time the server (the forwarder in the second table) "
+      "spent per request, user + system (on loopback part of the kernel's delivery to the receiver is "
+      "charged to the sender) · CPU wrk used, in % of one core (near 100% the client is the limit).\n")
 print("## Servers\n")
 servers = ["ringsock serve", "nginx", "aptly api serve"]
 print("| request | " + " | ".join(servers) + " |")
@@ -301,6 +331,14 @@ for name, a, b, target in checks:
         print("- %s: **%.2f×** (target ≥ %.1f×) %s" % (name, ratio, target, "met" if ratio >= target else "NOT met"))
     else:
         print("- %s: no ratio (a contender has no result) — NOT met" % name)
+for name, a, b in (("/api/version", "ringsock serve", "nginx"), ("2 KiB file", "ringsock serve", "nginx"),
+                   ("1 MiB file", "ringsock serve", "nginx"), ("/api/version", "ringsock serve", "aptly api serve"),
+                   ("aptly setup", "ringsock proxy → aptly.sock", "systemd-socket-proxyd → aptly.sock")):
+    wl = {"/api/version": "version", "2 KiB file": "file-2k", "1 MiB file": "file-1m", "aptly setup": "e2e"}[name]
+    ca, cb = cpu_per_req(a, wl), cpu_per_req(b, wl)
+    if ca and cb:
+        print("- (not a target) %s, server CPU per request: %s %.1f µs, %s %.1f µs → %s needs %.2f× less"
+              % (name, a, ca * 1e6, b, cb * 1e6, a, cb / ca))
 a, d = rps("ringsock proxy → aptly.sock", "e2e"), rps("aptly direct (TCP)", "e2e")
 if a and d:
     print("- (for scale) ringsock proxy → aptly.sock reaches %.0f%% of aptly direct on TCP" % (100 * a / d))
