@@ -853,16 +853,7 @@ fn proxy_under_seccomp(backend: &EchoBackend, port: u16, action: u32) -> Ringsoc
     cmd.args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
         .arg(&backend.path)
         .env("RINGSOCK_LOG_LEVEL", "debug");
-    for var in [
-        "LISTEN_PID",
-        "LISTEN_FDS",
-        "LISTEN_FDNAMES",
-        "NOTIFY_SOCKET",
-        "JOURNAL_STREAM",
-        "MONOIO_FORCE_LEGACY_DRIVER",
-    ] {
-        cmd.env_remove(var);
-    }
+    without_manager_env(&mut cmd).env_remove("MONOIO_FORCE_LEGACY_DRIVER");
     seccomp_io_uring(&mut cmd, action);
     spawn_logged(cmd)
 }

@@ -17,6 +17,24 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringsock");
 
+/// What the test process may have inherited from a service manager and must not leak
+/// into a ringsock it starts: the activation and notify protocol variables.
+pub const MANAGER_ENV: [&str; 5] = [
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "JOURNAL_STREAM",
+];
+
+/// Starts `cmd` with none of [`MANAGER_ENV`]; callers then set what the test needs.
+pub fn without_manager_env(cmd: &mut Command) -> &mut Command {
+    for var in MANAGER_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// Both runtime drivers: every behaviour test runs once per driver.
 #[derive(Clone, Copy, Debug)]
 pub enum Driver {
@@ -148,18 +166,17 @@ impl Spawn {
                 None => "LISTEN_PID=$$ exec \"$0\" \"$@\"".to_string(),
             };
             cmd.arg("-c").arg(script).arg(BIN);
-            cmd.env("LISTEN_FDS", self.listeners.len().to_string());
             cmd
         };
-        cmd.args(&self.args)
+        without_manager_env(&mut cmd)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDNAMES")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
             .env("RINGSOCK_LOG_LEVEL", "debug");
+        if !self.listeners.is_empty() {
+            cmd.env("LISTEN_FDS", self.listeners.len().to_string());
+        }
         if let Some(names) = &self.names {
             cmd.env("LISTEN_FDNAMES", names);
         }
@@ -287,12 +304,11 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) 
     let dir = tempfile::tempdir().expect("tempdir");
     let (err_path, out_path) = (dir.path().join("stderr"), dir.path().join("stdout"));
     let mut cmd = Command::new(BIN);
-    cmd.args(args)
+    without_manager_env(&mut cmd)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(File::create(&out_path).unwrap())
-        .stderr(File::create(&err_path).unwrap())
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDS");
+        .stderr(File::create(&err_path).unwrap());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -531,15 +547,7 @@ impl Activate {
         cmd.arg(BIN).args(&self.args);
         // systemd-socket-activate passes on fds it was itself activated with: it must
         // see none of ours.
-        for var in [
-            "LISTEN_PID",
-            "LISTEN_FDS",
-            "LISTEN_FDNAMES",
-            "NOTIFY_SOCKET",
-            "JOURNAL_STREAM",
-        ] {
-            cmd.env_remove(var);
-        }
+        without_manager_env(&mut cmd);
         spawn_logged(cmd)
     }
 }
