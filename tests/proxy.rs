@@ -769,7 +769,7 @@ fn threads_flag_sets_the_worker_count() {
     for driver in DRIVERS {
         for n in [1usize, 3] {
             let (ringsock, addr) = proxy(driver, &["--threads", &n.to_string()], &backend.target);
-            ringsock.wait_for_log(&format!("driver on {n} worker threads"), LOG);
+            ringsock.wait_for_log(&format!("driver on {n} worker thread"), LOG);
             let workers = thread_names(ringsock.pid())
                 .iter()
                 .filter(|name| name.starts_with("ringsock-w"))

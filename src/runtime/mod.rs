@@ -364,12 +364,24 @@ impl monoio::blocking::ThreadPool for ThreadPerBlockingTask {
 fn log_driver(driver: Option<Driver>, threads: usize) {
     match driver {
         Some(Driver::IoUring) => {
-            crate::info!("using the io_uring driver on {threads} worker threads")
+            crate::info!(
+                "using the io_uring driver on {threads} worker {}",
+                plural(threads)
+            )
         }
         _ => crate::warn!(
-            "io_uring is unavailable ({}); using the epoll driver on {threads} worker threads",
-            why_no_uring()
+            "io_uring is unavailable ({}); using the epoll driver on {threads} worker {}",
+            why_no_uring(),
+            plural(threads)
         ),
+    }
+}
+
+fn plural(threads: usize) -> &'static str {
+    if threads == 1 {
+        "thread"
+    } else {
+        "threads"
     }
 }
 
