@@ -366,6 +366,11 @@ fn bad_input_gets_a_clear_status_and_the_worker_survives() {
         assert_eq!(resp.header("Allow"), Some("GET, HEAD"));
         conn.send(get("/api/version").as_bytes());
         assert_eq!(conn.response(false).status, 200);
+        // `OPTIONS *` asks about the server: the same 405, not a 400 for the odd target.
+        conn.send(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n");
+        let resp = conn.response(false);
+        assert_eq!(resp.status, 405);
+        assert_eq!(resp.header("Allow"), Some("GET, HEAD"));
         // The same worker still serves.
         assert_eq!(server.get(&get("/api/version")).status, 200);
         server.ringsock.stop();

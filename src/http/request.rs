@@ -83,7 +83,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
         _ => return Err(reject(response::NOT_IMPLEMENTED, "unknown method")),
     };
     let http10 = req.version.unwrap_or(1) == 0;
-    let target = origin_form(req.path.unwrap_or("").as_bytes())?;
+    let target = match req.path.unwrap_or("").as_bytes() {
+        // `OPTIONS *` (asterisk form) asks about the server as a whole: it gets the same
+        // 405 with `Allow` as any OPTIONS, not a 400.
+        b"*" if req.method == Some("OPTIONS") => &b"*"[..],
+        raw => origin_form(raw)?,
+    };
 
     let mut keep_alive = !http10;
     let mut content_length: Option<u64> = None;
@@ -233,6 +238,15 @@ mod tests {
             Ok(None) => 0,
             Err(r) => r.status.code,
         }
+    }
+
+    #[test]
+    fn options_asterisk_is_a_method_question_not_a_bad_path() {
+        let req = parse(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.method, Method::NotAllowed);
+        assert!(parse(b"GET * HTTP/1.1\r\nHost: x\r\n\r\n").is_err());
     }
 
     #[test]
