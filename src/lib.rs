@@ -89,7 +89,7 @@ fn listeners(common: &Common, default: Option<ListenAddr>) -> Result<Vec<Listene
     for addr in addrs {
         listeners.push(
             addr.bind()
-                .map_err(|e| format!("failed to listen on {addr}: {e}"))?,
+                .map_err(|e| format!("failed to listen on {addr}: {e}{}", bind_hint(&e)))?,
         );
     }
     if listeners.is_empty() {
@@ -100,4 +100,19 @@ fn listeners(common: &Common, default: Option<ListenAddr>) -> Result<Vec<Listene
         );
     }
     Ok(listeners)
+}
+
+/// What to do about the usual reasons a `--listen` address cannot be bound.
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "; another process listens there: stop it or choose another address"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "; ports below 1024 need root or CAP_NET_BIND_SERVICE: let systemd hold the socket \
+             (a .socket unit) or choose a higher port"
+        }
+        std::io::ErrorKind::AddrNotAvailable => "; no local interface has that address",
+        _ => "",
+    }
 }

@@ -197,6 +197,20 @@ fn without_sockets_it_says_how_to_pass_them() {
     assert!(out.contains("--listen") && out.contains("systemd"), "{out}");
 }
 
+/// A `--listen` address someone else holds: the error names it and what to do.
+#[test]
+fn a_busy_listen_address_says_what_to_do() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, out) = run_to_exit(&["proxy", "--listen", &addr, "/run/backend.sock"], &[]);
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(&format!("failed to listen on {addr}")),
+        "{out}"
+    );
+    assert!(out.contains("another process listens there"), "{out}");
+}
+
 /// Each fd that is not a listening stream socket is named in the error, in whatever
 /// position it was passed.
 #[test]
