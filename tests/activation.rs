@@ -129,12 +129,7 @@ fn watchdog_is_fed_while_draining() {
         for _ in 0..3 {
             notify.expect("WATCHDOG=1", LOG);
         }
-        let status = ringsock.wait_exit(LOG);
-        assert!(
-            status.success(),
-            "{driver:?}: {status}\n{}",
-            ringsock.stderr()
-        );
+        ringsock.wait_clean_exit(LOG, driver);
     }
 }
 

@@ -576,13 +576,8 @@ fn exit_idle_time_counts_from_the_last_close() {
 
         drop(client);
         let closed = Instant::now();
-        let status = ringsock.wait_exit(Duration::from_secs(10));
+        ringsock.wait_clean_exit(Duration::from_secs(10), driver);
         let after = closed.elapsed();
-        assert!(
-            status.success(),
-            "{driver:?}: {status}\n{}",
-            ringsock.stderr()
-        );
         assert!(
             after >= Duration::from_millis(800) && after < Duration::from_secs(4),
             "{driver:?}: exited {after:?} after the last close, --exit-idle-time is 1s"
@@ -644,12 +639,7 @@ fn sigterm_lets_open_transfers_finish_and_accepts_no_more() {
                 .unwrap()
                 .unwrap_or_else(|e| panic!("{driver:?}: transfer {i} after SIGTERM: {e}"));
         }
-        let status = ringsock.wait_exit(Duration::from_secs(20));
-        assert!(
-            status.success(),
-            "{driver:?}: {status}\n{}",
-            ringsock.stderr()
-        );
+        ringsock.wait_clean_exit(Duration::from_secs(20), driver);
         assert_eq!(
             backend.accepted() - before,
             3,
@@ -672,13 +662,8 @@ fn shutdown_timeout_bounds_the_drain() {
         assert_eq!(round_trip(&mut client, b"x").unwrap(), b"x");
         ringsock.signal(libc::SIGTERM);
         let start = Instant::now();
-        let status = ringsock.wait_exit(Duration::from_secs(10));
+        ringsock.wait_clean_exit(Duration::from_secs(10), driver);
         let took = start.elapsed();
-        assert!(
-            status.success(),
-            "{driver:?}: {status}\n{}",
-            ringsock.stderr()
-        );
         assert!(
             took >= Duration::from_millis(900) && took < Duration::from_secs(5),
             "{driver:?}: exited {took:?} after SIGTERM, --shutdown-timeout is 1s"
@@ -808,12 +793,7 @@ fn sigint_stops_gracefully() {
         // The open connection still works until its client is done.
         assert_eq!(round_trip(&mut client, b"y").unwrap(), b"y");
         drop(client);
-        let status = ringsock.wait_exit(LOG);
-        assert!(
-            status.success(),
-            "{driver:?}: {status}\n{}",
-            ringsock.stderr()
-        );
+        ringsock.wait_clean_exit(LOG, driver);
     }
 }
 

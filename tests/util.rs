@@ -270,6 +270,12 @@ impl Ringsock {
         );
     }
 
+    /// Waits for exit and asserts it was clean (status 0), with the log if not.
+    pub fn wait_clean_exit(&mut self, timeout: Duration, driver: Driver) {
+        let status = self.wait_exit(timeout);
+        assert!(status.success(), "{driver:?}: {status}\n{}", self.stderr());
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn stop(mut self) -> String {
         self.signal(libc::SIGTERM);
