@@ -5,6 +5,9 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
+/// Longest a message waits for room in the manager's queue before it is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A connection to the service manager; every method is a no-op when not under one.
 pub struct Notifier {
     socket: Option<(UnixDatagram, SocketAddr)>,
@@ -29,9 +32,11 @@ impl Notifier {
                     }
                 };
                 let socket = UnixDatagram::unbound()?;
-                // A service manager that stops reading must not block the supervisor
-                // (and with it signals and watchdog pings): drop the message instead.
-                socket.set_nonblocking(true)?;
+                // The manager's queue is short (net.unix.max_dgram_qlen, 10 here): wait a
+                // while for room, so READY=1 or STOPPING=1 is not lost behind pings, but
+                // not forever, or a manager that stopped reading would stall signal
+                // handling in the supervisor.
+                socket.set_write_timeout(Some(SEND_TIMEOUT))?;
                 Some((socket, addr))
             }
         };
