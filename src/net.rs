@@ -64,7 +64,7 @@ impl Stream {
         }
     }
 
-    /// Sends all of `buf` with the runtime's own send (the op copies the fd, as in recv).
+    /// Sends all of `buf` with the runtime's own send, as many submissions as it takes.
     pub fn send_all<T: IoBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> + '_ {
         match self {
             Stream::Tcp(s) => Either::Left(s.write_all(buf)),
@@ -170,7 +170,8 @@ impl Duplex {
     }
 
     pub fn stream(&self) -> &Stream {
-        // SAFETY: see the type's comment; no `&mut` outlives the call that made it.
+        // SAFETY: see the type's comment: what is read through this (the fd) is never
+        // written by a receive or send in flight.
         unsafe { &*self.0.get() }
     }
 

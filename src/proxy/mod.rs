@@ -16,7 +16,7 @@ use crate::log::RateLimit;
 use crate::net::{is_disconnect, Duplex, Stream};
 use crate::runtime::Handler;
 pub use pipe::PipePool;
-pub use pump::{pump, PumpContext};
+pub use pump::pump;
 pub use target::Target;
 
 /// Pipe size per direction, as systemd-socket-proxyd uses (its F_SETPIPE_SZ).
@@ -30,7 +30,7 @@ static PUMP_ERRORS: RateLimit = RateLimit::new(Duration::from_secs(5));
 pub struct ProxyHandler {
     target: Target,
     connect_timeout: Duration,
-    pumps: PumpContext,
+    pipes: PipePool,
 }
 
 impl ProxyHandler {
@@ -38,7 +38,7 @@ impl ProxyHandler {
         ProxyHandler {
             target,
             connect_timeout,
-            pumps: PumpContext::new(PipePool::new(PIPE_SIZE, PIPES_KEPT)),
+            pipes: PipePool::new(PIPE_SIZE, PIPES_KEPT),
         }
     }
 }
@@ -55,7 +55,7 @@ impl Handler for ProxyHandler {
             }
         };
         let (client, upstream) = (Duplex::new(client), Duplex::new(upstream));
-        if let Err(e) = forward(&client, &upstream, &self.pumps).await {
+        if let Err(e) = forward(&client, &upstream, &self.pipes).await {
             if !is_disconnect(&e) {
                 crate::warn_limited!(
                     PUMP_ERRORS,
@@ -73,8 +73,8 @@ impl Handler for ProxyHandler {
 }
 
 /// Runs both directions until both finished (each half-closed in turn) or either failed.
-pub async fn forward(client: &Duplex, upstream: &Duplex, pumps: &PumpContext) -> io::Result<()> {
-    both_or_first_error(pump(client, upstream, pumps), pump(upstream, client, pumps)).await
+pub async fn forward(client: &Duplex, upstream: &Duplex, pipes: &PipePool) -> io::Result<()> {
+    both_or_first_error(pump(client, upstream, pipes), pump(upstream, client, pipes)).await
 }
 
 async fn both_or_first_error(

@@ -26,17 +26,6 @@ pub const RECV_SIZE: usize = 2 * 1024;
 /// A splice burst shorter than this ends bulk mode: the stream is back to messages.
 const BULK_BURST: usize = 16 * 1024;
 
-/// Per-worker state the pumps share.
-pub struct PumpContext {
-    pub pipes: PipePool,
-}
-
-impl PumpContext {
-    pub fn new(pipes: PipePool) -> PumpContext {
-        PumpContext { pipes }
-    }
-}
-
 /// What one burst of splicing did.
 enum Burst {
     /// The source sent EOF and every byte before it was delivered.
@@ -50,26 +39,26 @@ enum Burst {
 ///
 /// Errors are either side failing (reset, broken pipe) or running out of fds for a
 /// pipe; the caller tears the whole connection down.
-pub async fn pump(src: &Duplex, dst: &Duplex, ctx: &PumpContext) -> io::Result<()> {
+pub async fn pump(src: &Duplex, dst: &Duplex, pipes: &PipePool) -> io::Result<()> {
     let mut buf = Vec::with_capacity(RECV_SIZE);
     loop {
         let (received, returned) = src.recv(buf).await;
         let n = received?;
         if n == 0 {
-            dst.stream().shutdown_write()?;
-            return Ok(());
+            break;
         }
         let (sent, mut returned) = dst.send_all(returned).await;
         sent?;
         returned.clear();
         buf = returned;
         if n == RECV_SIZE {
-            if let Burst::Eof = splice_while_bulk(src.stream(), dst.stream(), &ctx.pipes).await? {
-                dst.stream().shutdown_write()?;
-                return Ok(());
+            if let Burst::Eof = splice_while_bulk(src.stream(), dst.stream(), pipes).await? {
+                break;
             }
         }
     }
+    // Everything before the EOF is delivered: now pass the EOF on.
+    dst.stream().shutdown_write()
 }
 
 /// Splices burst after burst while the bursts stay large.
@@ -96,8 +85,8 @@ async fn splice_through(src: &Stream, dst: &Stream, pipe: &Pipe) -> io::Result<B
     let capacity = pipe.capacity();
     let mut moved = 0;
     loop {
-        let room = capacity;
-        let (n, eof) = match splice(src.as_raw_fd(), pipe.write_fd(), room) {
+        // The pipe is empty here: each read is drained before the next.
+        let (n, eof) = match splice(src.as_raw_fd(), pipe.write_fd(), capacity) {
             Ok(0) => (0, true),
             Ok(n) => (n, false),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, false),
@@ -117,7 +106,7 @@ async fn splice_through(src: &Stream, dst: &Stream, pipe: &Pipe) -> io::Result<B
         }
         // A short read means the socket is drained for now (or the pipe ran out of
         // slots: then the next readiness check returns at once).
-        if n < room {
+        if n < capacity {
             return Ok(Burst::Moved(moved));
         }
     }

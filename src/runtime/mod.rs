@@ -59,9 +59,10 @@ struct Tracker(Rc<Worker>);
 
 impl Worker {
     /// Whether shutdown began anywhere: read before every accept, so no connection is
-    /// taken after SIGTERM even when this worker's own notification is still queued.
+    /// taken after SIGTERM even when this worker's own notification is still queued
+    /// (the process-wide flag is always set first).
     fn is_stopping(&self) -> bool {
-        self.shutdown.is_triggered() || self.stopping.is_triggered()
+        self.stopping.is_triggered()
     }
 
     fn track(self: &Rc<Self>) -> Tracker {
