@@ -11,7 +11,7 @@ use monoio::io::{AsyncReadRentExt, AsyncWriteRentExt};
 use monoio::net::UnixStream;
 use ringsock::activation::Family;
 use ringsock::net::{Duplex, Stream};
-use ringsock::proxy::{forward, PipePool, PIPE_SIZE};
+use ringsock::proxy::{forward, PipeBudget, PipePool};
 
 /// A connected pair: one end for the test (monoio stream), one for the proxy (`Stream`).
 fn pair() -> (UnixStream, Stream) {
@@ -33,7 +33,7 @@ fn pump(c: &mut Criterion) {
         let (client, proxy_in) = pair();
         let (backend, proxy_out) = pair();
         monoio::spawn(async move {
-            let pipes = PipePool::new(PIPE_SIZE, 16);
+            let pipes = PipePool::new(PipeBudget::from_system(), 16);
             let _ = forward(&Duplex::new(proxy_in), &Duplex::new(proxy_out), &pipes).await;
         });
         (client, backend)

@@ -31,12 +31,19 @@ pub fn run(config: Config) -> Result<(), String> {
                 proxy.target,
                 listeners.len()
             );
+            let pipes = proxy::PipeBudget::from_system();
             runtime::run(
                 listeners,
                 &common.lifecycle,
                 &notifier,
                 &status,
-                move |_| proxy::ProxyHandler::new(proxy.target.clone(), proxy.connect_timeout),
+                move |_| {
+                    proxy::ProxyHandler::new(
+                        proxy.target.clone(),
+                        proxy.connect_timeout,
+                        pipes.clone(),
+                    )
+                },
             )
         }
         Config::Serve(common, serve) => {

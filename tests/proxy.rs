@@ -68,11 +68,20 @@ fn logs_the_driver_in_use_once() {
 
 /// 24 clients at once, each sending, half-closing and reading its echo while it sends:
 /// every byte must come back in order, then EOF. Two carry 64 MiB; the rest are random
-/// sizes up to 4 MiB plus the edges (empty, one byte, one pipe's worth, one past it).
+/// sizes up to 4 MiB plus the edges (empty, one byte, each pipe size and one past it).
 #[test]
 fn many_concurrent_connections_are_byte_exact() {
     let backend = Backend::unix(Reply::Echo);
-    let mut sizes: Vec<usize> = vec![64 << 20, 64 << 20, 0, 1, 256 << 10, (256 << 10) + 1];
+    let mut sizes: Vec<usize> = vec![
+        64 << 20,
+        64 << 20,
+        0,
+        1,
+        256 << 10,
+        (256 << 10) + 1,
+        1 << 20,
+        (1 << 20) + 1,
+    ];
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     while sizes.len() < 24 {
         x ^= x << 13;

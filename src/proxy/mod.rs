@@ -9,18 +9,17 @@ use std::future::Future;
 use std::io;
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use crate::log::RateLimit;
 use crate::net::{is_disconnect, Duplex, Stream};
 use crate::runtime::Handler;
-pub use pipe::PipePool;
+pub use pipe::{PipeBudget, PipePool};
 pub use pump::pump;
 pub use target::Target;
 
-/// Pipe size per direction, as systemd-socket-proxyd uses (its F_SETPIPE_SZ).
-pub const PIPE_SIZE: usize = 256 * 1024;
 /// Empty pipes each worker keeps for reuse.
 const PIPES_KEPT: usize = 256;
 
@@ -34,11 +33,12 @@ pub struct ProxyHandler {
 }
 
 impl ProxyHandler {
-    pub fn new(target: Target, connect_timeout: Duration) -> ProxyHandler {
+    /// One worker's handler; `pipes` is the process-wide pipe budget.
+    pub fn new(target: Target, connect_timeout: Duration, pipes: Arc<PipeBudget>) -> ProxyHandler {
         ProxyHandler {
             target,
             connect_timeout,
-            pipes: PipePool::new(PIPE_SIZE, PIPES_KEPT),
+            pipes: PipePool::new(pipes, PIPES_KEPT),
         }
     }
 }

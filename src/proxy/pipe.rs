@@ -1,45 +1,126 @@
-//! Kernel pipes for splice(2), pooled per worker.
+//! Kernel pipes for splice(2), pooled per worker, sized within the user's pipe budget.
 //!
 //! A pipe is only held while bytes are in flight in one direction; an idle connection
 //! returns its pipes, so 10,000 idle connections cost sockets, not 20,000 extra pipes.
+//!
+//! Bigger pipes move more per splice: 1 MiB pipes cost about half the CPU per GiB of
+//! 256 KiB ones (perf/results). But the kernel charges every pipe's capacity to its user
+//! and, past `fs.pipe-user-pages-soft` (64 MiB by default), gives an unprivileged user's
+//! new pipes 8 KiB: every pipe of that user, in any process, slows to a crawl. So the
+//! workers share a budget of half that limit and size each new pipe to what is left:
+//! 1 MiB while it lasts, then 256 KiB, then the kernel's default 64 KiB.
 
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::net::cvt;
+
+/// Sizes tried for a new pipe, largest first; the last is the kernel's default, which
+/// needs no F_SETPIPE_SZ and is what every pipe gets once the budget is spent.
+const SIZES: [usize; 3] = [1024 * 1024, 256 * 1024, 64 * 1024];
+
+/// Pipe capacity the whole process may hold, shared by every worker's pool.
+pub struct PipeBudget {
+    limit: usize,
+    held: AtomicUsize,
+}
+
+impl PipeBudget {
+    /// A budget of `limit` bytes of pipe capacity.
+    pub fn new(limit: usize) -> Arc<PipeBudget> {
+        Arc::new(PipeBudget {
+            limit,
+            held: AtomicUsize::new(0),
+        })
+    }
+
+    /// Half the per-user soft limit (`fs.pipe-user-pages-soft`, else `-hard`), leaving
+    /// the rest to the user's other processes; unlimited when neither is set.
+    pub fn from_system() -> Arc<PipeBudget> {
+        let pages = |name: &str| -> Option<usize> {
+            std::fs::read_to_string(format!("/proc/sys/fs/{name}"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let limit = match (pages("pipe-user-pages-soft"), pages("pipe-user-pages-hard")) {
+            (Some(soft), _) if soft > 0 => soft,
+            (_, Some(hard)) if hard > 0 => hard,
+            (Some(0), _) => usize::MAX,
+            // Unreadable /proc: assume the kernel's default soft limit.
+            _ => 16384,
+        };
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        PipeBudget::new(limit.saturating_mul(page) / 2)
+    }
+
+    /// Reserves the largest size in `SIZES` that fits, or the smallest when none does:
+    /// a connection needs a pipe even when the budget is spent.
+    fn reserve(&self) -> usize {
+        for &size in &SIZES {
+            let fits = self
+                .held
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                    (held + size <= self.limit).then_some(held + size)
+                })
+                .is_ok();
+            if fits {
+                return size;
+            }
+        }
+        let smallest = SIZES[SIZES.len() - 1];
+        self.held.fetch_add(smallest, Ordering::Relaxed);
+        smallest
+    }
+
+    fn release(&self, size: usize) {
+        self.held.fetch_sub(size, Ordering::Relaxed);
+    }
+}
 
 pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     capacity: usize,
+    /// What this pipe reserved from the budget, returned when it is closed.
+    reserved: usize,
+    budget: Arc<PipeBudget>,
 }
 
 impl Pipe {
-    fn new(size: usize) -> io::Result<Pipe> {
+    fn new(budget: &Arc<PipeBudget>) -> io::Result<Pipe> {
         let mut fds = [0; 2];
         // SAFETY: fds has room for the two descriptors pipe2 returns.
         cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
         // SAFETY: pipe2 succeeded, so both fds are new and ours.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // Larger pipes move more per splice. Past fs.pipe-max-size or the per-user pipe
-        // budget the kernel refuses; the default 64 KiB still works, just slower.
-        // SAFETY: plain fcntl on our own fd.
-        let capacity = match unsafe {
-            libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int)
-        } {
-            n if n > 0 => n as usize,
-            _ => {
-                // SAFETY: as above.
-                let n = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
-                cvt(n)? as usize
-            }
-        };
-        Ok(Pipe {
+        let mut pipe = Pipe {
             read,
             write,
-            capacity,
-        })
+            capacity: 0,
+            reserved: budget.reserve(),
+            budget: budget.clone(),
+        };
+        // On error the drop returns the reservation.
+        pipe.capacity = pipe.resize(pipe.reserved)?;
+        Ok(pipe)
+    }
+
+    /// Asks for `size`; the kernel refuses above `fs.pipe-max-size` or when the user is
+    /// already over its pipe limit, and the pipe keeps the size it has.
+    fn resize(&self, size: usize) -> io::Result<usize> {
+        let fd = self.write.as_raw_fd();
+        // SAFETY: plain fcntl on our own fd.
+        match unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size as libc::c_int) } {
+            n if n > 0 => Ok(n as usize),
+            // SAFETY: as above.
+            _ => Ok(cvt(unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) })? as usize),
+        }
     }
 
     pub fn capacity(&self) -> usize {
@@ -55,18 +136,25 @@ impl Pipe {
     }
 }
 
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        self.budget.release(self.reserved);
+    }
+}
+
 pub struct PipePool {
     free: RefCell<Vec<Pipe>>,
-    pipe_size: usize,
+    budget: Arc<PipeBudget>,
     keep: usize,
 }
 
 impl PipePool {
-    /// `keep` bounds how many empty pipes stay open for reuse.
-    pub fn new(pipe_size: usize, keep: usize) -> PipePool {
+    /// A worker's pool drawing on the process-wide `budget`; `keep` bounds how many
+    /// empty pipes stay open for reuse.
+    pub fn new(budget: Arc<PipeBudget>, keep: usize) -> PipePool {
         PipePool {
             free: RefCell::new(Vec::new()),
-            pipe_size,
+            budget,
             keep,
         }
     }
@@ -74,7 +162,7 @@ impl PipePool {
     pub fn get(&self) -> io::Result<Pipe> {
         match self.free.borrow_mut().pop() {
             Some(pipe) => Ok(pipe),
-            None => Pipe::new(self.pipe_size),
+            None => Pipe::new(&self.budget),
         }
     }
 
@@ -85,5 +173,33 @@ impl PipePool {
         if free.len() < self.keep {
             free.push(pipe);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipes_shrink_as_the_budget_runs_out_and_grow_back_when_returned() {
+        let budget = PipeBudget::new(1024 * 1024 + 256 * 1024);
+        let pool = PipePool::new(budget.clone(), 0);
+        let first = pool.get().unwrap();
+        let second = pool.get().unwrap();
+        let third = pool.get().unwrap();
+        // fs.pipe-max-size may be below 1 MiB on this host: compare with what was asked.
+        assert_eq!(first.reserved, 1024 * 1024);
+        assert_eq!(second.reserved, 256 * 1024);
+        assert_eq!(third.reserved, 64 * 1024);
+        assert!(first.capacity() <= first.reserved && first.capacity() >= 64 * 1024);
+        assert_eq!(third.capacity(), 64 * 1024);
+        // Over budget: still a pipe, at the kernel's default size.
+        assert_eq!(
+            budget.held.load(Ordering::Relaxed),
+            1024 * 1024 + 320 * 1024
+        );
+        drop((first, second, third));
+        assert_eq!(budget.held.load(Ordering::Relaxed), 0);
+        assert_eq!(pool.get().unwrap().reserved, 1024 * 1024);
     }
 }
