@@ -218,7 +218,7 @@ fn the_backend_may_half_close_first() {
     }
 }
 
-/// Every TARGET form: TCP v4, a host name (resolved per connection), TCP v6 as
+/// Every TARGET form: TCP v4, a host name, TCP v6 as
 /// `[::1]:port` and as systemd's `::1:port`, a Unix path and an abstract name.
 #[test]
 fn forwards_to_every_kind_of_target() {
@@ -250,6 +250,100 @@ fn forwards_to_every_kind_of_target() {
             ringsock.stop();
         }
     }
+}
+
+/// A host-name TARGET, with what the name resolves to chosen by the test: an /etc/hosts
+/// of its own, bind-mounted in ringsock's own mount namespace.
+///
+/// 1. The name has two addresses; one refuses (bound, not listening), the other listens.
+///    Two such pairs, in opposite roles, so that whatever order the resolver returns,
+///    one of them makes ringsock pass over a refusing first address.
+/// 2. The file is rewritten to the second pair while ringsock runs: once a lookup's
+///    answer has aged out (a second), new connections go to the new address.
+#[test]
+fn a_host_name_target_tries_every_address_and_follows_changes() {
+    if !can_make_mount_namespace() {
+        eprintln!("skipped: making a mount namespace needs root or CAP_SYS_ADMIN");
+        return;
+    }
+    let (port, sockets) = one_port_on(&["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]);
+    let [refusing_2, listening_3, listening_4, refusing_5] = sockets;
+    let (first, second) = (
+        Backend::tcp_on(listen(listening_3), Reply::Echo),
+        Backend::tcp_on(listen(listening_4), Reply::Echo),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    let point_at = |addrs: [&str; 2]| {
+        let text: String = addrs
+            .iter()
+            .map(|a| format!("{a} backend.test\n"))
+            .collect();
+        // In place (same inode): the bind mount shows the file, not the name.
+        std::fs::write(&hosts, text).unwrap();
+    };
+    let target = format!("backend.test:{port}");
+    for driver in DRIVERS {
+        point_at(["127.0.0.2", "127.0.0.3"]);
+        let (listen, addr) = Listen::tcp();
+        let ringsock = Spawn::new(&["proxy", &target])
+            .listen(listen)
+            .driver(driver)
+            .hosts(&hosts)
+            .start();
+        ringsock.expect_driver(driver);
+        let before = (first.accepted(), second.accepted());
+        echo_transfer(connect_tcp(addr), 1 << 16, 1, None)
+            .unwrap_or_else(|e| panic!("{driver:?}: through 127.0.0.2/.3: {e}"));
+        assert_eq!(
+            (first.accepted(), second.accepted()),
+            (before.0 + 1, before.1),
+            "{driver:?}: the name pointed at 127.0.0.3 (and the refusing 127.0.0.2)"
+        );
+
+        point_at(["127.0.0.4", "127.0.0.5"]);
+        std::thread::sleep(Duration::from_millis(1500));
+        echo_transfer(connect_tcp(addr), 1 << 16, 2, None)
+            .unwrap_or_else(|e| panic!("{driver:?}: through 127.0.0.4/.5: {e}"));
+        assert_eq!(
+            (first.accepted(), second.accepted()),
+            (before.0 + 1, before.1 + 1),
+            "{driver:?}: a second after /etc/hosts changed, the name pointed at 127.0.0.4"
+        );
+        ringsock.stop();
+    }
+    drop((refusing_2, refusing_5));
+}
+
+/// Sockets bound to the same free TCP port on each of `ips`, none listening yet (so each
+/// refuses connections until [`listen`]).
+fn one_port_on<const N: usize>(ips: &[&str; N]) -> (u16, [socket2::Socket; N]) {
+    let bind = |ip: &str, port: u16| {
+        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&addr.into()).map(|()| socket)
+    };
+    for _ in 0..100 {
+        let first = bind(ips[0], 0).unwrap();
+        let port = first.local_addr().unwrap().as_socket().unwrap().port();
+        let mut sockets = vec![first];
+        for ip in &ips[1..] {
+            match bind(ip, port) {
+                Ok(socket) => sockets.push(socket),
+                Err(_) => break,
+            }
+        }
+        if let Ok(sockets) = sockets.try_into() {
+            return (port, sockets);
+        }
+    }
+    panic!("no TCP port free on all of {ips:?}");
+}
+
+fn listen(socket: socket2::Socket) -> std::net::TcpListener {
+    socket.listen(128).unwrap();
+    socket.into()
 }
 
 /// TCP v4, TCP v6 and Unix listeners at once, each logged with its LISTEN_FDNAMES name

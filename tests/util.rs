@@ -93,6 +93,7 @@ pub struct Spawn {
     driver: Driver,
     listen_pid: Option<String>,
     fd_limit: Option<(u64, u64)>,
+    hosts: Option<std::ffi::CString>,
 }
 
 impl Spawn {
@@ -105,7 +106,17 @@ impl Spawn {
             driver: Driver::IoUring,
             listen_pid: None,
             fd_limit: None,
+            hosts: None,
         }
+    }
+
+    /// Runs ringsock in a mount namespace of its own where `file` is /etc/hosts, so a
+    /// test can choose what host names resolve to (and change it while ringsock runs,
+    /// by rewriting `file` in place). Needs root; see [`can_make_mount_namespace`].
+    pub fn hosts(mut self, file: &Path) -> Spawn {
+        use std::os::unix::ffi::OsStrExt;
+        self.hosts = Some(std::ffi::CString::new(file.as_os_str().as_bytes()).unwrap());
+        self
     }
 
     /// Starts it with RLIMIT_NOFILE at `n` (soft and hard), to run out of fds on purpose.
@@ -189,7 +200,9 @@ impl Spawn {
         }
         let fds: Vec<i32> = self.listeners.iter().map(Listen::fd).collect();
         let fd_limit = self.fd_limit;
-        // SAFETY: only async-signal-safe calls (dup/dup2/fcntl/setrlimit) between fork and exec.
+        let hosts = self.hosts.clone();
+        // SAFETY: only async-signal-safe calls (dup/dup2/fcntl/setrlimit, unshare/mount)
+        // between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 // First move every fd above the target range, then into place, so that
@@ -210,6 +223,27 @@ impl Spawn {
                         rlim_max: hard,
                     };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if let Some(hosts) = &hosts {
+                    // A private copy of the mount table, so the bind mount stays ours.
+                    if libc::unshare(libc::CLONE_NEWNS) != 0
+                        || libc::mount(
+                            std::ptr::null(),
+                            b"/\0".as_ptr().cast(),
+                            std::ptr::null(),
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null(),
+                        ) != 0
+                        || libc::mount(
+                            hosts.as_ptr(),
+                            b"/etc/hosts\0".as_ptr().cast(),
+                            std::ptr::null(),
+                            libc::MS_BIND,
+                            std::ptr::null(),
+                        ) != 0
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -628,6 +662,16 @@ impl Ringsock {
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("try_wait")
     }
+}
+
+/// Whether this process may give a child a mount namespace of its own (root, or
+/// CAP_SYS_ADMIN), which [`Spawn::hosts`] needs.
+pub fn can_make_mount_namespace() -> bool {
+    Command::new("unshare")
+        .args(["--mount", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// An unused TCP port on `ip` (`127.0.0.1`, `::1`) for programs that bind by number
