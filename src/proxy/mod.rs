@@ -3,6 +3,7 @@
 
 mod pipe;
 mod pump;
+mod resolve;
 pub mod target;
 
 use std::future::Future;
@@ -18,6 +19,7 @@ use crate::net::{is_disconnect, Duplex, Stream};
 use crate::runtime::Handler;
 pub use pipe::{PipeBudget, PipePool};
 pub use pump::pump;
+use resolve::Resolver;
 pub use target::Target;
 
 /// Empty pipes each worker keeps for reuse.
@@ -28,6 +30,7 @@ static PUMP_ERRORS: RateLimit = RateLimit::new(Duration::from_secs(5));
 
 pub struct ProxyHandler {
     target: Target,
+    resolver: Resolver,
     connect_timeout: Duration,
     pipes: PipePool,
 }
@@ -37,6 +40,7 @@ impl ProxyHandler {
     pub fn new(target: Target, connect_timeout: Duration, pipes: Arc<PipeBudget>) -> ProxyHandler {
         ProxyHandler {
             target,
+            resolver: Resolver::default(),
             connect_timeout,
             pipes: PipePool::new(pipes, PIPES_KEPT),
         }
@@ -45,7 +49,11 @@ impl ProxyHandler {
 
 impl Handler for ProxyHandler {
     async fn handle(self: Rc<Self>, client: Stream) {
-        let upstream = match self.target.connect(self.connect_timeout).await {
+        let upstream = match self
+            .target
+            .connect(self.connect_timeout, &self.resolver)
+            .await
+        {
             Ok(upstream) => upstream,
             Err(e) => {
                 crate::warn_limited!(CONNECT_ERRORS, "failed to connect to {}: {e}", self.target);

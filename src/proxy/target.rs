@@ -4,13 +4,14 @@
 use std::ffi::OsStr;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use socket2::{SockAddr, Socket, Type};
 
+use super::resolve::Resolver;
 use crate::activation::Family;
 use crate::net::Stream;
 
@@ -22,8 +23,9 @@ pub enum Target {
     Abstract(Vec<u8>),
     /// An IP literal: no lookup per connection.
     Addr(SocketAddr),
-    /// A host name, resolved with the system resolver for every connection (as
-    /// systemd-socket-proxyd does), so DNS changes take effect without a restart.
+    /// A host name, resolved with the system resolver while connections come in (each
+    /// answer serves for a second, see `resolve`), so DNS changes take effect without a
+    /// restart, as with systemd-socket-proxyd's lookup per connection.
     Host { host: String, port: u16 },
 }
 
@@ -84,9 +86,10 @@ impl Target {
         })
     }
 
-    /// Connects, trying each resolved address in turn, all within `timeout`.
-    pub async fn connect(&self, timeout: Duration) -> io::Result<Stream> {
-        match monoio::time::timeout(timeout, self.connect_any()).await {
+    /// Connects, trying each resolved address in turn, all within `timeout`. `resolver`
+    /// is this worker's for this target.
+    pub async fn connect(&self, timeout: Duration, resolver: &Resolver) -> io::Result<Stream> {
+        match monoio::time::timeout(timeout, self.connect_any(resolver)).await {
             Ok(result) => result,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -95,7 +98,7 @@ impl Target {
         }
     }
 
-    async fn connect_any(&self) -> io::Result<Stream> {
+    async fn connect_any(&self, resolver: &Resolver) -> io::Result<Stream> {
         match self {
             Target::Path(path) => connect(&SockAddr::unix(path)?, Family::Unix).await,
             Target::Abstract(name) => {
@@ -106,19 +109,12 @@ impl Target {
             }
             Target::Addr(addr) => connect(&(*addr).into(), Family::Tcp).await,
             Target::Host { host, port } => {
-                let query = (host.clone(), *port);
-                let addrs =
-                    monoio::spawn_blocking(move || query.to_socket_addrs().map(Vec::from_iter))
-                        .await
-                        .map_err(|_| io::Error::other("host name lookup was cancelled"))?
-                        .map_err(|e| {
-                            io::Error::new(e.kind(), format!("failed to resolve {host:?}: {e}"))
-                        })?;
+                let addrs = resolver.resolve(host, *port).await?;
                 let mut last = io::Error::new(
                     io::ErrorKind::NotFound,
                     format!("{host:?} has no addresses"),
                 );
-                for addr in addrs {
+                for &addr in addrs.iter() {
                     match connect(&addr.into(), Family::Tcp).await {
                         Ok(stream) => return Ok(stream),
                         Err(e) => last = io::Error::new(e.kind(), format!("{addr}: {e}")),
