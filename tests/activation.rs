@@ -291,8 +291,9 @@ fn listen_pid_of_another_process_is_ignored() {
 /// Argument errors exit 1 with a message that points at the problem.
 #[test]
 fn bad_arguments_exit_1() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["proxy", "host:http"], "not a port number"),
+        (&["proxy", "run/backend.sock"], "must be absolute"),
         (&["proxy", "[::1:80"], "missing ']'"),
         (
             &["proxy", "-c", "0", "/run/backend.sock"],

@@ -49,6 +49,15 @@ impl Target {
             }
             return Ok(Target::Abstract(name.as_bytes().to_vec()));
         }
+        if text.contains('/') {
+            // systemd-socket-proxyd would take this for a host name and fail every
+            // connection with "Failed to resolve host"; no host name has a '/'
+            // (abstract names may: they were taken above).
+            return Err(format!(
+                "invalid TARGET {text:?}: a Unix socket path must be absolute (start with \
+                 '/'), e.g. /run/app.sock"
+            ));
+        }
         if let Some(rest) = text.strip_prefix('[') {
             let (addr, after) = rest.split_once(']').ok_or_else(|| {
                 format!("invalid TARGET {text:?}: missing ']' after the IPv6 address")
@@ -194,6 +203,10 @@ mod tests {
             Target::parse("@aptly"),
             Ok(Target::Abstract(b"aptly".to_vec()))
         );
+        assert_eq!(
+            Target::parse("@run/aptly"),
+            Ok(Target::Abstract(b"run/aptly".to_vec()))
+        );
         assert_eq!(Target::parse("127.0.0.1:8080"), Ok(addr("127.0.0.1:8080")));
         assert_eq!(Target::parse("127.0.0.1"), Ok(addr("127.0.0.1:80")));
         assert_eq!(Target::parse("[::1]:8080"), Ok(addr("[::1]:8080")));
@@ -233,5 +246,8 @@ mod tests {
             .contains("not an IPv6 address"));
         assert!(Target::parse(":80").unwrap_err().contains("host is empty"));
         assert!(Target::parse("@").is_err());
+        assert!(Target::parse("run/app.sock")
+            .unwrap_err()
+            .contains("must be absolute"));
     }
 }
