@@ -59,18 +59,21 @@ fn heads(c: &mut Criterion) {
             black_box(out.len())
         })
     });
-    let info = FileInfo::new(1_234_567_890, 1_700_000_000);
+    let info = FileInfo::new(1_234_567_890, 1_700_000_000, 1_800_000_000);
     // A 206 file head with validators, Content-Range and Content-Type.
     c.bench_function("head/file_range", |b| {
         b.iter(|| {
             out.clear();
             let mut head = HeadWriter::start(&mut out, response::PARTIAL_CONTENT, &date);
-            head.header("Last-Modified", &response::format_http_date(info.mtime))
-                .header("ETag", info.etag())
-                .content_range(1000, 1_234_567_889, info.len)
-                .header("Content-Type", files::content_type(b"pool/a.deb"))
-                .header("Accept-Ranges", b"bytes")
-                .content_length(1_234_566_890);
+            head.header(
+                "Last-Modified",
+                &response::format_http_date(info.last_modified),
+            )
+            .header("ETag", info.etag())
+            .content_range(1000, 1_234_567_889, info.len)
+            .header("Content-Type", files::content_type(b"pool/a.deb"))
+            .header("Accept-Ranges", b"bytes")
+            .content_length(1_234_566_890);
             head.finish(Connection::KeepAlive);
             black_box(out.len())
         })

@@ -335,7 +335,8 @@ fn bad_input_gets_a_clear_status_and_the_worker_survives() {
         ("garbage", "\x16\x03\x01 hello\r\n\r\n".into(), 400),
         ("no host", "GET / HTTP/1.1\r\n\r\n".into(), 400),
         ("bad header", "GET / HTTP/1.1\r\nHost t\r\n\r\n".into(), 400),
-        ("http/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".into(), 400),
+        ("http/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".into(), 505),
+        ("http/2 request", "GET / HTTP/2.0\r\nHost: t\r\n\r\n".into(), 505),
         ("long uri", long_uri, 414),
         ("big head", big_head, 431),
         ("unknown method", "BREW /pot HTTP/1.1\r\nHost: t\r\n\r\n".into(), 501),
@@ -366,11 +367,29 @@ fn bad_input_gets_a_clear_status_and_the_worker_survives() {
         assert_eq!(resp.header("Allow"), Some("GET, HEAD"));
         conn.send(get("/api/version").as_bytes());
         assert_eq!(conn.response(false).status, 200);
-        // `OPTIONS *` asks about the server: the same 405, not a 400 for the odd target.
-        conn.send(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n");
-        let resp = conn.response(false);
-        assert_eq!(resp.status, 405);
-        assert_eq!(resp.header("Allow"), Some("GET, HEAD"));
+        // `OPTIONS *` asks about the server, CONNECT names a host: the same 405, not a
+        // 400 for the odd target.
+        for raw in [
+            "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n",
+            "CONNECT deb.example:443 HTTP/1.1\r\nHost: deb.example:443\r\n\r\n",
+        ] {
+            conn.send(raw.as_bytes());
+            let resp = conn.response(false);
+            assert_eq!(resp.status, 405, "{raw:?}");
+            assert_eq!(resp.header("Allow"), Some("GET, HEAD"));
+        }
+        // A later HTTP/1 minor version is served as HTTP/1.1 (RFC 9110 §2.5).
+        conn.send(b"GET /api/version HTTP/1.2\r\nHost: t\r\n\r\n");
+        assert_eq!(conn.response(false).status, 200);
+        // A rejected HEAD is answered without a body, like any HEAD.
+        let mut conn = server.connect();
+        conn.send(b"HEAD /api/version HTTP/1.1\r\n\r\n");
+        let resp = conn.response(true);
+        assert_eq!(resp.status, 400);
+        assert!(
+            conn.closed_within(Duration::from_secs(5)),
+            "{driver:?}: bytes after a HEAD's 400"
+        );
         // The same worker still serves.
         assert_eq!(server.get(&get("/api/version")).status, 200);
         server.ringsock.stop();
@@ -443,6 +462,15 @@ fn repository_files_with_types_validators_and_ranges() {
             assert_eq!(resp.body, data, "{rel}");
         }
         let path = "/pool/main/h/hello_1.0_amd64.deb";
+        // Published a while ago: a date validator is strong only a second after the
+        // file changed (RFC 9110 §8.8.2.2), and If-Range below relies on it.
+        let published = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        std::fs::File::options()
+            .write(true)
+            .open(server.root.path().join(&path[1..]))
+            .unwrap()
+            .set_modified(published)
+            .unwrap();
         let full = server.get(&get(path));
         assert_eq!(full.header("Content-Length"), Some("1000"));
         assert_eq!(full.header("Accept-Ranges"), Some("bytes"));
@@ -485,6 +513,33 @@ fn repository_files_with_types_validators_and_ranges() {
             200,
             "If-None-Match decides"
         );
+        // Only the exact Last-Modified is "not modified" (nginx's default): a mirror file
+        // replaced by an older one must not be 304 for a date after the older mtime.
+        assert_eq!(
+            server
+                .get(&with(
+                    path,
+                    "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT"
+                ))
+                .status,
+            200
+        );
+        // If-Match and If-Unmodified-Since guard a resumed download: 412 when the file
+        // is not the one the client has the first part of.
+        for (header, status) in [
+            (format!("If-Match: {etag}\r\nRange: bytes=1-2"), 206),
+            ("If-Match: \"other\"\r\nRange: bytes=1-2".to_string(), 412),
+            (
+                format!("If-Unmodified-Since: {modified}\r\nRange: bytes=1-2"),
+                206,
+            ),
+            (
+                "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\nRange: bytes=1-2".into(),
+                412,
+            ),
+        ] {
+            assert_eq!(server.get(&with(path, &header)).status, status, "{header}");
+        }
 
         // Ranges: first byte, last byte, suffix, open end, beyond the end.
         for (range, first, last) in [
@@ -530,6 +585,20 @@ fn repository_files_with_types_validators_and_ranges() {
         conn.send((head(path) + &get("/api/version")).as_bytes());
         assert_eq!(conn.response(true).status, 200);
         assert!(conn.response(false).text().contains("Version"));
+        // A file is not a directory: `a.deb/` is not found, as open(2) would say.
+        assert_eq!(server.get(&get(&format!("{path}/"))).status, 404);
+        // Dated in the future (a clock skewed at publication): announced as modified at
+        // the response's own Date, never later (RFC 9110 §8.8.2.1).
+        let future = server.file("future.deb", b"later");
+        let in_2100 = std::time::UNIX_EPOCH + Duration::from_secs(4_102_444_800);
+        std::fs::File::options()
+            .write(true)
+            .open(&future)
+            .unwrap()
+            .set_modified(in_2100)
+            .unwrap();
+        let r = server.get(&get("/future.deb"));
+        assert_eq!(r.header("Last-Modified"), r.header("Date"), "{driver:?}");
         // Empty files.
         server.file("empty", b"");
         let r = server.get(&get("/empty"));
@@ -605,20 +674,44 @@ fn paths_never_leave_the_root() {
             .unwrap();
         std::fs::create_dir(root.path().join("pool")).unwrap();
         std::fs::write(root.path().join("pool/a <b>.deb"), b"x").unwrap();
+        std::fs::write(root.path().join("pool/javascript:alert(1)"), b"x").unwrap();
         let server = serve_root(driver, root, &["--follow-symlinks", "--autoindex"]);
         assert_eq!(server.get(&get("/out-abs")).text(), "SECRET");
-        let r = server.get(&get("/pool"));
-        assert_eq!((r.status, r.header("Location")), (301, Some("/pool/")));
+        // The slash form of a directory, built from the normalised path (`//pool/` would
+        // send browsers to the host `pool`), with the query kept.
+        for (path, location) in [
+            ("/pool", "/pool/"),
+            ("//pool", "/pool/"),
+            ("/./pool?x=1", "/pool/?x=1"),
+        ] {
+            let r = server.get(&get(path));
+            assert_eq!(
+                (r.status, r.header("Location")),
+                (301, Some(location)),
+                "{path}"
+            );
+        }
+        // A HEAD's redirect has no body: the pipelined request after it is read right.
+        let mut conn = server.connect();
+        conn.send((head("/pool") + &get("/api/version")).as_bytes());
+        assert_eq!(conn.response(true).status, 301);
+        assert!(conn.response(false).text().contains("Version"));
         let r = server.get(&get("/pool/"));
         assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
         assert!(
             r.text()
-                .contains("href=\"a%20%3Cb%3E.deb\">a &lt;b&gt;.deb</a>"),
+                .contains("href=\"./a%20%3Cb%3E.deb\">a &lt;b&gt;.deb</a>"),
+            "{}",
+            r.text()
+        );
+        // A name with a colon is no URL scheme: the link stays relative.
+        assert!(
+            r.text().contains("href=\"./javascript:alert%281%29\""),
             "{}",
             r.text()
         );
         let r = server.get(&get("/"));
-        assert!(r.text().contains("href=\"pool/\""), "{}", r.text());
+        assert!(r.text().contains("href=\"./pool/\""), "{}", r.text());
         server.ringsock.stop();
     }
 }

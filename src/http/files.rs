@@ -213,21 +213,30 @@ pub fn content_type(rel: &[u8]) -> &'static [u8] {
 /// (nginx's format, so caches in front see the same validators).
 pub struct FileInfo {
     pub len: u64,
-    pub mtime: i64,
+    /// The mtime, but never later than now: a file dated in the future would otherwise
+    /// be announced as modified after the response's own Date (RFC 9110 §8.8.2.1
+    /// forbids it) and keep 304-ing whatever replaced it until that date.
+    pub last_modified: i64,
+    /// Whether `last_modified` is a strong validator: at least a second before now,
+    /// since a file can change again within the second its mtime names (§8.8.2.2).
+    strong_date: bool,
     etag: [u8; 40],
     etag_len: usize,
 }
 
 impl FileInfo {
-    pub fn new(len: u64, mtime: i64) -> FileInfo {
+    /// `now`: seconds since the epoch, as for `mtime`.
+    pub fn new(len: u64, mtime: i64, now: i64) -> FileInfo {
         let mut etag = [0u8; 40];
         let mut cursor = io::Cursor::new(&mut etag[..]);
-        // 2 quotes, 1 dash and at most 2 × 16 hex digits fit in 40 bytes.
+        // 2 quotes, 1 dash and at most 2 × 16 hex digits fit in 40 bytes. The ETag keeps
+        // the real mtime: it must not change from one second to the next.
         let _ = io::Write::write_fmt(&mut cursor, format_args!("\"{:x}-{:x}\"", mtime, len));
         let etag_len = cursor.position() as usize;
         FileInfo {
             len,
-            mtime,
+            last_modified: mtime.min(now),
+            strong_date: mtime < now,
             etag,
             etag_len,
         }
@@ -241,6 +250,8 @@ impl FileInfo {
 /// How to answer a GET or HEAD for a file, after the conditional headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plan {
+    /// If-Match or If-Unmodified-Since failed: 412.
+    PreconditionFailed,
     NotModified,
     Full,
     /// Bytes `first..=last`.
@@ -251,12 +262,26 @@ pub enum Plan {
     Unsatisfiable,
 }
 
-/// Applies RFC 9110 §13.2.2's order: If-None-Match (else If-Modified-Since), then Range
-/// guarded by If-Range.
+/// Applies RFC 9110 §13.2.2's order: If-Match (else If-Unmodified-Since), then
+/// If-None-Match (else If-Modified-Since), then Range guarded by If-Range.
+///
+/// If-Modified-Since matches only the exact Last-Modified date, as nginx does by
+/// default: mirrors replace files with older ones (rsync -t, a snapshot switched back),
+/// and "not modified since a later date" would keep clients on the replaced file.
 pub fn plan(info: &FileInfo, req: &Request<'_>) -> Plan {
+    let precondition_holds = match (req.if_match, req.if_unmodified_since) {
+        (Some(tags), _) => etag_list_matches(tags, info.etag(), Comparison::Strong),
+        (None, Some(date)) => {
+            parse_http_date(date).map_or(true, |since| info.last_modified <= since)
+        }
+        (None, None) => true,
+    };
+    if !precondition_holds {
+        return Plan::PreconditionFailed;
+    }
     let not_modified = match (req.if_none_match, req.if_modified_since) {
-        (Some(tags), _) => etag_list_matches(tags, info.etag()),
-        (None, Some(date)) => parse_http_date(date).is_some_and(|since| info.mtime <= since),
+        (Some(tags), _) => etag_list_matches(tags, info.etag(), Comparison::Weak),
+        (None, Some(date)) => parse_http_date(date) == Some(info.last_modified),
         (None, None) => false,
     };
     if not_modified {
@@ -267,11 +292,13 @@ pub fn plan(info: &FileInfo, req: &Request<'_>) -> Plan {
         return Plan::Full;
     };
     if let Some(validator) = req.if_range {
+        // If-Range needs a strong validator (§13.1.5): an exact ETag, not W/, or a date
+        // at least a second old.
         let validator = trim(validator);
         let current = if validator.first() == Some(&b'"') {
             validator == info.etag()
         } else {
-            parse_http_date(validator) == Some(info.mtime)
+            info.strong_date && parse_http_date(validator) == Some(info.last_modified)
         };
         if !current {
             return Plan::Full;
@@ -284,11 +311,27 @@ pub fn plan(info: &FileInfo, req: &Request<'_>) -> Plan {
     }
 }
 
-/// Weak comparison against an If-None-Match list (`*`, or tags with or without `W/`).
-fn etag_list_matches(list: &[u8], etag: &[u8]) -> bool {
+/// How entity tags compare (RFC 9110 §8.8.3.2): If-Match wants the same bytes from a
+/// strong tag, If-None-Match ignores the `W/`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Comparison {
+    Strong,
+    Weak,
+}
+
+/// Whether a list of entity tags (`*`, or tags with or without `W/`) names `etag`,
+/// which is strong. `*` matches any current file.
+fn etag_list_matches(list: &[u8], etag: &[u8], comparison: Comparison) -> bool {
     list.split(|&b| b == b',').any(|tag| {
         let tag = trim(tag);
-        tag == b"*" || tag.strip_prefix(b"W/").unwrap_or(tag) == etag
+        if tag == b"*" {
+            return true;
+        }
+        match tag.strip_prefix(b"W/") {
+            Some(_) if comparison == Comparison::Strong => false,
+            Some(weak) => weak == etag,
+            None => tag == etag,
+        }
     })
 }
 
@@ -343,11 +386,12 @@ pub enum Kind {
     Other,
 }
 
-pub fn kind(file: &File) -> io::Result<Kind> {
+/// What `file` is; `now` (seconds since the epoch) bounds a file's Last-Modified.
+pub fn kind(file: &File, now: i64) -> io::Result<Kind> {
     let meta = file.metadata()?;
     let ft = meta.file_type();
     Ok(if ft.is_file() {
-        Kind::File(FileInfo::new(meta.len(), meta.mtime()))
+        Kind::File(FileInfo::new(meta.len(), meta.mtime(), now))
     } else if ft.is_dir() {
         Kind::Dir
     } else {
@@ -371,7 +415,9 @@ pub fn autoindex(dir: &File, url_path: &[u8], out: &mut Vec<u8>) -> io::Result<(
     escape_html(title.as_bytes(), out);
     out.extend_from_slice(b"</h1><hr><pre>\n<a href=\"../\">../</a>\n");
     for (name, is_dir) in &entries {
-        out.extend_from_slice(b"<a href=\"");
+        // `./` first, as nginx does: a name like `javascript:x` or `foo:bar.deb` would
+        // otherwise be read as a URL scheme.
+        out.extend_from_slice(b"<a href=\"./");
         percent_encode(name, out);
         if *is_dir {
             out.push(b'/');
@@ -400,10 +446,11 @@ fn escape_html(text: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-fn percent_encode(name: &[u8], out: &mut Vec<u8>) {
+/// Percent-encodes a file name or a path (`/` is kept) for a URL.
+pub fn percent_encode(name: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in name {
-        if b.is_ascii_alphanumeric() || b"-._~+:@".contains(&b) {
+        if b.is_ascii_alphanumeric() || b"-._~+:@/".contains(&b) {
             out.push(b);
         } else {
             out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
@@ -546,7 +593,8 @@ mod tests {
 
     #[test]
     fn conditionals() {
-        let info = FileInfo::new(100, 784_111_777);
+        let now = 1_800_000_000;
+        let info = FileInfo::new(100, 784_111_777, now);
         let etag = String::from_utf8(info.etag().to_vec()).unwrap();
         assert_eq!(etag, "\"2ebc98a1-64\"");
         let base = "GET /f HTTP/1.1\r\nHost: a\r\n";
@@ -554,6 +602,9 @@ mod tests {
         assert_eq!(plan(&info, &req(&ims)), Plan::NotModified);
         let old = format!("{base}If-Modified-Since: Sun, 06 Nov 1994 08:49:36 GMT\r\n\r\n");
         assert_eq!(plan(&info, &req(&old)), Plan::Full);
+        // Only the exact date: a file replaced by an older one is not "not modified".
+        let later = format!("{base}If-Modified-Since: Sun, 06 Nov 1994 08:49:38 GMT\r\n\r\n");
+        assert_eq!(plan(&info, &req(&later)), Plan::Full);
         let inm = format!("{base}If-None-Match: \"x\", W/{etag}\r\n\r\n");
         assert_eq!(plan(&info, &req(&inm)), Plan::NotModified);
         // If-None-Match wins over If-Modified-Since.
@@ -573,5 +624,64 @@ mod tests {
         assert_eq!(plan(&info, &req(head)), Plan::Full);
         let beyond = format!("{base}Range: bytes=100-\r\n\r\n");
         assert_eq!(plan(&info, &req(&beyond)), Plan::Unsatisfiable);
+        let by_date =
+            format!("{base}Range: bytes=10-\r\nIf-Range: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n");
+        assert_eq!(
+            plan(&info, &req(&by_date)),
+            Plan::Partial {
+                first: 10,
+                last: 99
+            }
+        );
+    }
+
+    #[test]
+    fn preconditions() {
+        let info = FileInfo::new(100, 784_111_777, 1_800_000_000);
+        let etag = String::from_utf8(info.etag().to_vec()).unwrap();
+        let base = "GET /f HTTP/1.1\r\nHost: a\r\n";
+        let check = |headers: String| plan(&info, &req(&format!("{base}{headers}\r\n")));
+        assert_eq!(check(format!("If-Match: {etag}\r\n")), Plan::Full);
+        assert_eq!(check("If-Match: *\r\n".into()), Plan::Full);
+        assert_eq!(
+            check("If-Match: \"other\"\r\n".into()),
+            Plan::PreconditionFailed
+        );
+        // If-Match compares strongly: a weak tag never matches.
+        assert_eq!(
+            check(format!("If-Match: W/{etag}\r\n")),
+            Plan::PreconditionFailed
+        );
+        let unmodified =
+            "If-Unmodified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\nRange: bytes=1-2\r\n";
+        assert_eq!(
+            check(unmodified.into()),
+            Plan::Partial { first: 1, last: 2 }
+        );
+        let modified = "If-Unmodified-Since: Sun, 06 Nov 1994 08:49:36 GMT\r\nRange: bytes=1-2\r\n";
+        assert_eq!(check(modified.into()), Plan::PreconditionFailed);
+        // If-Match wins over If-Unmodified-Since; an invalid date is ignored.
+        let both =
+            format!("If-Match: {etag}\r\nIf-Unmodified-Since: Sun, 06 Nov 1994 08:49:36 GMT\r\n");
+        assert_eq!(check(both), Plan::Full);
+        assert_eq!(
+            check("If-Unmodified-Since: yesterday\r\n".into()),
+            Plan::Full
+        );
+    }
+
+    #[test]
+    fn future_and_fresh_mtimes() {
+        let now = 1_800_000_000;
+        // Dated in the future: announced as modified now, never later.
+        let future = FileInfo::new(5, now + 3600, now);
+        assert_eq!(future.last_modified, now);
+        // Modified this very second: its date cannot vouch for a range (If-Range).
+        let fresh = FileInfo::new(100, now, now);
+        let date = response::format_http_date(now);
+        let date = std::str::from_utf8(&date).unwrap();
+        let if_range =
+            format!("GET /f HTTP/1.1\r\nHost: a\r\nRange: bytes=10-\r\nIf-Range: {date}\r\n\r\n");
+        assert_eq!(plan(&fresh, &req(&if_range)), Plan::Full);
     }
 }

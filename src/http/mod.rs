@@ -138,9 +138,19 @@ impl HttpHandler {
                 let req = match request::parse(&buf[start..]) {
                     Ok(Some(req)) => req,
                     Ok(None) => break,
-                    Err(Reject { status, why }) => {
+                    Err(Reject {
+                        later_minor_version_at: Some(at),
+                        ..
+                    }) => {
+                        // HTTP/1.2 and later minors are read as HTTP/1.1 (RFC 9110 §2.5).
+                        buf[start + at] = b'1';
+                        continue;
+                    }
+                    Err(Reject { status, why, .. }) => {
                         crate::debug!("rejecting a request with {}: {why}", status.code);
-                        self.simple(&mut out, status, Connection::Close, false);
+                        // Even a rejected HEAD gets no body: the client reads none.
+                        let head_only = buf[start..].starts_with(b"HEAD ");
+                        self.simple(&mut out, status, Connection::Close, head_only);
                         return self.finish_closing(stream, &mut out).await;
                     }
                 };
@@ -331,19 +341,23 @@ impl HttpHandler {
         files::resolve(path, rel)?;
         let c_rel = std::ffi::CStr::from_bytes_with_nul(rel).map_err(|_| response::BAD_REQUEST)?;
         let file = root.open(c_rel)?;
-        let kind = files::kind(&file).map_err(|_| response::INTERNAL_SERVER_ERROR)?;
+        let (date, now) = self.date.now_and_second();
+        let kind = files::kind(&file, now).map_err(|_| response::INTERNAL_SERVER_ERROR)?;
         let info = match kind {
+            // `file/` names a directory that is not there, as open(2) would say
+            // (ENOTDIR); serving the file there would give it a second URL.
+            Kind::File(_) if path.ends_with(b"/") => return Err(response::NOT_FOUND),
             Kind::File(info) => info,
             Kind::Dir if root.autoindex => {
-                self.directory(req, path, &file, connection, out)?;
+                self.directory(req, &file, connection, out, rel)?;
                 return Ok(None);
             }
             Kind::Dir | Kind::Other => return Err(response::FORBIDDEN),
         };
         let head_only = req.method == Method::Head;
-        let date = self.date.now();
         let plan = files::plan(&info, req);
         let status = match plan {
+            Plan::PreconditionFailed => response::PRECONDITION_FAILED,
             Plan::NotModified => response::NOT_MODIFIED,
             Plan::Full => response::OK,
             Plan::Partial { .. } => response::PARTIAL_CONTENT,
@@ -355,6 +369,10 @@ impl HttpHandler {
         let (offset, len) = match plan {
             Plan::NotModified => {
                 head.finish(connection);
+                return Ok(None);
+            }
+            Plan::PreconditionFailed => {
+                error_body(head, status, connection, head_only);
                 return Ok(None);
             }
             Plan::Unsatisfiable => {
@@ -377,23 +395,33 @@ impl HttpHandler {
         Ok((!head_only && len > 0).then_some(Body { file, offset, len }))
     }
 
-    /// A directory under `--autoindex`: redirect to the slash form, then list it.
+    /// A directory under `--autoindex`: redirect to the slash form, then list it. `rel`
+    /// is its path under the root as [`files::resolve`] left it.
     fn directory(
         &self,
         req: &Request<'_>,
-        path: &[u8],
         dir: &File,
         connection: Connection,
         out: &mut Vec<u8>,
+        rel: &[u8],
     ) -> Result<(), Status> {
+        let head_only = req.method == Method::Head;
         let date = self.date.now();
+        let path = request::path_of(req.target);
         if !path.ends_with(b"/") {
             self.count(response::MOVED_PERMANENTLY);
-            let mut location = path.to_vec();
-            location.push(b'/');
+            // Built from the normalised path, never the raw one: `//pool` would make
+            // `//pool/`, which browsers read as the host `pool`. The query stays.
+            let mut location = vec![b'/'];
+            let rel = &rel[..rel.len() - 1];
+            if rel != b"." {
+                files::percent_encode(rel, &mut location);
+                location.push(b'/');
+            }
+            location.extend_from_slice(&req.target[path.len()..]);
             let mut head = HeadWriter::start(out, response::MOVED_PERMANENTLY, &date);
             head.header("Location", &location);
-            error_body(head, response::MOVED_PERMANENTLY, connection, false);
+            error_body(head, response::MOVED_PERMANENTLY, connection, head_only);
             return Ok(());
         }
         let mut html = Vec::new();
@@ -403,7 +431,7 @@ impl HttpHandler {
         head.header("Content-Type", b"text/html; charset=utf-8")
             .content_length(html.len() as u64);
         head.finish(connection);
-        if req.method != Method::Head {
+        if !head_only {
             out.extend_from_slice(&html);
         }
         Ok(())
@@ -467,8 +495,11 @@ impl HttpHandler {
 
 /// Last-Modified and ETag, on every answer about a file.
 fn validators(head: &mut HeadWriter<'_>, info: &FileInfo) {
-    head.header("Last-Modified", &response::format_http_date(info.mtime))
-        .header("ETag", info.etag());
+    head.header(
+        "Last-Modified",
+        &response::format_http_date(info.last_modified),
+    )
+    .header("ETag", info.etag());
 }
 
 /// Finishes `head` with a `CODE Reason\n` text body.

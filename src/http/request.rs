@@ -34,8 +34,10 @@ pub struct Request<'b> {
     /// A body follows that this server does not read (only possible with NotAllowed):
     /// the connection has to close after the answer.
     pub has_body: bool,
-    pub if_modified_since: Option<&'b [u8]>,
+    pub if_match: Option<&'b [u8]>,
+    pub if_unmodified_since: Option<&'b [u8]>,
     pub if_none_match: Option<&'b [u8]>,
+    pub if_modified_since: Option<&'b [u8]>,
     pub range: Option<&'b [u8]>,
     pub if_range: Option<&'b [u8]>,
 }
@@ -45,10 +47,18 @@ pub struct Request<'b> {
 pub struct Reject {
     pub status: Status,
     pub why: &'static str,
+    /// The request is HTTP/1.x with x > 1, which is to be read as HTTP/1.1 (RFC 9110
+    /// §2.5) but which httparse refuses: the offset of the minor digit, for the caller
+    /// to rewrite to `1` before parsing again.
+    pub later_minor_version_at: Option<usize>,
 }
 
 fn reject(status: Status, why: &'static str) -> Reject {
-    Reject { status, why }
+    Reject {
+        status,
+        why,
+        later_minor_version_at: None,
+    }
 }
 
 /// Parses the head at the start of `buf`: `Ok(None)` while it is incomplete.
@@ -64,9 +74,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
                 "too many header fields",
             ))
         }
-        Err(httparse::Error::Version) => {
-            return Err(reject(response::BAD_REQUEST, "not an HTTP/1.x request"))
-        }
+        Err(httparse::Error::Version) => return Err(version_reject(buf)),
         Err(_) => return Err(reject(response::BAD_REQUEST, "malformed request head")),
     };
     if head_len > MAX_HEAD {
@@ -87,6 +95,8 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
         // `OPTIONS *` (asterisk form) asks about the server as a whole: it gets the same
         // 405 with `Allow` as any OPTIONS, not a 400.
         b"*" if req.method == Some("OPTIONS") => &b"*"[..],
+        // CONNECT names `host:port` (authority form); it is answered 405 all the same.
+        raw if req.method == Some("CONNECT") && raw.len() <= MAX_URI => raw,
         raw => origin_form(raw)?,
     };
 
@@ -101,8 +111,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
         http10,
         head_len,
         has_body: false,
-        if_modified_since: None,
+        if_match: None,
+        if_unmodified_since: None,
         if_none_match: None,
+        if_modified_since: None,
         range: None,
         if_range: None,
     };
@@ -114,6 +126,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
             4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
             5 if name.eq_ignore_ascii_case(b"range") => parsed.range = Some(value),
             8 if name.eq_ignore_ascii_case(b"if-range") => parsed.if_range = Some(value),
+            8 if name.eq_ignore_ascii_case(b"if-match") => parsed.if_match = Some(value),
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 for token in value.split(|&b| b == b',') {
                     let token = trim(token);
@@ -137,6 +150,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
             17 if name.eq_ignore_ascii_case(b"if-modified-since") => {
                 parsed.if_modified_since = Some(value)
             }
+            19 if name.eq_ignore_ascii_case(b"if-unmodified-since") => {
+                parsed.if_unmodified_since = Some(value)
+            }
             _ => {}
         }
     }
@@ -159,6 +175,35 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
     parsed.keep_alive = keep_alive && !has_body;
     parsed.has_body = has_body;
     Ok(Some(parsed))
+}
+
+/// What to say about a request line httparse refused for its version: another major
+/// version gets 505, HTTP/1.x with x > 1 is to be retried as HTTP/1.1, anything else
+/// is not HTTP.
+fn version_reject(buf: &[u8]) -> Reject {
+    let line = match buf.iter().position(|&b| b == b'\n') {
+        Some(end) => &buf[..end],
+        None => buf,
+    };
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(space) = line.iter().rposition(|&b| b == b' ') else {
+        return reject(response::BAD_REQUEST, "not an HTTP request");
+    };
+    match &line[space + 1..] {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] if minor.is_ascii_digit() => Reject {
+            later_minor_version_at: Some(space + 8),
+            ..reject(response::BAD_REQUEST, "a later HTTP/1 minor version")
+        },
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            reject(
+                response::HTTP_VERSION_NOT_SUPPORTED,
+                "not HTTP/1 (this server speaks HTTP/1.1)",
+            )
+        }
+        _ => reject(response::BAD_REQUEST, "not an HTTP request"),
+    }
 }
 
 /// An incomplete head: wait for more, unless it is already over a limit.
@@ -316,6 +361,30 @@ mod tests {
             "X: 1\r\n".repeat(100)
         );
         assert_eq!(status(many.as_bytes()), 431);
+    }
+
+    #[test]
+    fn versions_other_than_1_0_and_1_1() {
+        let buf = b"GET / HTTP/1.2\r\nHost: a\r\n\r\n";
+        let r = parse(buf).unwrap_err();
+        assert_eq!(r.later_minor_version_at, Some(13));
+        assert_eq!(buf[13], b'2');
+        assert_eq!(status(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"), 505);
+        assert_eq!(status(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 505);
+        assert_eq!(status(b"GET / HTTX/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.10\r\nHost: a\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn connect_is_a_method_not_allowed_not_a_bad_path() {
+        let req = parse(b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.method, Method::NotAllowed);
+        assert_eq!(
+            status(b"GET example.org:443 HTTP/1.1\r\nHost: a\r\n\r\n"),
+            400
+        );
     }
 
     #[test]

@@ -33,11 +33,13 @@ pub const FORBIDDEN: Status = Status::new(403, "Forbidden");
 pub const NOT_FOUND: Status = Status::new(404, "Not Found");
 pub const METHOD_NOT_ALLOWED: Status = Status::new(405, "Method Not Allowed");
 pub const REQUEST_TIMEOUT: Status = Status::new(408, "Request Timeout");
+pub const PRECONDITION_FAILED: Status = Status::new(412, "Precondition Failed");
 pub const URI_TOO_LONG: Status = Status::new(414, "URI Too Long");
 pub const RANGE_NOT_SATISFIABLE: Status = Status::new(416, "Range Not Satisfiable");
 pub const HEADER_FIELDS_TOO_LARGE: Status = Status::new(431, "Request Header Fields Too Large");
 pub const INTERNAL_SERVER_ERROR: Status = Status::new(500, "Internal Server Error");
 pub const NOT_IMPLEMENTED: Status = Status::new(501, "Not Implemented");
+pub const HTTP_VERSION_NOT_SUPPORTED: Status = Status::new(505, "HTTP Version Not Supported");
 
 pub const SERVER: &str = concat!("ringsock/", env!("CARGO_PKG_VERSION"));
 
@@ -145,12 +147,18 @@ impl Default for DateCache {
 
 impl DateCache {
     pub fn now(&self) -> [u8; DATE_LEN] {
+        self.now_and_second().0
+    }
+
+    /// The `Date` value and the second it names, which bounds file dates in the same
+    /// response.
+    pub fn now_and_second(&self) -> ([u8; DATE_LEN], i64) {
         let now = unix_now_coarse();
         if now != self.second.get() {
             self.second.set(now);
             self.text.set(format_http_date(now));
         }
-        self.text.get()
+        (self.text.get(), now)
     }
 }
 
