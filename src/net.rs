@@ -104,6 +104,34 @@ impl Stream {
         }
     }
 
+    /// Bytes we sent that the peer has not taken yet (SIOCOUTQ): for TCP, not yet
+    /// acknowledged; for Unix sockets, not yet read.
+    pub fn unsent(&self) -> io::Result<usize> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ on Linux) writes one int.
+        cvt(unsafe { libc::ioctl(self.as_raw_fd(), libc::TIOCOUTQ, &mut n) })?;
+        Ok(n.max(0) as usize)
+    }
+
+    /// One non-blocking recv(2) into `buf`, outside the runtime: for reading and dropping
+    /// input after [`Stream::readable`].
+    pub fn recv_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for writes of buf.len() bytes; the fd is open.
+        let n = unsafe {
+            libc::recv(
+                self.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
     /// The pending socket error (SO_ERROR), used after a non-blocking connect.
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
         let mut value: libc::c_int = 0;

@@ -1,24 +1,21 @@
 //! `ringsock proxy TARGET`: forwards every accepted connection to TARGET, both directions
 //! at once, with splice(2) and half-close kept.
 
+mod forward;
 mod pipe;
 mod pump;
 mod resolve;
 pub mod target;
 
-use std::future::Future;
-use std::io;
-use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use crate::log::RateLimit;
 use crate::net::{is_disconnect, Duplex, Stream};
 use crate::runtime::Handler;
+pub use forward::forward;
 pub use pipe::{PipeBudget, PipePool};
-pub use pump::pump;
 use resolve::Resolver;
 pub use target::Target;
 
@@ -73,42 +70,10 @@ impl Handler for ProxyHandler {
             }
             crate::debug!("connection to {} aborted: {e}", self.target);
             // One side failed mid-stream: cut the other with RST too, so it cannot take
-            // a truncated stream for a complete one.
+            // a truncated stream for a complete one (forward has let it read what it
+            // was sent). A Unix-socket peer gets EOF: AF_UNIX has no reset.
             client.stream().reset_on_close();
             upstream.stream().reset_on_close();
         }
     }
-}
-
-/// Runs both directions until both finished (each half-closed in turn) or either failed.
-pub async fn forward(client: &Duplex, upstream: &Duplex, pipes: &PipePool) -> io::Result<()> {
-    both_or_first_error(pump(client, upstream, pipes), pump(upstream, client, pipes)).await
-}
-
-async fn both_or_first_error(
-    a: impl Future<Output = io::Result<()>>,
-    b: impl Future<Output = io::Result<()>>,
-) -> io::Result<()> {
-    let (mut a, mut b) = (pin!(a), pin!(b));
-    let (mut a_done, mut b_done) = (false, false);
-    std::future::poll_fn(|cx| {
-        if !a_done {
-            if let Poll::Ready(result) = a.as_mut().poll(cx) {
-                result?;
-                a_done = true;
-            }
-        }
-        if !b_done {
-            if let Poll::Ready(result) = b.as_mut().poll(cx) {
-                result?;
-                b_done = true;
-            }
-        }
-        if a_done && b_done {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
-        }
-    })
-    .await
 }

@@ -26,6 +26,15 @@ pub const RECV_SIZE: usize = 2 * 1024;
 /// A splice burst shorter than this ends bulk mode: the stream is back to messages.
 const BULK_BURST: usize = 16 * 1024;
 
+/// Why a direction stopped short of EOF: which of its two sockets failed. A read error
+/// means the source is gone (reset); a write error only that the destination stopped
+/// taking bytes, while it may still have bytes for the other direction.
+#[derive(Debug)]
+pub enum Failure {
+    Read(io::Error),
+    Write(io::Error),
+}
+
 /// What one burst of splicing did.
 enum Burst {
     /// The source sent EOF and every byte before it was delivered.
@@ -37,18 +46,18 @@ enum Burst {
 /// Copies `src` to `dst` until EOF, then half-closes `dst`: `Ok` means every byte before
 /// the EOF was delivered and the destination was sent FIN.
 ///
-/// Errors are either side failing (reset, broken pipe) or running out of fds for a
-/// pipe; the caller tears the whole connection down.
-pub async fn pump(src: &Duplex, dst: &Duplex, pipes: &PipePool) -> io::Result<()> {
+/// A failure names the side that failed; the caller decides what the other direction
+/// may still do (see `forward`).
+pub async fn pump(src: &Duplex, dst: &Duplex, pipes: &PipePool) -> Result<(), Failure> {
     let mut buf = Vec::with_capacity(RECV_SIZE);
     loop {
         let (received, returned) = src.recv(buf).await;
-        let n = received?;
+        let n = received.map_err(Failure::Read)?;
         if n == 0 {
             break;
         }
         let (sent, mut returned) = dst.send_all(returned).await;
-        sent?;
+        sent.map_err(Failure::Write)?;
         returned.clear();
         buf = returned;
         if n == RECV_SIZE {
@@ -58,14 +67,14 @@ pub async fn pump(src: &Duplex, dst: &Duplex, pipes: &PipePool) -> io::Result<()
         }
     }
     // Everything before the EOF is delivered: now pass the EOF on.
-    dst.stream().shutdown_write()
+    dst.stream().shutdown_write().map_err(Failure::Write)
 }
 
 /// Splices burst after burst while the bursts stay large.
-async fn splice_while_bulk(src: &Stream, dst: &Stream, pipes: &PipePool) -> io::Result<Burst> {
+async fn splice_while_bulk(src: &Stream, dst: &Stream, pipes: &PipePool) -> Result<Burst, Failure> {
     loop {
         match splice_burst(src, dst, pipes).await? {
-            Burst::Moved(n) if n >= BULK_BURST => src.readable().await?,
+            Burst::Moved(n) if n >= BULK_BURST => src.readable().await.map_err(Failure::Read)?,
             burst => return Ok(burst),
         }
     }
@@ -73,15 +82,23 @@ async fn splice_while_bulk(src: &Stream, dst: &Stream, pipes: &PipePool) -> io::
 
 /// Splices until the source has nothing more for now, through a pipe held only for the
 /// burst: an idle connection holds no pipe.
-async fn splice_burst(src: &Stream, dst: &Stream, pipes: &PipePool) -> io::Result<Burst> {
-    let pipe = pipes.get()?;
+async fn splice_burst(src: &Stream, dst: &Stream, pipes: &PipePool) -> Result<Burst, Failure> {
+    let pipe = match pipes.get() {
+        Ok(pipe) => pipe,
+        // Out of fds (or pipe memory): this connection need not die for it; it goes on
+        // copying through its receive buffer until a pipe can be had again.
+        Err(e) => {
+            crate::debug!("no pipe for splicing ({e}); copying instead");
+            return Ok(Burst::Moved(0));
+        }
+    };
     let burst = splice_through(src, dst, &pipe).await?;
     // Only an empty pipe may be reused (on error it may still hold bytes: it is closed).
     pipes.put(pipe);
     Ok(burst)
 }
 
-async fn splice_through(src: &Stream, dst: &Stream, pipe: &Pipe) -> io::Result<Burst> {
+async fn splice_through(src: &Stream, dst: &Stream, pipe: &Pipe) -> Result<Burst, Failure> {
     let capacity = pipe.capacity();
     let mut moved = 0;
     loop {
@@ -90,14 +107,16 @@ async fn splice_through(src: &Stream, dst: &Stream, pipe: &Pipe) -> io::Result<B
             Ok(0) => (0, true),
             Ok(n) => (n, false),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, false),
-            Err(e) => return Err(e),
+            Err(e) => return Err(Failure::Read(e)),
         };
         let mut in_pipe = n;
         while in_pipe > 0 {
             match splice(pipe.read_fd(), dst.as_raw_fd(), in_pipe) {
                 Ok(sent) => in_pipe -= sent,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    dst.writable().await.map_err(Failure::Write)?
+                }
+                Err(e) => return Err(Failure::Write(e)),
             }
         }
         moved += n;
