@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use socket2::{Domain, Socket, Type};
 
+use crate::net::getsockopt_int;
+
 /// The first fd systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 /// Listen backlog for sockets ringsock binds itself; systemd's `Backlog=` default.
@@ -172,26 +174,6 @@ fn set_flags(socket: &Socket) -> io::Result<()> {
     socket.set_cloexec(true)?;
     // Activated fds arrive blocking; the epoll driver would stall a worker on them.
     socket.set_nonblocking(true)
-}
-
-fn getsockopt_int(fd: RawFd, option: libc::c_int) -> io::Result<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: value and len are valid for the kernel to write an int into.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            option,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(value)
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 fn describe(socket: &Socket, family: Family) -> String {

@@ -88,20 +88,7 @@ impl Stream {
     /// Makes the coming close send RST instead of FIN, so the peer learns the stream was
     /// cut rather than complete.
     pub fn reset_on_close(&self) {
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: linger is a valid, correctly sized option value.
-        unsafe {
-            libc::setsockopt(
-                self.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            );
-        }
+        reset_on_close(self.as_raw_fd());
     }
 
     /// Bytes we sent that the peer has not taken yet (SIOCOUTQ): for TCP, not yet
@@ -134,23 +121,10 @@ impl Stream {
 
     /// The pending socket error (SO_ERROR), used after a non-blocking connect.
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: value and len are valid for the kernel to write an int into.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                (&mut value as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        match (rc, value) {
-            (0, 0) => Ok(None),
-            (0, errno) => Ok(Some(io::Error::from_raw_os_error(errno))),
-            _ => Err(io::Error::last_os_error()),
-        }
+        Ok(match getsockopt_int(self.as_raw_fd(), libc::SO_ERROR)? {
+            0 => None,
+            errno => Some(io::Error::from_raw_os_error(errno)),
+        })
     }
 }
 
@@ -161,6 +135,41 @@ impl AsRawFd for Stream {
             Stream::Unix(s) => s.as_raw_fd(),
         }
     }
+}
+
+/// Sets SO_LINGER to zero seconds on `fd`: its close sends RST, not FIN (TCP only).
+pub fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: linger is a valid, correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// An int-valued SOL_SOCKET option.
+pub fn getsockopt_int(fd: RawFd, option: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len are valid for the kernel to write an int into.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
 }
 
 /// Turns a syscall's `-1` into the errno it set.

@@ -22,7 +22,7 @@ use monoio::time::TimeDriver;
 use monoio::{FusionDriver, FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::activation::Listener;
-use crate::net::Stream;
+use crate::net::{getsockopt_int, reset_on_close, Stream};
 use crate::notify::Notifier;
 use accept::{accept_loop, WorkerListener};
 use limit::Limiter;
@@ -139,10 +139,13 @@ where
             shutdown.clone(),
             limiter.clone(),
         );
-        let (ready_tx, done_tx) = (ready_tx.clone(), done_tx.clone());
+        let ready_tx = ready_tx.clone();
+        let finished = Finished(done_tx.clone());
         std::thread::Builder::new()
             .name(format!("ringsock-w{index}"))
             .spawn(move || {
+                // Reports the end of this thread however it ends, a panic included.
+                let _finished = finished;
                 let mut runtime = match build_runtime() {
                     Ok(runtime) => runtime,
                     Err(e) => {
@@ -203,7 +206,6 @@ where
                 // Likewise submit whatever is still queued in the ring before the main
                 // thread may exit.
                 drop(runtime);
-                let _ = done_tx.send(());
             })?;
     }
     drop((ready_tx, done_tx));
@@ -241,6 +243,11 @@ where
     // Stop accepting first: once the log says we are shutting down, no new connection
     // may be taken (it would hold the drain for up to --shutdown-timeout).
     shutdown.trigger();
+    // And close our listening sockets (the workers close their copies as they stop
+    // accepting): a client of a --listen address is refused at once instead of waiting
+    // in a backlog nobody will take it from. Activated sockets stay open in the
+    // service manager, which queues new clients for the next start.
+    drop(listeners);
     crate::info!(
         "{reason}; shutting down with {} connections open",
         limiter.open()
@@ -260,23 +267,13 @@ struct Supervisor<'a> {
 impl Supervisor<'_> {
     /// Sleeps in sigtimedwait, waking for watchdog pings and idle checks; returns why to stop.
     fn wait_for_stop(&self, done: &mpsc::Receiver<()>) -> io::Result<String> {
-        let watchdog = self.notifier.watchdog_interval();
-        let mut next_ping = watchdog.map(|interval| Instant::now() + interval);
+        let mut watchdog = Watchdog::new(self.notifier);
         loop {
             // A worker that ends on its own has crashed; let the service manager restart us.
-            if done.try_recv().is_ok() {
+            if !matches!(done.try_recv(), Err(mpsc::TryRecvError::Empty)) {
                 return Err(io::Error::other("a worker thread stopped unexpectedly"));
             }
-            let now = Instant::now();
-            let mut wait = Duration::from_secs(1);
-            if let Some(at) = next_ping {
-                if at <= now {
-                    self.notifier.send("WATCHDOG=1");
-                    next_ping = watchdog.map(|interval| now + interval);
-                    continue;
-                }
-                wait = wait.min(at - now);
-            }
+            let mut wait = watchdog.feed().min(Duration::from_secs(1));
             if let Some(limit) = self.lifecycle.exit_idle_time {
                 if let Some(idle) = self.limiter.idle_for() {
                     if idle >= limit {
@@ -291,31 +288,124 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Waits for the workers to finish their connections, up to `--shutdown-timeout`.
+    /// Waits for the workers to finish their connections, up to `--shutdown-timeout` or
+    /// a second SIGTERM/SIGINT; then whatever is still open is cut.
     fn drain(&self, done: &mpsc::Receiver<()>) {
-        let deadline = Instant::now() + self.lifecycle.shutdown_timeout;
+        let deadline = Instant::now().checked_add(self.lifecycle.shutdown_timeout);
+        let mut watchdog = Watchdog::new(self.notifier);
         let mut running = self.lifecycle.threads;
-        while running > 0 {
+        loop {
+            loop {
+                match done.try_recv() {
+                    Ok(()) => running -= 1,
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
+            if running == 0 {
+                return;
+            }
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|at| now >= at) {
                 crate::warn!(
-                    "--shutdown-timeout of {:?} reached; closing {} open connections",
+                    "--shutdown-timeout of {:?} reached; cutting {} open connections",
                     self.lifecycle.shutdown_timeout,
                     self.limiter.open()
                 );
-                return;
+                break;
             }
-            // Keep the watchdog fed while connections finish.
-            let step = (deadline - now).min(
-                self.notifier
-                    .watchdog_interval()
-                    .unwrap_or(Duration::from_secs(1)),
-            );
-            match done.recv_timeout(step) {
-                Ok(()) => running -= 1,
-                Err(mpsc::RecvTimeoutError::Timeout) => self.notifier.send("WATCHDOG=1"),
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            // Keep the watchdog fed while connections finish; look at the workers often,
+            // since they report on a channel sigtimedwait cannot wait on.
+            let mut wait = watchdog.feed().min(DRAIN_POLL);
+            if let Some(at) = deadline {
+                wait = wait.min(at - now);
             }
+            if let Some(signal) = wait_signal(self.signals, wait) {
+                crate::warn!(
+                    "received {} again; cutting {} open connections",
+                    signal_name(signal),
+                    self.limiter.open()
+                );
+                break;
+            }
+        }
+        reset_open_connections();
+    }
+}
+
+/// How often the supervisor looks whether the workers finished draining.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// Shortest watchdog interval kept: a `WatchdogSec=` that short cannot be served
+/// anyway, and pinging faster would only spin.
+const MIN_PING_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Pings the service manager's watchdog at half its `WatchdogSec=`.
+struct Watchdog<'a> {
+    notifier: &'a Notifier,
+    interval: Option<Duration>,
+    next: Option<Instant>,
+}
+
+impl<'a> Watchdog<'a> {
+    fn new(notifier: &'a Notifier) -> Watchdog<'a> {
+        let interval = notifier
+            .watchdog_interval()
+            .map(|i| i.max(MIN_PING_INTERVAL));
+        Watchdog {
+            notifier,
+            interval,
+            next: interval.map(|i| Instant::now() + i),
+        }
+    }
+
+    /// Pings if it is time; returns how long until the next ping.
+    fn feed(&mut self) -> Duration {
+        let (Some(interval), Some(next)) = (self.interval, self.next) else {
+            return Duration::MAX;
+        };
+        if Instant::now() >= next {
+            self.notifier.send("WATCHDOG=1");
+            // From after the send, which may have waited for room in the manager's queue.
+            self.next = Some(Instant::now() + interval);
+            return interval;
+        }
+        next - Instant::now()
+    }
+}
+
+/// Reports a worker thread's end to the supervisor when dropped.
+struct Finished(mpsc::Sender<()>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// Makes every connected TCP socket of the process close with RST, just before exit
+/// closes them all: a client cut off by the shutdown timeout must not mistake the end
+/// of a truncated stream for a complete one. Walks /proc/self/fd because the sockets
+/// belong to the workers' tasks; listening sockets, datagram sockets and other files
+/// are left as they are.
+fn reset_open_connections() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let connected_stream = getsockopt_int(fd, libc::SO_TYPE).ok() == Some(libc::SOCK_STREAM)
+            && getsockopt_int(fd, libc::SO_ACCEPTCONN).ok() == Some(0);
+        if connected_stream {
+            // On an fd closed or reused meanwhile this fails, or touches a socket that
+            // exit closes anyway.
+            reset_on_close(fd);
         }
     }
 }
