@@ -21,8 +21,8 @@ pub fn run(config: Config) -> Result<(), String> {
     let common = match &config {
         Config::Proxy(common, _) | Config::Serve(common, _) => common,
     };
-    log::init(common.log_level)?;
-    let notifier = Notifier::from_env().map_err(|e| format!("failed to set up sd_notify: {e}"))?;
+    log::init(common.log_level);
+    let notifier = Notifier::from_env();
     match config {
         Config::Proxy(common, proxy) => {
             let listeners = listeners(&common, None)?;

@@ -49,28 +49,31 @@ static JOURNAL: AtomicBool = AtomicBool::new(false);
 ///
 /// The level comes from `--log-level`, else `RINGSOCK_LOG_LEVEL`, else
 /// `SYSTEMD_LOG_LEVEL` (which systemd-socket-proxyd honours), else info.
-pub fn init(flag: Option<Level>) -> Result<(), String> {
-    let level = match flag {
-        Some(level) => level,
-        None => level_from_env()?,
-    };
-    MAX_LEVEL.store(level as u8, Ordering::Relaxed);
+/// A variable that is not a level is ignored with a warning, as systemd's own tools do:
+/// a service must not fail to start over an inherited setting.
+pub fn init(flag: Option<Level>) {
     JOURNAL.store(
         std::env::var_os("JOURNAL_STREAM").is_some(),
         Ordering::Relaxed,
     );
-    Ok(())
-}
-
-fn level_from_env() -> Result<Level, String> {
-    for var in ["RINGSOCK_LOG_LEVEL", "SYSTEMD_LOG_LEVEL"] {
-        if let Ok(value) = std::env::var(var) {
-            return Level::parse(&value).ok_or_else(|| {
-                format!("{var}={value:?} is not a log level; use error, warning, info or debug")
-            });
+    let mut ignored = Vec::new();
+    let level = flag.unwrap_or_else(|| {
+        for var in ["RINGSOCK_LOG_LEVEL", "SYSTEMD_LOG_LEVEL"] {
+            if let Ok(value) = std::env::var(var) {
+                match Level::parse(&value) {
+                    Some(level) => return level,
+                    None => ignored.push((var, value)),
+                }
+            }
         }
+        Level::Info
+    });
+    MAX_LEVEL.store(level as u8, Ordering::Relaxed);
+    for (var, value) in ignored {
+        crate::warn!(
+            "ignoring {var}={value:?}: not a log level (use error, warning, info or debug)"
+        );
     }
-    Ok(Level::Info)
 }
 
 pub fn enabled(level: Level) -> bool {

@@ -16,34 +16,20 @@ pub struct Notifier {
 
 impl Notifier {
     /// Reads `NOTIFY_SOCKET` (`/path` or `@abstract`) and `WATCHDOG_USEC`/`WATCHDOG_PID`.
-    pub fn from_env() -> io::Result<Notifier> {
-        let socket = match std::env::var_os("NOTIFY_SOCKET") {
-            None => None,
-            Some(path) => {
-                let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
-                let addr = match bytes.first() {
-                    Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..])?,
-                    Some(b'/') => SocketAddr::from_pathname(std::path::Path::new(&path))?,
-                    _ => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidInput,
-                            format!("NOTIFY_SOCKET={path:?} is neither /path nor @abstract"),
-                        ))
-                    }
-                };
-                let socket = UnixDatagram::unbound()?;
-                // The manager's queue is short (net.unix.max_dgram_qlen, 10 here): wait a
-                // while for room, so READY=1 or STOPPING=1 is not lost behind pings, but
-                // not forever, or a manager that stopped reading would stall signal
-                // handling in the supervisor.
-                socket.set_write_timeout(Some(SEND_TIMEOUT))?;
-                Some((socket, addr))
-            }
-        };
-        Ok(Notifier {
+    /// A value it cannot use is logged and notifications are off, as sd_notify(3)
+    /// leaves it to the caller, and systemd-socket-proxyd runs on.
+    pub fn from_env() -> Notifier {
+        let socket = std::env::var_os("NOTIFY_SOCKET").and_then(|value| {
+            notify_socket(&value)
+                .map_err(|e| {
+                    crate::warn!("not notifying the service manager: NOTIFY_SOCKET={value:?}: {e}")
+                })
+                .ok()
+        });
+        Notifier {
             socket,
             watchdog: watchdog_from_env(),
-        })
+        }
     }
 
     /// How often to ping: half the manager's `WatchdogSec=`, as sd_watchdog_enabled advises.
@@ -60,6 +46,26 @@ impl Notifier {
             }
         }
     }
+}
+
+fn notify_socket(value: &std::ffi::OsStr) -> io::Result<(UnixDatagram, SocketAddr)> {
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(value);
+    let addr = match bytes.first() {
+        Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..])?,
+        Some(b'/') => SocketAddr::from_pathname(std::path::Path::new(value))?,
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "neither /path nor @abstract (other kinds, such as vsock:, are not supported)",
+            ))
+        }
+    };
+    let socket = UnixDatagram::unbound()?;
+    // The manager's queue is short (net.unix.max_dgram_qlen, 10 here): wait a while for
+    // room, so READY=1 or STOPPING=1 is not lost behind pings, but not forever, or a
+    // manager that stopped reading would stall signal handling in the supervisor.
+    socket.set_write_timeout(Some(SEND_TIMEOUT))?;
+    Ok((socket, addr))
 }
 
 fn watchdog_from_env() -> Option<Duration> {

@@ -42,9 +42,14 @@ pub fn parse(text: &str) -> Result<Option<Duration>, String> {
         total += number * seconds_per_unit;
         rest = rest[unit_len..].trim_start();
     }
-    Duration::try_from_secs_f64(total)
-        .map(Some)
-        .map_err(|_| format!("time span {text:?} is out of range"))
+    // systemd's limit: a span must fit in 64 bits of microseconds (about 584,000
+    // years), which also keeps every deadline computed from it representable.
+    if total * 1e6 >= u64::MAX as f64 {
+        return Err(format!(
+            "time span {text:?} is out of range; use infinity for no limit"
+        ));
+    }
+    Ok(Some(Duration::from_secs_f64(total)))
 }
 
 fn unit_seconds(unit: &str) -> Option<f64> {
@@ -86,5 +91,10 @@ mod tests {
         assert!(parse("5 parsecs").unwrap_err().contains("unknown unit"));
         assert!(parse("s").unwrap_err().contains("expected a number"));
         assert!(parse("1..2s").is_err());
+        assert!(parse("300000000000y").unwrap_err().contains("out of range"));
+        assert_eq!(
+            parse("500000y"),
+            Ok(Some(Duration::from_secs(500_000 * 31_557_600)))
+        );
     }
 }

@@ -312,12 +312,77 @@ fn bad_arguments_exit_1() {
         assert_eq!(status.code(), Some(1), "{args:?}: {out}");
         assert!(out.contains(needle), "{args:?}: no {needle:?} in {out:?}");
     }
-    let (status, out) = run_to_exit(
-        &["proxy", "/run/backend.sock"],
-        &[("RINGSOCK_LOG_LEVEL", "loud")],
-    );
+    let (status, out) = run_to_exit(&["proxy", "--log-level", "loud", "/run/b.sock"], &[]);
     assert_eq!(status.code(), Some(1), "{out}");
-    assert!(out.contains("RINGSOCK_LOG_LEVEL"), "{out}");
+    assert!(out.contains("--log-level"), "{out}");
+    let too_long = format!("/run/{}.sock", "a".repeat(110));
+    let (status, out) = run_to_exit(&["proxy", &too_long], &[]);
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("at most 107 bytes"), "{out}");
+}
+
+/// What ringsock inherits from its environment never stops it from starting: a log
+/// level or NOTIFY_SOCKET it cannot use is named in a warning and ignored, as systemd's
+/// own tools do.
+#[test]
+fn unusable_environment_is_ignored_with_a_warning() {
+    let backend = Backend::unix(Reply::Echo);
+    // The helper sets RINGSOCK_LOG_LEVEL=debug, which comes first: to reach
+    // SYSTEMD_LOG_LEVEL it is made unusable too.
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[("RINGSOCK_LOG_LEVEL", "loud")],
+            "ignoring RINGSOCK_LOG_LEVEL=\"loud\"",
+        ),
+        (
+            &[("RINGSOCK_LOG_LEVEL", "?"), ("SYSTEMD_LOG_LEVEL", "")],
+            "ignoring SYSTEMD_LOG_LEVEL=\"\"",
+        ),
+        (
+            &[("NOTIFY_SOCKET", "vsock:2:1234")],
+            "not notifying the service manager",
+        ),
+        (
+            &[("NOTIFY_SOCKET", "")],
+            "not notifying the service manager",
+        ),
+    ];
+    for (env, warning) in cases {
+        let (listen, addr) = Listen::tcp();
+        let mut spawn = Spawn::new(&["proxy", &backend.target]).listen(listen);
+        for (var, value) in env {
+            spawn = spawn.env(var, value);
+        }
+        let ringsock = spawn.start();
+        ringsock.wait_for_log(warning, LOG);
+        echo_transfer(connect_tcp(addr), 4096, 0, None).unwrap_or_else(|e| panic!("{env:?}: {e}"));
+        ringsock.stop();
+    }
+}
+
+/// A WATCHDOG_USEC too short to serve, or a service manager that stops reading, never
+/// keeps the supervisor from handling SIGTERM: it pinged in a loop (or waited on each
+/// send) and skipped the signal check.
+#[test]
+fn signals_are_handled_whatever_the_watchdog_asks() {
+    let backend = Backend::unix(Reply::Echo);
+    let stalled = NotifySocket::new(); // never read
+    for (usec, notify) in [("1", None), ("100000", Some(stalled.env_value()))] {
+        let (listen, _) = Listen::tcp();
+        let mut spawn = Spawn::new(&["proxy", &backend.target])
+            .listen(listen)
+            .env("WATCHDOG_USEC", usec);
+        if let Some(notify) = notify {
+            spawn = spawn.env("NOTIFY_SOCKET", notify);
+        }
+        let mut ringsock = spawn.start();
+        ringsock.wait_for_log("listening on", LOG);
+        // Let the manager's queue fill with pings, where it is stalled.
+        std::thread::sleep(Duration::from_millis(1500));
+        ringsock.signal(libc::SIGTERM);
+        let status = ringsock.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "WATCHDOG_USEC={usec}: {status:?}");
+    }
 }
 
 /// --help and --version are not errors: exit 0, text on stdout.

@@ -31,6 +31,10 @@ pub enum Target {
 
 const DEFAULT_PORT: u16 = 80;
 
+/// sockaddr_un's sun_path holds 108 bytes, one of them the terminating (or, for an
+/// abstract name, leading) NUL.
+const MAX_UNIX_PATH: usize = 107;
+
 impl Target {
     /// `/path`, `@abstract`, `host:port`, `host` (port 80), `[v6]:port`, `[v6]`, and
     /// systemd's `::1:80` (split at the last colon).
@@ -41,11 +45,25 @@ impl Target {
             );
         }
         if text.starts_with('/') {
+            // Checked here, or every connection would fail with the same error.
+            if text.len() > MAX_UNIX_PATH {
+                return Err(format!(
+                    "invalid TARGET {text:?}: a Unix socket path can have at most \
+                     {MAX_UNIX_PATH} bytes; use a shorter path or a link to it"
+                ));
+            }
             return Ok(Target::Path(PathBuf::from(text)));
         }
         if let Some(name) = text.strip_prefix('@') {
             if name.is_empty() {
                 return Err("abstract socket name after '@' is empty".into());
+            }
+            // The name follows a NUL byte in sun_path.
+            if name.len() > MAX_UNIX_PATH {
+                return Err(format!(
+                    "invalid TARGET {text:?}: an abstract socket name can have at most \
+                     {MAX_UNIX_PATH} bytes"
+                ));
             }
             return Ok(Target::Abstract(name.as_bytes().to_vec()));
         }
@@ -249,5 +267,13 @@ mod tests {
         assert!(Target::parse("run/app.sock")
             .unwrap_err()
             .contains("must be absolute"));
+        let longest = format!("/{}", "a".repeat(106));
+        assert!(Target::parse(&longest).is_ok());
+        assert!(Target::parse(&format!("{longest}a"))
+            .unwrap_err()
+            .contains("at most 107 bytes"));
+        assert!(Target::parse(&format!("@{}", "b".repeat(108)))
+            .unwrap_err()
+            .contains("at most 107 bytes"));
     }
 }
