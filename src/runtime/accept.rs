@@ -52,7 +52,7 @@ impl WorkerListener {
     /// Non-blocking accept4(2). The runtime's accept op is avoided on purpose: cancelling
     /// one in flight can leak the accepted fd in monoio 0.2.4, and we must be able to stop
     /// waiting (limit reached, shutdown) at any time.
-    fn try_accept(&self) -> io::Result<Stream> {
+    fn try_accept(&self) -> io::Result<OwnedFd> {
         let fd = match &self.inner {
             Inner::Tcp(l) => l.as_raw_fd(),
             Inner::Unix(l) => l.as_raw_fd(),
@@ -68,7 +68,7 @@ impl WorkerListener {
         };
         let conn = crate::net::cvt(rc)?;
         // SAFETY: accept4 returned a new fd that nothing else owns.
-        Stream::from_fd(unsafe { OwnedFd::from_raw_fd(conn) }, self.family)
+        Ok(unsafe { OwnedFd::from_raw_fd(conn) })
     }
 }
 
@@ -128,8 +128,21 @@ pub async fn accept_loop<H: Handler>(listener: WorkerListener, worker: Rc<Worker
                 return;
             }
             match listener.try_accept() {
-                Ok(stream) => {
+                Ok(fd) => {
                     backoff = Duration::ZERO;
+                    // A connection that cannot be set up (registered with the runtime) is
+                    // dropped; the listener is fine.
+                    let stream = match Stream::from_fd(fd, listener.family) {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            crate::warn_limited!(
+                                ACCEPT_ERRORS,
+                                "failed to set up a connection accepted on {}: {e}",
+                                listener.address
+                            );
+                            continue;
+                        }
+                    };
                     worker.limiter.note_accepted();
                     let handler = handler.clone();
                     let tracker = worker.track();

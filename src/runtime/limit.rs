@@ -20,8 +20,10 @@ pub struct Limiter {
     has_waiters: AtomicBool,
     waiters: Mutex<Vec<Waker>>,
     epoch: Instant,
-    /// Milliseconds since `epoch` when the open count last fell to zero.
-    idle_since_ms: AtomicU64,
+    /// Milliseconds since `epoch` when a connection last closed: once the open count is
+    /// zero, when it fell to zero. Stored before the count drops, so whoever sees zero
+    /// also sees when.
+    last_close_ms: AtomicU64,
 }
 
 /// One open connection's share of the limit; released on drop.
@@ -38,7 +40,7 @@ impl Limiter {
             has_waiters: AtomicBool::new(false),
             waiters: Mutex::new(Vec::new()),
             epoch: Instant::now(),
-            idle_since_ms: AtomicU64::new(0),
+            last_close_ms: AtomicU64::new(0),
         })
     }
 
@@ -93,7 +95,7 @@ impl Limiter {
         if self.open() > 0 {
             return None;
         }
-        let since = self.idle_since_ms.load(Ordering::SeqCst);
+        let since = self.last_close_ms.load(Ordering::SeqCst);
         Some(
             self.epoch
                 .elapsed()
@@ -102,10 +104,9 @@ impl Limiter {
     }
 
     fn release(&self) {
-        if self.open.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.idle_since_ms
-                .store(self.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
-        }
+        self.last_close_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+        self.open.fetch_sub(1, Ordering::SeqCst);
         if self.has_waiters.swap(false, Ordering::SeqCst) {
             // Wake every waiting accept loop; the ones that lose the race wait again.
             let waiters = std::mem::take(&mut *lock(&self.waiters));
