@@ -539,7 +539,7 @@ fn connect_timeout_gives_up_on_a_backend_that_never_accepts() {
             waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
             "{driver:?}: reset after {waited:?}, --connect-timeout is 500ms"
         );
-        ringsock.wait_for_log("--connect-timeout", LOG);
+        ringsock.wait_for_log("--connect-timeout); its listen backlog stayed full", LOG);
 
         ringsock.stop();
 

@@ -1,6 +1,7 @@
 //! The proxy TARGET: parsed once with systemd-socket-proxyd's syntax, connected to per
 //! client.
 
+use std::cell::Cell;
 use std::ffi::OsStr;
 use std::fmt;
 use std::io;
@@ -116,25 +117,40 @@ impl Target {
     /// Connects, trying each resolved address in turn, all within `timeout`. `resolver`
     /// is this worker's for this target.
     pub async fn connect(&self, timeout: Duration, resolver: &Resolver) -> io::Result<Stream> {
-        match monoio::time::timeout(timeout, self.connect_any(resolver)).await {
+        let backlog_full = Cell::new(false);
+        match monoio::time::timeout(timeout, self.connect_any(resolver, &backlog_full)).await {
             Ok(result) => result,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("no connection within {timeout:?} (--connect-timeout)"),
+                format!(
+                    "no connection within {timeout:?} (--connect-timeout){}",
+                    if backlog_full.get() {
+                        "; its listen backlog stayed full: the service is not accepting \
+                         fast enough"
+                    } else {
+                        ""
+                    }
+                ),
             )),
         }
     }
 
-    async fn connect_any(&self, resolver: &Resolver) -> io::Result<Stream> {
+    /// `backlog_full` is set while a Unix target refuses for a full listen backlog.
+    async fn connect_any(
+        &self,
+        resolver: &Resolver,
+        backlog_full: &Cell<bool>,
+    ) -> io::Result<Stream> {
         match self {
-            Target::Path(path) => connect(&SockAddr::unix(path)?, Family::Unix).await,
+            Target::Path(path) => connect(&SockAddr::unix(path)?, Family::Unix, backlog_full).await,
             Target::Abstract(name) => {
                 let mut bytes = Vec::with_capacity(name.len() + 1);
                 bytes.push(0);
                 bytes.extend_from_slice(name);
-                connect(&SockAddr::unix(OsStr::from_bytes(&bytes))?, Family::Unix).await
+                let addr = SockAddr::unix(OsStr::from_bytes(&bytes))?;
+                connect(&addr, Family::Unix, backlog_full).await
             }
-            Target::Addr(addr) => connect(&(*addr).into(), Family::Tcp).await,
+            Target::Addr(addr) => connect(&(*addr).into(), Family::Tcp, backlog_full).await,
             Target::Host { host, port } => {
                 let addrs = resolver.resolve(host, *port).await?;
                 let mut last = io::Error::new(
@@ -142,7 +158,7 @@ impl Target {
                     format!("{host:?} has no addresses"),
                 );
                 for &addr in addrs.iter() {
-                    match connect(&addr.into(), Family::Tcp).await {
+                    match connect(&addr.into(), Family::Tcp, backlog_full).await {
                         Ok(stream) => return Ok(stream),
                         Err(e) => last = io::Error::new(e.kind(), format!("{addr}: {e}")),
                     }
@@ -166,7 +182,7 @@ fn parse_port(text: &str, port: &str) -> Result<u16, String> {
 }
 
 /// A non-blocking connect driven by write readiness.
-async fn connect(addr: &SockAddr, family: Family) -> io::Result<Stream> {
+async fn connect(addr: &SockAddr, family: Family, backlog_full: &Cell<bool>) -> io::Result<Stream> {
     let mut retry_delay = Duration::from_millis(1);
     loop {
         let socket = Socket::new(addr.domain(), Type::STREAM.nonblocking().cloexec(), None)?;
@@ -184,6 +200,7 @@ async fn connect(addr: &SockAddr, family: Family) -> io::Result<Stream> {
             // backend is busy, not gone. Retry until --connect-timeout rather than drop
             // the client.
             Err(e) if family == Family::Unix && e.raw_os_error() == Some(libc::EAGAIN) => {
+                backlog_full.set(true);
                 monoio::time::sleep(retry_delay).await;
                 retry_delay = (retry_delay * 2).min(Duration::from_millis(100));
             }
