@@ -454,8 +454,17 @@ impl HttpHandler {
         if out.is_empty() {
             return Ok(());
         }
-        let result = write_all(stream, out, more, self.shared.settings.keepalive_timeout).await;
-        self.counters.count_bytes(out.len() as u64);
+        let mut sent = 0;
+        let result = write_all(
+            stream,
+            out,
+            more,
+            self.shared.settings.keepalive_timeout,
+            &mut sent,
+        )
+        .await;
+        // What went out, also when the client went away midway.
+        self.counters.count_bytes(sent as u64);
         out.clear();
         // A big listing or a long pipeline must not pin its buffer for the connection's life.
         if out.capacity() > FLUSH_AT {
@@ -540,16 +549,21 @@ pub async fn writable_within(stream: &Stream, stall: Duration) -> io::Result<()>
 }
 
 /// Writes all of `data` with non-blocking send(2), waiting for write readiness only
-/// when the socket buffer is full.
-async fn write_all(stream: &Stream, data: &[u8], more: bool, stall: Duration) -> io::Result<()> {
+/// when the socket buffer is full. `sent` counts what went out, also on failure.
+async fn write_all(
+    stream: &Stream,
+    data: &[u8],
+    more: bool,
+    stall: Duration,
+    sent: &mut usize,
+) -> io::Result<()> {
     let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | if more { libc::MSG_MORE } else { 0 };
-    let mut at = 0;
-    while at < data.len() {
-        let rest = &data[at..];
+    while *sent < data.len() {
+        let rest = &data[*sent..];
         // SAFETY: rest is valid for reads of rest.len() bytes; the fd is open.
         let n = unsafe { libc::send(stream.as_raw_fd(), rest.as_ptr().cast(), rest.len(), flags) };
         if n >= 0 {
-            at += n as usize;
+            *sent += n as usize;
             continue;
         }
         let e = io::Error::last_os_error();
