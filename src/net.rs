@@ -8,6 +8,7 @@ use std::cell::UnsafeCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -93,7 +94,7 @@ impl Stream {
 
     /// Bytes we sent that the peer has not taken yet (SIOCOUTQ): for TCP, not yet
     /// acknowledged; for Unix sockets, not yet read.
-    pub fn unsent(&self) -> io::Result<usize> {
+    fn unsent(&self) -> io::Result<usize> {
         let mut n: libc::c_int = 0;
         // SAFETY: SIOCOUTQ (TIOCOUTQ on Linux) writes one int.
         cvt(unsafe { libc::ioctl(self.as_raw_fd(), libc::TIOCOUTQ, &mut n) })?;
@@ -102,7 +103,7 @@ impl Stream {
 
     /// One non-blocking recv(2) into `buf`, outside the runtime: for reading and dropping
     /// input after [`Stream::readable`].
-    pub fn recv_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+    fn recv_now(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: buf is valid for writes of buf.len() bytes; the fd is open.
         let n = unsafe {
             libc::recv(
@@ -133,6 +134,70 @@ impl AsRawFd for Stream {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// How long a closing connection may wait for its peer to read what it was sent.
+pub struct Linger {
+    /// At most this long in all...
+    pub limit: Duration,
+    /// ...and this long without the peer reading anything of it or sending us anything.
+    pub stall: Duration,
+    /// Input read and dropped meanwhile, at most.
+    pub max_dropped: usize,
+}
+
+/// How often a linger looks whether the peer has read everything.
+const LINGER_POLL: Duration = Duration::from_millis(10);
+
+/// The lingering close, before the caller closes `stream` (with FIN or RST): the peer
+/// gets time to read what it was sent. Its input is read and dropped meanwhile, so a
+/// peer blocked sending to us can go on to read, and no unread input turns the close
+/// into a RST that discards our last bytes. Ends when our send queue to the peer is
+/// empty or a bound in `bounds` is reached; the peer's EOF ends only the reading (a
+/// client that half-closed may still be reading its answer).
+pub async fn linger(stream: &Stream, bounds: &Linger) {
+    let start = Instant::now();
+    let mut progress_at = start;
+    let mut unsent = usize::MAX;
+    let mut input_open = true;
+    let mut dropped = 0;
+    // On the heap: in the future's own state it would make every connection's task
+    // 4 KiB larger, lingering or not (2,000 idle proxied connections: +8 MiB RSS).
+    let mut scratch = vec![0u8; 4096];
+    while start.elapsed() < bounds.limit && progress_at.elapsed() < bounds.stall {
+        match stream.unsent() {
+            Ok(0) | Err(_) => return,
+            Ok(n) if n < unsent => {
+                unsent = n;
+                progress_at = Instant::now();
+            }
+            Ok(_) => {}
+        }
+        if !input_open {
+            monoio::time::sleep(LINGER_POLL).await;
+            continue;
+        }
+        monoio::select! {
+            ready = stream.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+                match stream.recv_now(&mut scratch) {
+                    Ok(0) => input_open = false,
+                    Ok(n) => {
+                        dropped += n;
+                        if dropped > bounds.max_dropped {
+                            return;
+                        }
+                        progress_at = Instant::now();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            },
+            _ = monoio::time::sleep(LINGER_POLL) => {},
         }
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 
-use crate::net::{is_disconnect, Stream};
+use crate::net::{is_disconnect, linger, Linger, Stream};
 use crate::runtime::{Handler, Worker};
 use files::{FileInfo, Kind, Plan, Root};
 use metrics::{Metrics, WorkerCounters};
@@ -91,8 +91,11 @@ const READ_BUF: usize = 4096;
 const FLUSH_AT: usize = 64 * 1024;
 /// After an error answer, how long and how much we read and discard before closing, so
 /// unread request bytes do not turn our close into a RST that destroys the answer.
-const LINGER_TIME: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 1 << 20;
+const AFTER_ERROR: Linger = Linger {
+    limit: Duration::from_secs(2),
+    stall: Duration::from_secs(2),
+    max_dropped: 1 << 20,
+};
 
 impl HttpHandler {
     pub fn new(shared: &Arc<Shared>, worker: &Rc<Worker>) -> HttpHandler {
@@ -473,31 +476,12 @@ impl HttpHandler {
         result
     }
 
-    /// Sends what is left, then closes gracefully: FIN first, and unread request bytes
-    /// read and dropped for a while, so the client gets to read the answer.
+    /// Sends what is left, then closes gracefully: FIN first, then a lingering close
+    /// ([`linger`]), so the client gets to read the answer.
     async fn finish_closing(&self, stream: &mut Stream, out: &mut Vec<u8>) -> io::Result<()> {
         self.write_out(stream, out, false).await?;
         stream.shutdown_write()?;
-        let deadline = Instant::now() + LINGER_TIME;
-        let mut drained = 0;
-        let mut buf = std::mem::take(out);
-        buf.reserve(READ_BUF);
-        while drained < LINGER_BYTES {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            buf.clear();
-            let read = read_more(stream, buf);
-            let (result, back) = monoio::select! {
-                r = read => r,
-                _ = monoio::time::sleep(left) => break,
-            };
-            buf = back;
-            match result {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
+        linger(stream, &AFTER_ERROR).await;
         Ok(())
     }
 }

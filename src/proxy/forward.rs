@@ -8,26 +8,27 @@
 //! - A side that resets (a read from it fails) can be sent nothing more: both
 //!   directions stop and the other side is cut.
 //! - "Cut" is RST, so nobody takes a truncated stream for a complete one; but first the
-//!   side is given time to read what was already sent to it (see `linger`), since RST
+//!   side is given time to read what was already sent to it (`net::linger`), since RST
 //!   discards what is still queued. AF_UNIX has no RST: a Unix-socket peer sees EOF.
 
 use std::future::Future;
 use std::io;
 use std::pin::pin;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::pipe::PipePool;
 use super::pump::{pump, Failure};
-use crate::net::{Duplex, Stream};
+use crate::net::{linger, Duplex, Linger};
 
-/// Longest a side that is about to be cut gets to read what was sent to it...
-const LINGER_LIMIT: Duration = Duration::from_secs(30);
-/// ...and how long it may go without reading anything of it (nginx's lingering_time
-/// and lingering_timeout).
-const LINGER_STALL: Duration = Duration::from_secs(5);
-/// How often the linger checks whether the peer has read everything.
-const LINGER_POLL: Duration = Duration::from_millis(10);
+/// How long a side that is about to be cut gets to read what was sent to it (nginx's
+/// lingering_time and lingering_timeout); what it sends meanwhile is dropped, bounded
+/// by time alone.
+const BEFORE_CUT: Linger = Linger {
+    limit: Duration::from_secs(30),
+    stall: Duration::from_secs(5),
+    max_dropped: usize::MAX,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
@@ -101,50 +102,8 @@ pub async fn forward(client: &Duplex, upstream: &Duplex, pipes: &PipePool) -> io
                 Side::Client => client,
                 Side::Upstream => upstream,
             };
-            linger(still_there.stream()).await;
+            linger(still_there.stream(), &BEFORE_CUT).await;
             Err(e)
-        }
-    }
-}
-
-/// Lets `side` read what we already sent it before it is cut: its input is read and
-/// dropped (a peer blocked sending to us can then go on to read) until our send queue
-/// to it is empty, or it stalls. Its EOF ends only the reading: a client that
-/// half-closed may still be reading its answer.
-async fn linger(side: &Stream) {
-    let start = Instant::now();
-    let mut progress_at = start;
-    let mut unsent = usize::MAX;
-    let mut input_open = true;
-    // On the heap: in the future's own state it would make every connection's task
-    // 4 KiB larger, lingering or not (2,000 idle connections: +8 MiB RSS, perf/).
-    let mut scratch = vec![0u8; 4096];
-    while start.elapsed() < LINGER_LIMIT && progress_at.elapsed() < LINGER_STALL {
-        match side.unsent() {
-            Ok(0) | Err(_) => return,
-            Ok(n) if n < unsent => {
-                unsent = n;
-                progress_at = Instant::now();
-            }
-            Ok(_) => {}
-        }
-        if !input_open {
-            monoio::time::sleep(LINGER_POLL).await;
-            continue;
-        }
-        monoio::select! {
-            ready = side.readable() => {
-                if ready.is_err() {
-                    return;
-                }
-                match side.recv_now(&mut scratch) {
-                    Ok(0) => input_open = false,
-                    Ok(_) => progress_at = Instant::now(),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
-                }
-            },
-            _ = monoio::time::sleep(LINGER_POLL) => {},
         }
     }
 }
