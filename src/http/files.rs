@@ -351,8 +351,13 @@ pub fn parse_range(value: &[u8], len: u64) -> Option<Option<(u64, u64)>> {
     let (start, end) = (trim(&spec[..dash]), trim(&spec[dash + 1..]));
     if start.is_empty() {
         let suffix = decimal(end)?;
-        if suffix == 0 || len == 0 {
+        if suffix == 0 {
             return Some(None);
+        }
+        // A non-zero suffix of an empty file is satisfiable but selects nothing, which
+        // a 206 cannot express (RFC 9110 §14.1.2): ignore the Range, send the 200.
+        if len == 0 {
+            return None;
         }
         return Some(Some((len.saturating_sub(suffix), len - 1)));
     }
@@ -579,6 +584,9 @@ mod tests {
         assert_eq!(parse_range(b"bytes=10-", 10), Some(None));
         assert_eq!(parse_range(b"bytes=-0", 10), Some(None));
         assert_eq!(parse_range(b"bytes=0-1,3-4", 10), None);
+        // An empty file: a suffix selects nothing, so the whole (empty) file is sent.
+        assert_eq!(parse_range(b"bytes=-5", 0), None);
+        assert_eq!(parse_range(b"bytes=0-", 0), Some(None));
         assert_eq!(parse_range(b"bytes=5-1", 10), None);
         assert_eq!(parse_range(b"lines=1-2", 10), None);
         assert_eq!(parse_range(b"bytes=x-2", 10), None);

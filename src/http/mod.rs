@@ -138,18 +138,10 @@ impl HttpHandler {
             let mut start = 0;
             let mut close = false;
             while start < buf.len() {
-                let req = match request::parse(&buf[start..]) {
+                let req = match request::parse_head(&mut buf[start..]) {
                     Ok(Some(req)) => req,
                     Ok(None) => break,
-                    Err(Reject {
-                        later_minor_version_at: Some(at),
-                        ..
-                    }) => {
-                        // HTTP/1.2 and later minors are read as HTTP/1.1 (RFC 9110 §2.5).
-                        buf[start + at] = b'1';
-                        continue;
-                    }
-                    Err(Reject { status, why, .. }) => {
+                    Err(Reject { status, why }) => {
                         crate::debug!("rejecting a request with {}: {why}", status.code);
                         // Even a rejected HEAD gets no body: the client reads none.
                         let head_only = buf[start..].starts_with(b"HEAD ");

@@ -47,18 +47,55 @@ pub struct Request<'b> {
 pub struct Reject {
     pub status: Status,
     pub why: &'static str,
-    /// The request is HTTP/1.x with x > 1, which is to be read as HTTP/1.1 (RFC 9110
-    /// §2.5) but which httparse refuses: the offset of the minor digit, for the caller
-    /// to rewrite to `1` before parsing again.
-    pub later_minor_version_at: Option<usize>,
 }
 
 fn reject(status: Status, why: &'static str) -> Reject {
-    Reject {
-        status,
-        why,
-        later_minor_version_at: None,
+    Reject { status, why }
+}
+
+/// Parses the head at the start of `buf` as [`parse`] does, except that a request line
+/// naming HTTP/1.x with a single digit x > 1 is read as HTTP/1.1 (RFC 9110 §2.5): that
+/// digit is rewritten to `1` in `buf`. Every rewrite lowers a byte, so this ends; a line
+/// refused for any other reason is refused, never corrected (RFC 9112 §3).
+pub fn parse_head(buf: &mut [u8]) -> Result<Option<Request<'_>>, Reject> {
+    loop {
+        match parse(buf) {
+            Err(r) if r.why == LATER_MINOR => match later_minor_version_at(buf) {
+                Some(at) => buf[at] = b'1',
+                None => return Err(reject(response::BAD_REQUEST, "malformed request line")),
+            },
+            _ => break,
+        }
     }
+    parse(buf)
+}
+
+/// The `why` of a request line httparse refused only for its HTTP/1 minor version.
+const LATER_MINOR: &str = "a later HTTP/1 minor version";
+
+/// Where the minor digit of `HTTP/1.x` is, when the request line is exactly
+/// `METHOD SP TARGET SP HTTP/1.x` with x in 2..=9.
+fn later_minor_version_at(buf: &[u8]) -> Option<usize> {
+    let line = request_line(buf);
+    let first = line.iter().position(|&b| b == b' ')?;
+    let last = line.iter().rposition(|&b| b == b' ')?;
+    let target = &line[first + 1..last];
+    if first == 0 || target.is_empty() || target.contains(&b' ') {
+        return None;
+    }
+    match &line[last + 1..] {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => Some(last + 8),
+        _ => None,
+    }
+}
+
+/// The first line of `buf`, without its CR LF.
+fn request_line(buf: &[u8]) -> &[u8] {
+    let line = match buf.iter().position(|&b| b == b'\n') {
+        Some(end) => &buf[..end],
+        None => buf,
+    };
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// Parses the head at the start of `buf`: `Ok(None)` while it is incomplete.
@@ -123,7 +160,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
         let value = header.value;
         // Dispatch on length first: most headers are skipped after one comparison.
         match name.len() {
-            4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
+            4 if name.eq_ignore_ascii_case(b"host") => {
+                if !is_valid_host(value) {
+                    return Err(reject(response::BAD_REQUEST, "invalid Host"));
+                }
+                hosts += 1;
+            }
             5 if name.eq_ignore_ascii_case(b"range") => parsed.range = Some(value),
             8 if name.eq_ignore_ascii_case(b"if-range") => parsed.if_range = Some(value),
             8 if name.eq_ignore_ascii_case(b"if-match") => parsed.if_match = Some(value),
@@ -146,7 +188,18 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
                 }
                 content_length = Some(len);
             }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => chunked = true,
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                // Only a body framed by a final `chunked` has a known end (RFC 9112
+                // §6.3): any other coding, or one in HTTP/1.0, leaves us unable to find
+                // the next request.
+                if http10 || !ends_in_chunked(value) {
+                    return Err(reject(
+                        response::BAD_REQUEST,
+                        "Transfer-Encoding without a final chunked",
+                    ));
+                }
+                chunked = true;
+            }
             17 if name.eq_ignore_ascii_case(b"if-modified-since") => {
                 parsed.if_modified_since = Some(value)
             }
@@ -177,32 +230,27 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
     Ok(Some(parsed))
 }
 
-/// What to say about a request line httparse refused for its version: another major
-/// version gets 505, HTTP/1.x with x > 1 is to be retried as HTTP/1.1, anything else
-/// is not HTTP.
+/// What to say about a request line httparse refused for its version: HTTP/1.x with a
+/// single digit x > 1 is to be read as HTTP/1.1 ([`parse_head`] does), another major
+/// version gets 505, anything else is not HTTP.
 fn version_reject(buf: &[u8]) -> Reject {
-    let line = match buf.iter().position(|&b| b == b'\n') {
-        Some(end) => &buf[..end],
-        None => buf,
-    };
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if later_minor_version_at(buf).is_some() {
+        return reject(response::BAD_REQUEST, LATER_MINOR);
+    }
+    let line = request_line(buf);
     let Some(space) = line.iter().rposition(|&b| b == b' ') else {
         return reject(response::BAD_REQUEST, "not an HTTP request");
     };
     match &line[space + 1..] {
-        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] if minor.is_ascii_digit() => Reject {
-            later_minor_version_at: Some(space + 8),
-            ..reject(response::BAD_REQUEST, "a later HTTP/1 minor version")
-        },
         [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
-            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+            if major.is_ascii_digit() && *major != b'1' && minor.is_ascii_digit() =>
         {
             reject(
                 response::HTTP_VERSION_NOT_SUPPORTED,
                 "not HTTP/1 (this server speaks HTTP/1.1)",
             )
         }
-        _ => reject(response::BAD_REQUEST, "not an HTTP request"),
+        _ => reject(response::BAD_REQUEST, "malformed request line"),
     }
 }
 
@@ -243,6 +291,20 @@ fn origin_form(target: &[u8]) -> Result<&[u8], Reject> {
         response::BAD_REQUEST,
         "request target is not a path",
     ))
+}
+
+/// `Host: uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2.2): a reg-name, an IPv4
+/// address or an IP literal in brackets. Empty is allowed (a target without authority).
+fn is_valid_host(value: &[u8]) -> bool {
+    value.iter().all(|&b| {
+        b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b)
+    })
+}
+
+/// Whether the last coding in a Transfer-Encoding value is `chunked`.
+fn ends_in_chunked(value: &[u8]) -> bool {
+    let last = value.rsplit(|&b| b == b',').next().unwrap_or(value);
+    trim(last).eq_ignore_ascii_case(b"chunked")
 }
 
 fn parse_decimal(text: &[u8]) -> Option<u64> {
@@ -363,12 +425,62 @@ mod tests {
         assert_eq!(status(many.as_bytes()), 431);
     }
 
+    fn head_status(buf: &[u8]) -> u16 {
+        match parse_head(&mut buf.to_vec()) {
+            Ok(Some(_)) => 200,
+            Ok(None) => 0,
+            Err(r) => r.status.code,
+        }
+    }
+
+    #[test]
+    fn a_later_minor_version_is_read_as_1_1() {
+        let mut buf = b"GET / HTTP/1.2\r\nHost: a\r\n\r\n".to_vec();
+        let req = parse_head(&mut buf).unwrap().unwrap();
+        assert!(!req.http10);
+        assert_eq!(head_status(b"GET / HTTP/1.9\r\nHost: a\r\n\r\n"), 200);
+        // Still not a valid head once read as HTTP/1.1: refused, not retried.
+        assert_eq!(head_status(b"GET / HTTP/1.5\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn a_request_line_with_more_than_three_parts_is_refused() {
+        // Used to be "corrected" over and over, pinning the worker.
+        assert_eq!(head_status(b"GET /a b HTTP/1.0\r\n\r\n"), 400);
+        assert_eq!(head_status(b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(head_status(b"GET /a b HTTP/1.2\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(head_status(b"GET  / HTTP/1.3\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(head_status(b" HTTP/1.2\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn an_invalid_host_is_refused() {
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n"), 200);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: deb.debian.org\r\n\r\n"), 200);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost:\r\n\r\n"), 200);
+    }
+
+    #[test]
+    fn a_transfer_coding_other_than_a_final_chunked_is_refused() {
+        let post = |te: &str| {
+            status(format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n").as_bytes())
+        };
+        assert_eq!(post("xchunked"), 400);
+        assert_eq!(post("chunked, gzip"), 400);
+        // Framed well: parsed, then answered 405 for the method.
+        assert_eq!(post("gzip, chunked"), 200);
+        assert_eq!(post("Chunked"), 200);
+        assert_eq!(
+            status(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
+    }
+
     #[test]
     fn versions_other_than_1_0_and_1_1() {
-        let buf = b"GET / HTTP/1.2\r\nHost: a\r\n\r\n";
-        let r = parse(buf).unwrap_err();
-        assert_eq!(r.later_minor_version_at, Some(13));
-        assert_eq!(buf[13], b'2');
         assert_eq!(status(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"), 505);
         assert_eq!(status(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 505);
         assert_eq!(status(b"GET / HTTX/1.1\r\nHost: a\r\n\r\n"), 400);
