@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::activation::ListenAddr;
 use crate::log::Level;
 use crate::proxy::Target;
-use crate::runtime::Lifecycle;
+use crate::runtime::{ConnectionsMax, Lifecycle};
 
 #[derive(Parser, Debug)]
 #[command(name = "ringsock", version, propagate_version = true)]
@@ -45,9 +45,10 @@ pub struct CommonArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 
-    /// Maximum simultaneous connections; more wait in the listen backlog
-    #[arg(short = 'c', long, value_name = "N", default_value_t = 256)]
-    pub connections_max: usize,
+    /// Maximum simultaneous connections; more wait in the listen backlog [default: 16384,
+    /// or fewer if the open file limit cannot hold that many]
+    #[arg(short = 'c', long, value_name = "N")]
+    pub connections_max: Option<usize>,
 
     /// Exit once no connection was open for this long (e.g. 30s, 5min, infinity)
     #[arg(long, value_name = "TIMESPAN", default_value = "infinity")]
@@ -136,14 +137,14 @@ impl Cli {
     pub fn validate(self) -> Result<Config, String> {
         Ok(match self.command {
             Command::Proxy(args) => Config::Proxy(
-                args.common.validate()?,
+                args.common.validate(FDS_PER_PROXIED_CONNECTION)?,
                 ProxyConfig {
                     target: Target::parse(&args.target)?,
                     connect_timeout: finite("--connect-timeout", &args.connect_timeout)?,
                 },
             ),
             Command::Serve(args) => Config::Serve(
-                args.common.validate()?,
+                args.common.validate(FDS_PER_HTTP_CONNECTION)?,
                 ServeConfig {
                     root: args.root,
                     header_timeout: finite("--header-timeout", &args.header_timeout)?,
@@ -156,11 +157,19 @@ impl Cli {
     }
 }
 
+/// File descriptors one connection holds at most: the client and the target socket,
+/// and a pipe end's share while splicing...
+const FDS_PER_PROXIED_CONNECTION: usize = 3;
+/// ...or the client socket and the file being sent.
+const FDS_PER_HTTP_CONNECTION: usize = 2;
+
 impl CommonArgs {
-    fn validate(self) -> Result<Common, String> {
-        if self.connections_max < 1 {
-            return Err("--connections-max must be at least 1".into());
-        }
+    fn validate(self, fds_per_connection: usize) -> Result<Common, String> {
+        let connections_max = match self.connections_max {
+            Some(0) => return Err("--connections-max must be at least 1".into()),
+            Some(n) => ConnectionsMax::Given(n),
+            None => ConnectionsMax::Default,
+        };
         let threads = match self.threads {
             Some(0) => return Err("--threads must be at least 1".into()),
             Some(n) => n,
@@ -181,7 +190,8 @@ impl CommonArgs {
             listen,
             lifecycle: Lifecycle {
                 threads,
-                connections_max: self.connections_max,
+                connections_max,
+                fds_per_connection,
                 exit_idle_time: timespan("--exit-idle-time", &self.exit_idle_time)?,
                 shutdown_timeout: timespan("--shutdown-timeout", &self.shutdown_timeout)?
                     .unwrap_or(Duration::MAX / 4),
@@ -221,7 +231,7 @@ mod tests {
         ]) else {
             panic!("should parse");
         };
-        assert_eq!(common.lifecycle.connections_max, 10);
+        assert_eq!(common.lifecycle.connections_max, ConnectionsMax::Given(10));
         assert_eq!(
             common.lifecycle.exit_idle_time,
             Some(Duration::from_secs(300))
@@ -231,11 +241,12 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_systemd_socket_proxyd() {
+    fn defaults_match_systemd_socket_proxyd_but_the_connection_limit() {
         let Ok(Config::Proxy(common, _)) = parse(&["proxy", "127.0.0.1:80"]) else {
             panic!("should parse");
         };
-        assert_eq!(common.lifecycle.connections_max, 256);
+        // systemd-socket-proxyd's 256 lets 256 idle clients lock everyone out.
+        assert_eq!(common.lifecycle.connections_max, ConnectionsMax::Default);
         assert_eq!(common.lifecycle.exit_idle_time, None);
         assert!(common.lifecycle.threads >= 1);
     }

@@ -13,6 +13,55 @@ use std::time::Instant;
 
 use super::shutdown::lock;
 
+/// `--connections-max` as given, or its default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionsMax {
+    Given(usize),
+    Default,
+}
+
+/// The default `--connections-max`. systemd-socket-proxyd's 256 lets 256 idle clients or
+/// slow request heads lock every other client out; an idle connection costs a few KiB
+/// here (perf/results), so a host holds this many with room to spare.
+pub const DEFAULT_CONNECTIONS_MAX: usize = 16384;
+
+/// Open files kept back from the connections: listeners, rings, logs, the process's own.
+const RESERVED_FDS: u64 = 64;
+
+/// The limit to enforce: a given value as is (with a warning when the fd limit cannot
+/// hold it), the default lowered to what `fd_limit` holds.
+pub fn connections_max(
+    setting: ConnectionsMax,
+    fd_limit: Option<u64>,
+    fds_per_connection: usize,
+) -> usize {
+    let fits = fd_limit.map_or(usize::MAX, |limit| {
+        (limit.saturating_sub(RESERVED_FDS) / fds_per_connection as u64).max(1) as usize
+    });
+    match setting {
+        ConnectionsMax::Given(n) => {
+            if n > fits {
+                crate::warn!(
+                    "--connections-max {n} needs up to {} open files but the limit is {}; \
+                     raise LimitNOFILE= (or ulimit -n) or lower --connections-max",
+                    n.saturating_mul(fds_per_connection),
+                    fd_limit.unwrap_or(0)
+                );
+            }
+            n
+        }
+        ConnectionsMax::Default if fits < DEFAULT_CONNECTIONS_MAX => {
+            crate::info!(
+                "at most {fits} connections at once: the open file limit of {} holds no more \
+                 (raise LimitNOFILE= for the default {DEFAULT_CONNECTIONS_MAX})",
+                fd_limit.unwrap_or(0)
+            );
+            fits
+        }
+        ConnectionsMax::Default => DEFAULT_CONNECTIONS_MAX,
+    }
+}
+
 pub struct Limiter {
     max: usize,
     open: AtomicUsize,
@@ -135,6 +184,22 @@ mod tests {
         drop(a);
         assert_eq!(limiter.open(), 1);
         assert!(limiter.try_acquire().is_some());
+    }
+
+    #[test]
+    fn the_default_fits_the_fd_limit_and_a_given_limit_is_kept() {
+        let default = ConnectionsMax::Default;
+        assert_eq!(
+            connections_max(default, Some(1 << 20), 3),
+            DEFAULT_CONNECTIONS_MAX
+        );
+        assert_eq!(connections_max(default, None, 3), DEFAULT_CONNECTIONS_MAX);
+        assert_eq!(connections_max(default, Some(20_000), 2), 9_968);
+        assert_eq!(connections_max(default, Some(10), 2), 1);
+        assert_eq!(
+            connections_max(ConnectionsMax::Given(50_000), Some(1024), 3),
+            50_000
+        );
     }
 
     #[test]

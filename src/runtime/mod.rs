@@ -7,6 +7,7 @@
 
 mod accept;
 pub mod limit;
+pub use limit::ConnectionsMax;
 pub mod shutdown;
 
 use std::cell::{Cell, RefCell};
@@ -37,7 +38,9 @@ pub trait Handler: 'static {
 #[derive(Clone, Debug)]
 pub struct Lifecycle {
     pub threads: usize,
-    pub connections_max: usize,
+    pub connections_max: ConnectionsMax,
+    /// Open files one connection may hold, to fit the default limit in the fd limit.
+    pub fds_per_connection: usize,
     /// `None`: never exit for idleness.
     pub exit_idle_time: Option<Duration>,
     pub shutdown_timeout: Duration,
@@ -120,7 +123,12 @@ where
     H: Handler,
     F: Fn(&Rc<Worker>) -> H + Send + Sync + 'static,
 {
-    raise_fd_limit();
+    let fd_limit = raise_fd_limit();
+    let connections_max = limit::connections_max(
+        lifecycle.connections_max,
+        fd_limit,
+        lifecycle.fds_per_connection,
+    );
     // Blocked here, before any thread starts, so every worker inherits the mask and the
     // signals wait for the supervisor's sigtimedwait instead of killing the process.
     let signals = block_signals()?;
@@ -128,7 +136,7 @@ where
     let listeners = Arc::new(listeners);
     let make_handler = Arc::new(make_handler);
     let shutdown = Arc::new(Shutdown::default());
-    let limiter = Limiter::new(lifecycle.connections_max);
+    let limiter = Limiter::new(connections_max);
     let (ready_tx, ready_rx) = mpsc::channel::<io::Result<Driver>>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
 
@@ -283,7 +291,10 @@ impl Supervisor<'_> {
                 }
             }
             if let Some(signal) = wait_signal(self.signals, wait) {
-                return Ok(format!("received {}", signal_name(signal)));
+                if is_stop(signal) {
+                    return Ok(format!("received {}", signal_name(signal)));
+                }
+                note_ignored(signal);
             }
         }
     }
@@ -320,13 +331,17 @@ impl Supervisor<'_> {
             if let Some(at) = deadline {
                 wait = wait.min(at - now);
             }
-            if let Some(signal) = wait_signal(self.signals, wait) {
-                crate::warn!(
-                    "received {} again; cutting {} open connections",
-                    signal_name(signal),
-                    self.limiter.open()
-                );
-                break;
+            match wait_signal(self.signals, wait) {
+                Some(signal) if is_stop(signal) => {
+                    crate::warn!(
+                        "received {} again; cutting {} open connections",
+                        signal_name(signal),
+                        self.limiter.open()
+                    );
+                    break;
+                }
+                Some(signal) => note_ignored(signal),
+                None => {}
             }
         }
         reset_open_connections();
@@ -502,17 +517,20 @@ fn why_no_uring() -> String {
     }
 }
 
-/// Each proxied connection costs up to four fds; the default soft limit of 1024 would cap
-/// us far below `--connections-max`, and systemd's hard limit is high.
-fn raise_fd_limit() {
+/// Each connection costs two or three fds; the default soft limit of 1024 would cap us
+/// far below `--connections-max`, and systemd's hard limit is high. Returns the soft
+/// limit now in force (`None`: unlimited or unknown).
+fn raise_fd_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: limit is a valid rlimit to fill and then pass back.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
             let old = limit.rlim_cur;
             limit.rlim_cur = limit.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
@@ -520,9 +538,37 @@ fn raise_fd_limit() {
                     "raised the open file limit from {old} to {}",
                     limit.rlim_max
                 );
+            } else {
+                limit.rlim_cur = old;
             }
         }
     }
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// Signals that begin the graceful shutdown.
+const STOP_SIGNALS: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
+/// Signals whose default action would end the process at once, dropping every open
+/// connection with a clean-looking FIN: taken and logged instead. logrotate sends USR1,
+/// `systemctl reload` or a closed terminal HUP.
+const IGNORED_SIGNALS: [libc::c_int; 6] = [
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGVTALRM,
+    libc::SIGIO,
+];
+
+fn is_stop(signal: libc::c_int) -> bool {
+    STOP_SIGNALS.contains(&signal)
+}
+
+fn note_ignored(signal: libc::c_int) {
+    crate::info!(
+        "received {}; ignored (ringsock has nothing to reload: restart it to change its flags)",
+        signal_name(signal)
+    );
 }
 
 fn block_signals() -> io::Result<libc::sigset_t> {
@@ -530,8 +576,9 @@ fn block_signals() -> io::Result<libc::sigset_t> {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
+        for signal in STOP_SIGNALS.iter().chain(&IGNORED_SIGNALS) {
+            libc::sigaddset(&mut set, *signal);
+        }
         match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
             0 => Ok(set),
             errno => Err(io::Error::from_raw_os_error(errno)),
@@ -553,6 +600,12 @@ fn signal_name(signal: libc::c_int) -> &'static str {
     match signal {
         libc::SIGTERM => "SIGTERM",
         libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGVTALRM => "SIGVTALRM",
+        libc::SIGIO => "SIGIO",
         _ => "a signal",
     }
 }
