@@ -157,7 +157,7 @@ impl HttpHandler {
                 } else {
                     Connection::KeepAlive
                 };
-                let body = self.respond(&req, connection, &mut out, &mut rel);
+                let (body, connection) = self.respond(&req, connection, &mut out, &mut rel);
                 if let Some(body) = body {
                     // The head goes with MSG_MORE so it shares a segment with the body.
                     self.write_out(stream, &mut out, true).await?;
@@ -255,14 +255,42 @@ impl HttpHandler {
     }
 
     /// Writes the head (and small body) of one answer into `out`; a file body is
-    /// returned for the caller to send after flushing.
+    /// returned for the caller to send after flushing, with whether the connection
+    /// stays open after it.
     fn respond(
         &self,
         req: &Request<'_>,
         connection: Connection,
         out: &mut Vec<u8>,
         rel: &mut Vec<u8>,
-    ) -> Option<Body> {
+    ) -> (Option<Body>, Connection) {
+        match self.answer(req, connection, out, rel) {
+            Ok(body) => (body, connection),
+            // Out of fds: this connection's own fd is best given back (nginx closes too).
+            Err(status) if status == response::SERVICE_UNAVAILABLE => {
+                self.count(status);
+                let date = self.date.now();
+                let mut head = HeadWriter::start(out, status, &date);
+                head.header("Retry-After", b"1");
+                let head_only = req.method == Method::Head;
+                error_body(head, status, Connection::Close, head_only);
+                (None, Connection::Close)
+            }
+            Err(status) => {
+                self.simple(out, status, connection, req.method == Method::Head);
+                (None, connection)
+            }
+        }
+    }
+
+    /// [`Self::respond`] for every answer but a failure to look the file up.
+    fn answer(
+        &self,
+        req: &Request<'_>,
+        connection: Connection,
+        out: &mut Vec<u8>,
+        rel: &mut Vec<u8>,
+    ) -> Result<Option<Body>, Status> {
         let head_only = req.method == Method::Head;
         if req.method == Method::NotAllowed {
             self.count(response::METHOD_NOT_ALLOWED);
@@ -270,7 +298,7 @@ impl HttpHandler {
             let mut head = HeadWriter::start(out, response::METHOD_NOT_ALLOWED, &date);
             head.header("Allow", b"GET, HEAD");
             error_body(head, response::METHOD_NOT_ALLOWED, connection, false);
-            return None;
+            return Ok(None);
         }
         let path = request::path_of(req.target);
         match route(path, self.shared.settings.root.is_some()) {
@@ -284,7 +312,7 @@ impl HttpHandler {
                 if !head_only {
                     out.extend_from_slice(api::VERSION_BODY);
                 }
-                None
+                Ok(None)
             }
             Route::Metrics => {
                 let mut text = String::with_capacity(1024);
@@ -303,19 +331,10 @@ impl HttpHandler {
                 if !head_only {
                     out.extend_from_slice(text.as_bytes());
                 }
-                None
+                Ok(None)
             }
-            Route::NotFound => {
-                self.simple(out, response::NOT_FOUND, connection, head_only);
-                None
-            }
-            Route::Files => match self.file(req, path, connection, out, rel) {
-                Ok(body) => body,
-                Err(status) => {
-                    self.simple(out, status, connection, head_only);
-                    None
-                }
-            },
+            Route::NotFound => Err(response::NOT_FOUND),
+            Route::Files => self.file(req, path, connection, out, rel),
         }
     }
 

@@ -296,9 +296,9 @@ fn origin_form(target: &[u8]) -> Result<&[u8], Reject> {
 /// `Host: uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2.2): a reg-name, an IPv4
 /// address or an IP literal in brackets. Empty is allowed (a target without authority).
 fn is_valid_host(value: &[u8]) -> bool {
-    value.iter().all(|&b| {
-        b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b)
-    })
+    value
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
 }
 
 /// Whether the last coding in a Transfer-Encoding value is `chunked`.
@@ -459,14 +459,19 @@ mod tests {
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"), 400);
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n"), 400);
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n"), 200);
-        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: deb.debian.org\r\n\r\n"), 200);
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nHost: deb.debian.org\r\n\r\n"),
+            200
+        );
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost:\r\n\r\n"), 200);
     }
 
     #[test]
     fn a_transfer_coding_other_than_a_final_chunked_is_refused() {
         let post = |te: &str| {
-            status(format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n").as_bytes())
+            status(
+                format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n").as_bytes(),
+            )
         };
         assert_eq!(post("xchunked"), 400);
         assert_eq!(post("chunked, gzip"), 400);

@@ -39,6 +39,7 @@ pub const RANGE_NOT_SATISFIABLE: Status = Status::new(416, "Range Not Satisfiabl
 pub const HEADER_FIELDS_TOO_LARGE: Status = Status::new(431, "Request Header Fields Too Large");
 pub const INTERNAL_SERVER_ERROR: Status = Status::new(500, "Internal Server Error");
 pub const NOT_IMPLEMENTED: Status = Status::new(501, "Not Implemented");
+pub const SERVICE_UNAVAILABLE: Status = Status::new(503, "Service Unavailable");
 pub const HTTP_VERSION_NOT_SUPPORTED: Status = Status::new(505, "HTTP Version Not Supported");
 
 pub const SERVER: &str = concat!("ringsock/", env!("CARGO_PKG_VERSION"));
