@@ -17,7 +17,7 @@ const LOG: Duration = Duration::from_secs(10);
 
 /// Starts `ringsock proxy ARGS.. TARGET` on one TCP listener and waits until it runs on
 /// `driver`, so a test never silently exercises the other one.
-fn proxy(driver: Driver, args: &[&str], target: &str) -> (Ringsock, SocketAddr) {
+pub fn proxy(driver: Driver, args: &[&str], target: &str) -> (Ringsock, SocketAddr) {
     let (listen, addr) = Listen::tcp();
     let mut all = vec!["proxy"];
     all.extend_from_slice(args);

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 /// A running `ringsock serve` on a fresh loopback port with its own root.
-struct Server {
-    ringsock: Ringsock,
-    addr: SocketAddr,
+pub struct Server {
+    pub ringsock: Ringsock,
+    pub addr: SocketAddr,
     root: tempfile::TempDir,
 }
 
-fn serve(driver: Driver, extra: &[&str]) -> Server {
+pub fn serve(driver: Driver, extra: &[&str]) -> Server {
     let root = tempfile::tempdir().expect("root");
     serve_root(driver, root, extra)
 }
@@ -35,19 +35,19 @@ fn serve_root(driver: Driver, root: tempfile::TempDir, extra: &[&str]) -> Server
 }
 
 impl Server {
-    fn file(&self, rel: &str, data: &[u8]) -> PathBuf {
+    pub fn file(&self, rel: &str, data: &[u8]) -> PathBuf {
         let path = self.root.path().join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, data).unwrap();
         path
     }
 
-    fn connect(&self) -> Conn {
+    pub fn connect(&self) -> Conn {
         Conn::new(connect_tcp(self.addr))
     }
 
     /// One request on a fresh connection.
-    fn get(&self, raw: &str) -> Response {
+    pub fn get(&self, raw: &str) -> Response {
         let mut conn = self.connect();
         conn.send(raw.as_bytes());
         conn.response(raw.starts_with("HEAD"))
@@ -55,14 +55,14 @@ impl Server {
 }
 
 #[derive(Debug)]
-struct Response {
-    status: u16,
+pub struct Response {
+    pub status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub body: Vec<u8>,
 }
 
 impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -74,12 +74,12 @@ impl Response {
     }
 }
 
-struct Conn {
-    reader: BufReader<TcpStream>,
+pub struct Conn {
+    pub reader: BufReader<TcpStream>,
 }
 
 impl Conn {
-    fn new(stream: TcpStream) -> Conn {
+    pub fn new(stream: TcpStream) -> Conn {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -88,12 +88,12 @@ impl Conn {
         }
     }
 
-    fn send(&mut self, data: &[u8]) {
+    pub fn send(&mut self, data: &[u8]) {
         self.reader.get_mut().write_all(data).expect("send request");
     }
 
     /// Reads one response; the body by Content-Length (none for HEAD and 304).
-    fn response(&mut self, head_only: bool) -> Response {
+    pub fn response(&mut self, head_only: bool) -> Response {
         let mut line = String::new();
         self.reader.read_line(&mut line).expect("status line");
         assert!(line.starts_with("HTTP/1.1 "), "bad status line {line:?}");
@@ -127,7 +127,7 @@ impl Conn {
     }
 
     /// True when the server closed the connection (EOF or reset) within `timeout`.
-    fn closed_within(&mut self, timeout: Duration) -> bool {
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
         self.reader
             .get_ref()
             .set_read_timeout(Some(timeout))
@@ -144,7 +144,7 @@ impl Conn {
     }
 }
 
-fn get(path: &str) -> String {
+pub fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")
 }
 

@@ -3,6 +3,7 @@
 mod util;
 
 mod activation;
+mod hostile;
 mod proxy;
 
 mod packaging;

@@ -322,6 +322,31 @@ impl Ringsock {
         self.stderr()
     }
 
+    /// CPU time (user + system) the process has used so far, its threads included.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are the 12th and
+        // 13th of them, in clock ticks.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks_at =
+            |i: usize| -> u64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0) };
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let used = ticks_at(11) + ticks_at(12);
+        Duration::from_millis(used * 1000 / ticks)
+    }
+
+    /// CPU time the process uses during `window` while the caller waits.
+    pub fn cpu_during(&self, window: Duration) -> Duration {
+        let before = self.cpu_time();
+        std::thread::sleep(window);
+        self.cpu_time().saturating_sub(before)
+    }
+
     /// Thread count of the process, io_uring kernel workers included.
     pub fn threads(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/task", self.pid()))
