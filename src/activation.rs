@@ -88,13 +88,40 @@ pub fn take_activated() -> Result<Vec<Listener>, ActivationError> {
     ] {
         std::env::remove_var(var);
     }
-    let (Some(pid), Some(count)) = (pid, count) else {
+    let Some(names) = parse_environment(
+        pid.as_deref(),
+        count.as_deref(),
+        names.as_deref(),
+        std::process::id(),
+    )?
+    else {
         return Ok(Vec::new());
     };
-    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
-        crate::debug!("LISTEN_PID={pid} is not our pid; ignoring LISTEN_FDS");
-        return Ok(Vec::new());
+    let mut listeners = Vec::with_capacity(names.len());
+    for (fd, name) in (LISTEN_FDS_START..).zip(names) {
+        listeners.push(adopt(fd, name)?);
     }
+    Ok(listeners)
+}
+
+/// Validates `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` as taken from the
+/// environment: one name per passed fd, `None` when the fds are not ours (no variables,
+/// or another process's pid). Kept apart from [`take_activated`] so it can be tested and
+/// fuzzed without touching the environment or fds.
+pub fn parse_environment(
+    pid: Option<&str>,
+    count: Option<&str>,
+    names: Option<&str>,
+    our_pid: u32,
+) -> Result<Option<Vec<String>>, ActivationError> {
+    let (Some(pid), Some(count)) = (pid, count) else {
+        return Ok(None);
+    };
+    if pid.trim().parse::<u32>().ok() != Some(our_pid) {
+        crate::debug!("LISTEN_PID={pid} is not our pid; ignoring LISTEN_FDS");
+        return Ok(None);
+    }
+    // The cap keeps `LISTEN_FDS_START + count` far from overflowing an fd number.
     let count: RawFd = count
         .trim()
         .parse()
@@ -116,12 +143,7 @@ pub fn take_activated() -> Result<Vec<Listener>, ActivationError> {
         }
         None => vec!["unknown".to_owned(); count as usize],
     };
-
-    let mut listeners = Vec::with_capacity(count as usize);
-    for (fd, name) in (LISTEN_FDS_START..LISTEN_FDS_START + count).zip(names) {
-        listeners.push(adopt(fd, name)?);
-    }
-    Ok(listeners)
+    Ok(Some(names))
 }
 
 fn adopt(fd: RawFd, name: String) -> Result<Listener, ActivationError> {
@@ -324,5 +346,31 @@ mod tests {
             .unwrap_err()
             .contains("IP literal"));
         assert!(ListenAddr::parse("@").is_err());
+    }
+
+    #[test]
+    fn validates_the_activation_environment() {
+        let parse = |pid, count, names| parse_environment(pid, count, names, 42);
+        assert_eq!(parse(None, Some("2"), None).unwrap(), None);
+        assert_eq!(parse(Some("42"), None, None).unwrap(), None);
+        assert_eq!(parse(Some("41"), Some("2"), Some("a:b")).unwrap(), None);
+        assert_eq!(
+            parse(Some("42"), Some("2"), None).unwrap(),
+            Some(vec!["unknown".to_owned(), "unknown".to_owned()])
+        );
+        assert_eq!(
+            parse(Some(" 42 "), Some("2"), Some("web:")).unwrap(),
+            Some(vec!["web".to_owned(), String::new()])
+        );
+        let message = |r: Result<_, ActivationError>| r.unwrap_err().to_string();
+        assert_eq!(
+            message(parse(Some("42"), Some("4097"), None)),
+            "bad socket activation environment: LISTEN_FDS=\"4097\" is not a count of fds"
+        );
+        assert!(message(parse(Some("42"), Some("-1"), None)).contains("not a count"));
+        assert_eq!(
+            message(parse(Some("42"), Some("1"), Some("a:b"))),
+            "bad socket activation environment: LISTEN_FDNAMES has 2 names for LISTEN_FDS=1"
+        );
     }
 }
