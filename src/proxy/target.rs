@@ -108,6 +108,15 @@ impl Target {
         if host.is_empty() {
             return Err(format!("invalid TARGET {text:?}: the host is empty"));
         }
+        // No host name has a ':'; getaddrinfo takes one only in a scoped IPv6 literal
+        // (`fe80::1%eth0`). Anything else failed every connection, and was logged as
+        // `{host}:{port}`, which can read as another address (`::08080` as `::8080`).
+        if host.contains(':') && !host.contains('%') {
+            return Err(format!(
+                "invalid TARGET {text:?}: {host:?} is neither an IP address nor a host name; \
+                 write an IPv6 address as [V6]:PORT"
+            ));
+        }
         Ok(Target::Host {
             host: host.to_owned(),
             port,
@@ -280,6 +289,18 @@ mod tests {
             .unwrap_err()
             .contains("not an IPv6 address"));
         assert!(Target::parse(":80").unwrap_err().contains("host is empty"));
+        // Found by fuzzing: host ':' and port 8080, which it printed as [::8080]:80.
+        assert!(Target::parse("::08080")
+            .unwrap_err()
+            .contains("neither an IP address nor a host name"));
+        assert!(Target::parse("1:2:3:80").is_err());
+        assert_eq!(
+            Target::parse("fe80::1%eth0:80"),
+            Ok(Target::Host {
+                host: "fe80::1%eth0".into(),
+                port: 80
+            })
+        );
         assert!(Target::parse("@").is_err());
         assert!(Target::parse("run/app.sock")
             .unwrap_err()
