@@ -7,4 +7,5 @@ mod hostile;
 mod proxy;
 
 mod packaging;
+mod properties;
 mod serve;
