@@ -37,14 +37,18 @@ for target in "${targets[@]}"; do
     case $target in
         http_head | resolve) extra+=(-max_len=20480) ;;
     esac
-    echo "== fuzzing $target for ${seconds}s"
     before=$(find "artifacts/$target" -type f | wc -l)
+    # libFuzzer logs every new input: kept in a file, summed up here, shown on failure.
+    log="artifacts/$target.log"
     # -timeout: an input taking 10 s is a hang (every parser here is linear).
-    if ! cargo fuzz run "${flags[@]}" "$target" "corpus/$target" "seeds/$target" -- \
+    if cargo fuzz run "${flags[@]}" "$target" "corpus/$target" "seeds/$target" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-        "${extra[@]}"; then
-        failed+=("$target")
-    elif [[ $(find "artifacts/$target" -type f | wc -l) -ne $before ]]; then
+        "${extra[@]}" >"$log" 2>&1 &&
+        [[ $(find "artifacts/$target" -type f | wc -l) -eq $before ]]; then
+        runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+        echo "fuzz: $target: ${runs:-?} inputs in ${seconds}s, no failure"
+    else
+        tail -n 60 "$log"
         failed+=("$target")
     fi
 done
