@@ -34,7 +34,13 @@ fn pump(c: &mut Criterion) {
         let (backend, proxy_out) = pair();
         monoio::spawn(async move {
             let pipes = PipePool::new(PipeBudget::from_system(), 16);
-            let _ = forward(&Duplex::new(proxy_in), &Duplex::new(proxy_out), &pipes).await;
+            let _ = forward(
+                &Duplex::new(proxy_in),
+                &Duplex::new(proxy_out),
+                &pipes,
+                None,
+            )
+            .await;
         });
         (client, backend)
     });

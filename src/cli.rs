@@ -73,6 +73,11 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "TIMESPAN", default_value = "10s")]
     pub connect_timeout: String,
 
+    /// Cut a connection that one side half-closed once nothing moved on it for this long
+    /// (infinity: never)
+    #[arg(long, value_name = "TIMESPAN", default_value = "10min")]
+    pub half_close_timeout: String,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -111,11 +116,7 @@ pub struct Common {
     pub log_level: Option<Level>,
 }
 
-#[derive(Debug)]
-pub struct ProxyConfig {
-    pub target: Target,
-    pub connect_timeout: Duration,
-}
+pub type ProxyConfig = crate::proxy::Settings;
 
 #[derive(Debug)]
 pub struct ServeConfig {
@@ -141,6 +142,7 @@ impl Cli {
                 ProxyConfig {
                     target: Target::parse(&args.target)?,
                     connect_timeout: finite("--connect-timeout", &args.connect_timeout)?,
+                    half_close_timeout: timespan("--half-close-timeout", &args.half_close_timeout)?,
                 },
             ),
             Command::Serve(args) => Config::Serve(
@@ -238,6 +240,7 @@ mod tests {
         );
         assert_eq!(proxy.target, Target::Path("/run/aptly.sock".into()));
         assert_eq!(proxy.connect_timeout, Duration::from_secs(10));
+        assert_eq!(proxy.half_close_timeout, Some(Duration::from_secs(600)));
     }
 
     #[test]

@@ -37,13 +37,7 @@ pub fn run(config: Config) -> Result<(), String> {
                 &common.lifecycle,
                 &notifier,
                 &status,
-                move |_| {
-                    proxy::ProxyHandler::new(
-                        proxy.target.clone(),
-                        proxy.connect_timeout,
-                        pipes.clone(),
-                    )
-                },
+                move |worker| proxy::ProxyHandler::new(proxy.clone(), pipes.clone(), worker),
             )
         }
         Config::Serve(common, serve) => {

@@ -160,7 +160,7 @@ const FALSE_WAKE_MAX_SLEEP: Duration = Duration::from_millis(64);
 
 /// Whether `fd` is ready for `events` right now, or has an error or hang-up to report
 /// (the next call on it will say which).
-fn poll_now(fd: RawFd, events: libc::c_short) -> io::Result<bool> {
+pub fn poll_now(fd: RawFd, events: libc::c_short) -> io::Result<bool> {
     let mut pollfd = libc::pollfd {
         fd,
         events,

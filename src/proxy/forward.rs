@@ -2,24 +2,35 @@
 //!
 //! - Each direction ends at EOF, passed on as FIN once every byte before it was
 //!   delivered (half-close). Both ended: the connection closes normally.
-//! - A side that stops taking bytes (a write to it fails) may still have bytes for us,
-//!   e.g. a backend that answers early and closes: the direction reading from it goes
-//!   on to its end, then the other side is cut.
-//! - A side that resets (a read from it fails) can be sent nothing more: both
-//!   directions stop and the other side is cut.
+//! - A side that resets can be sent nothing more and its stream is cut: both directions
+//!   stop and the other side is cut. The kernel reports a reset once, to whichever call
+//!   comes first: a read that fails, or a write that fails with ECONNRESET. After that
+//!   the other direction reads a plain EOF from the reset socket, so the failures of a
+//!   round are looked at before its EOFs, and an EOF is never passed on once its source
+//!   is known to have reset.
+//! - A side that only stops taking bytes (a write to it fails otherwise: EPIPE) may still
+//!   have bytes for us, e.g. a backend that answers early and closes: the direction
+//!   reading from it goes on to its end, then the other side is cut.
+//! - A side that sent EOF and then closed completely (POLLHUP: an AF_UNIX peer that
+//!   closed, a TCP peer that reset after its FIN) can receive nothing more: with nothing
+//!   in flight to it, the connection ends. A TCP peer that closed tells us only when the
+//!   next write is refused, which the rules above handle.
+//! - A half-closed connection on which nothing moves for `--half-close-timeout` is cut
+//!   (HAProxy's `timeout client-fin`/`server-fin`).
 //! - "Cut" is RST, so nobody takes a truncated stream for a complete one; but first the
 //!   side is given time to read what was already sent to it (`net::linger`), since RST
 //!   discards what is still queued. AF_UNIX has no RST: a Unix-socket peer sees EOF.
 
 use std::future::Future;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::pin;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::pipe::PipePool;
-use super::pump::{pump, Failure};
-use crate::net::{linger, Duplex, Linger};
+use super::pump::{pump, Failure, Progress};
+use crate::net::{linger, poll_now, Duplex, Linger};
 
 /// How long a side that is about to be cut gets to read what was sent to it (nginx's
 /// lingering_time and lingering_timeout); what it sends meanwhile is dropped, bounded
@@ -29,6 +40,10 @@ const BEFORE_CUT: Linger = Linger {
     stall: Duration::from_secs(5),
     max_dropped: usize::MAX,
 };
+
+/// How often a half-closed connection looks whether the side that sent EOF has since
+/// closed completely, and whether the half-close timeout ran out.
+const HALF_CLOSED_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
@@ -43,67 +58,185 @@ impl Side {
             Side::Upstream => Side::Client,
         }
     }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What a side did, as far as the connection's end is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gone {
+    /// Reset: nothing more reaches it, nothing it sent after the cut is to be trusted.
+    Reset,
+    /// Refuses what we send; it may still have bytes for us.
+    StoppedReading,
+}
+
+/// The connection as `forward` sees it between rounds.
+struct Ends<'a> {
+    sockets: [&'a Duplex; 2],
+    /// Indexed by the side each direction reads from: finished or stopped.
+    done: [bool; 2],
+    /// The first side that went away, and why (the error is what the caller logs).
+    gone: Option<(Side, Gone, io::Error)>,
+}
+
+impl Ends<'_> {
+    /// A direction's pump failed; returns an error when the connection must end now.
+    fn failed(&mut self, src: Side, failure: Failure) -> Option<io::Error> {
+        self.done[src.index()] = true;
+        let (side, e) = match failure {
+            Failure::Read(e) => (src, e),
+            Failure::Write(e) => (src.other(), e),
+        };
+        let how = if side == src || e.raw_os_error() == Some(libc::ECONNRESET) {
+            Gone::Reset
+        } else {
+            Gone::StoppedReading
+        };
+        if how == Gone::Reset {
+            // Its stream is cut and nothing more can reach it: both directions stop.
+            self.done = [true, true];
+        }
+        match &self.gone {
+            Some((first, _, _)) if *first == side => {
+                if how == Gone::Reset {
+                    self.gone = Some((side, how, e));
+                }
+                None
+            }
+            // Both sides are gone: nobody is left to deliver to.
+            Some(_) => Some(e),
+            None => {
+                self.gone = Some((side, how, e));
+                None
+            }
+        }
+    }
+
+    /// A direction's source sent EOF and everything before it was delivered: pass the
+    /// EOF on, unless the source turned out to have reset.
+    fn finished(&mut self, src: Side) -> Option<io::Error> {
+        if self.done[src.index()] {
+            // Stopped this round by a reset seen by the other direction.
+            return None;
+        }
+        self.done[src.index()] = true;
+        let dst = self.sockets[src.other().index()];
+        match dst.stream().shutdown_write() {
+            Ok(()) => None,
+            Err(e) => self.failed(src, Failure::Write(e)),
+        }
+    }
 }
 
 /// Runs both directions until both finished (each half-closed in turn), or until the
 /// rules above end the connection: then the error to report, after which the caller
-/// cuts both sides.
-pub async fn forward(client: &Duplex, upstream: &Duplex, pipes: &PipePool) -> io::Result<()> {
-    let mut up = pin!(pump(client, upstream, pipes));
-    let mut down = pin!(pump(upstream, client, pipes));
-    let (mut up_done, mut down_done) = (false, false);
-    // The side that went away first, and why.
-    let mut gone: Option<(Side, io::Error)> = None;
+/// cuts both sides. `half_close_timeout`: `None` for never.
+pub async fn forward(
+    client: &Duplex,
+    upstream: &Duplex,
+    pipes: &PipePool,
+    half_close_timeout: Option<Duration>,
+) -> io::Result<()> {
+    // Indexed by the side each direction reads from.
+    let progress = [Progress::default(), Progress::default()];
+    let mut up = pin!(pump(client, upstream, pipes, &progress[0]));
+    let mut down = pin!(pump(upstream, client, pipes, &progress[1]));
+    let mut ends = Ends {
+        sockets: [client, upstream],
+        done: [false, false],
+        gone: None,
+    };
+    let mut watch = None;
     std::future::poll_fn(|cx| {
-        // Each pump by the side it reads from.
+        let mut failures = [None, None];
+        let mut eofs = [false, false];
+        for (src, pump) in [(Side::Client, up.as_mut()), (Side::Upstream, down.as_mut())] {
+            if ends.done[src.index()] {
+                continue;
+            }
+            match pump.poll(cx) {
+                Poll::Ready(Ok(())) => eofs[src.index()] = true,
+                Poll::Ready(Err(failure)) => failures[src.index()] = Some(failure),
+                Poll::Pending => {}
+            }
+        }
+        // Failures first: a reset one direction was told of must stop the other before
+        // it passes on the plain EOF the reset left behind.
         for src in [Side::Client, Side::Upstream] {
-            let (done, pump) = match src {
-                Side::Client => (&mut up_done, up.as_mut()),
-                Side::Upstream => (&mut down_done, down.as_mut()),
-            };
-            if *done {
-                continue;
-            }
-            let Poll::Ready(result) = pump.poll(cx) else {
-                continue;
-            };
-            *done = true;
-            let (side, e, reset) = match result {
-                Ok(()) => continue,
-                Err(Failure::Read(e)) => (src, e, true),
-                Err(Failure::Write(e)) => (src.other(), e, false),
-            };
-            match &gone {
-                // The same side failing again (it stopped reading, then reset).
-                Some((first, _)) if *first == side => {}
-                // Both sides are gone: nobody is left to deliver to.
-                Some(_) => return Poll::Ready(Err(e)),
-                None => gone = Some((side, e)),
-            }
-            if reset {
-                // Nothing more can reach the side that reset: stop the pump writing to it.
-                match side {
-                    Side::Client => down_done = true,
-                    Side::Upstream => up_done = true,
+            if let Some(failure) = failures[src.index()].take() {
+                if let Some(e) = ends.failed(src, failure) {
+                    return Poll::Ready(Err(e));
                 }
             }
         }
-        if up_done && down_done {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
+        for src in [Side::Client, Side::Upstream] {
+            if eofs[src.index()] {
+                if let Some(e) = ends.finished(src) {
+                    return Poll::Ready(Err(e));
+                }
+            }
         }
+        let ended = match ends.done {
+            [true, true] => return Poll::Ready(Ok(())),
+            [false, false] => return Poll::Pending,
+            [true, false] => Side::Client,
+            [false, true] => Side::Upstream,
+        };
+        // Half-closed: watch the side whose direction ended, and what still moves to it.
+        watch
+            .get_or_insert_with(|| {
+                Box::pin(half_closed(
+                    ends.sockets[ended.index()],
+                    &progress[ended.other().index()],
+                    half_close_timeout,
+                ))
+            })
+            .as_mut()
+            .poll(cx)
     })
     .await?;
-    match gone {
+    match ends.gone {
         None => Ok(()),
-        Some((side, e)) => {
-            let still_there = match side.other() {
-                Side::Client => client,
-                Side::Upstream => upstream,
-            };
-            linger(still_there.stream(), &BEFORE_CUT).await;
+        Some((side, _, e)) => {
+            linger(ends.sockets[side.other().index()].stream(), &BEFORE_CUT).await;
             Err(e)
+        }
+    }
+}
+
+/// Watches a half-closed connection: `ended`'s direction is over; `toward` is the other
+/// direction, which delivers to it. Ends normally once `ended` closed completely with
+/// nothing in flight to it; with an error once it closed with bytes in flight (they
+/// cannot arrive), or once nothing moved for `timeout`.
+async fn half_closed(
+    ended: &Duplex,
+    toward: &Progress,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    let mut last = toward.total();
+    let mut progress_at = Instant::now();
+    loop {
+        monoio::time::sleep(HALF_CLOSED_CHECK).await;
+        if poll_now(ended.stream().as_raw_fd(), libc::POLLHUP)? {
+            if toward.in_flight() {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "peer closed with bytes in flight to it",
+                ));
+            }
+            return Ok(());
+        }
+        if toward.total() != last {
+            last = toward.total();
+            progress_at = Instant::now();
+        } else if timeout.is_some_and(|t| progress_at.elapsed() >= t) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "nothing moved on a half-closed connection for --half-close-timeout",
+            ));
         }
     }
 }

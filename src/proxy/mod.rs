@@ -7,68 +7,158 @@ mod pump;
 mod resolve;
 pub mod target;
 
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::log::RateLimit;
 use crate::net::{is_disconnect, Duplex, Stream};
-use crate::runtime::Handler;
+use crate::runtime::limit::Limiter;
+use crate::runtime::{Handler, Worker};
 pub use forward::forward;
 pub use pipe::{PipeBudget, PipePool};
 use resolve::Resolver;
 pub use target::Target;
 
-/// Empty pipes each worker keeps for reuse.
+/// Empty pipes each worker keeps for reuse...
 const PIPES_KEPT: usize = 256;
+/// ...until none was used for this long.
+const PIPES_TRIMMED_EVERY: Duration = Duration::from_secs(5);
+
+/// Out of fds for the target socket: wait this long at first, doubling to the most,
+/// within --connect-timeout, while accepting is held (a closing connection frees fds).
+const NO_FD_FIRST_WAIT: Duration = Duration::from_millis(10);
+const NO_FD_MAX_WAIT: Duration = Duration::from_secs(1);
 
 static CONNECT_ERRORS: RateLimit = RateLimit::new(Duration::from_secs(5));
 static PUMP_ERRORS: RateLimit = RateLimit::new(Duration::from_secs(5));
 
+/// What every worker's handler is configured with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub target: Target,
+    pub connect_timeout: Duration,
+    /// `None`: a half-closed connection may stay idle forever.
+    pub half_close_timeout: Option<Duration>,
+}
+
 pub struct ProxyHandler {
-    target: Target,
+    settings: Settings,
     resolver: Resolver,
-    connect_timeout: Duration,
-    pipes: PipePool,
+    pipes: Rc<PipePool>,
+    limiter: Arc<Limiter>,
+    /// An fd held in reserve: when the accepted clients have taken every fd, closing it
+    /// lets one of them reach the target, so one connection goes on and, once it
+    /// closes, gives fds back to the others (instead of all of them waiting for each
+    /// other until --connect-timeout). Reopened when a connection ends.
+    spare_fd: RefCell<Option<OwnedFd>>,
 }
 
 impl ProxyHandler {
-    /// One worker's handler; `pipes` is the process-wide pipe budget.
-    pub fn new(target: Target, connect_timeout: Duration, pipes: Arc<PipeBudget>) -> ProxyHandler {
+    /// One worker's handler; `pipes` is the process-wide pipe budget. Starts the task
+    /// that gives idle pipes back, so it must run on the worker's runtime.
+    pub fn new(settings: Settings, pipes: Arc<PipeBudget>, worker: &Worker) -> ProxyHandler {
+        let pipes = Rc::new(PipePool::new(pipes, PIPES_KEPT));
+        let trimmed = Rc::downgrade(&pipes);
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(PIPES_TRIMMED_EVERY).await;
+                match trimmed.upgrade() {
+                    Some(pipes) => pipes.trim(),
+                    None => return,
+                }
+            }
+        });
         ProxyHandler {
-            target,
+            settings,
             resolver: Resolver::default(),
-            connect_timeout,
-            pipes: PipePool::new(pipes, PIPES_KEPT),
+            pipes,
+            limiter: worker.limiter.clone(),
+            spare_fd: RefCell::new(spare_fd()),
+        }
+    }
+
+    /// Connects to the target within --connect-timeout. Out of fds, the client is kept
+    /// (not reset) while accepting is held, and the connect retried as fds come back.
+    async fn connect(&self) -> io::Result<Stream> {
+        let deadline = Instant::now() + self.settings.connect_timeout;
+        let mut wait = NO_FD_FIRST_WAIT;
+        let mut waiting = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.settings.target.connect(left, &self.resolver).await {
+                Err(e) if is_out_of_fds(&e) && Instant::now() + wait < deadline => {
+                    let (_, first) = waiting.get_or_insert_with(|| self.limiter.wait_for_fds());
+                    if std::mem::take(first) {
+                        crate::warn!(
+                            "out of file descriptors connecting to {} ({e}); new clients wait \
+                             in the listen backlog until a connection closes (raise \
+                             LimitNOFILE= or lower --connections-max)",
+                            self.settings.target
+                        );
+                    }
+                    if self.spare_fd.borrow_mut().take().is_some() {
+                        continue;
+                    }
+                    monoio::time::sleep(wait).await;
+                    wait = (wait * 2).min(NO_FD_MAX_WAIT);
+                }
+                result => return result,
+            }
         }
     }
 }
 
+fn is_out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// A placeholder fd for [`ProxyHandler::spare_fd`]; `None` when none can be had now.
+fn spare_fd() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
+}
+
 impl Handler for ProxyHandler {
     async fn handle(self: Rc<Self>, client: Stream) {
-        let upstream = match self
-            .target
-            .connect(self.connect_timeout, &self.resolver)
-            .await
-        {
+        self.forward(client).await;
+        let mut spare = self.spare_fd.borrow_mut();
+        if spare.is_none() {
+            *spare = spare_fd();
+        }
+    }
+}
+
+impl ProxyHandler {
+    async fn forward(&self, client: Stream) {
+        let target = &self.settings.target;
+        let upstream = match self.connect().await {
             Ok(upstream) => upstream,
             Err(e) => {
-                crate::warn_limited!(CONNECT_ERRORS, "failed to connect to {}: {e}", self.target);
+                crate::warn_limited!(CONNECT_ERRORS, "failed to connect to {target}: {e}");
                 // RST, not FIN: the client must not mistake "no backend" for an empty reply.
                 client.reset_on_close();
                 return;
             }
         };
         let (client, upstream) = (Duplex::new(client), Duplex::new(upstream));
-        if let Err(e) = forward(&client, &upstream, &self.pipes).await {
-            if !is_disconnect(&e) {
+        let result = forward(
+            &client,
+            &upstream,
+            &self.pipes,
+            self.settings.half_close_timeout,
+        )
+        .await;
+        if let Err(e) = result {
+            if !is_disconnect(&e) && e.kind() != io::ErrorKind::TimedOut {
                 crate::warn_limited!(
                     PUMP_ERRORS,
-                    "failed to forward a connection to {}: {e}",
-                    self.target
+                    "failed to forward a connection to {target}: {e}"
                 );
             }
-            crate::debug!("connection to {} aborted: {e}", self.target);
+            crate::debug!("connection to {target} aborted: {e}");
             // One side failed mid-stream: cut the other with RST too, so it cannot take
             // a truncated stream for a complete one (forward has let it read what it
             // was sent). A Unix-socket peer gets EOF: AF_UNIX has no reset.

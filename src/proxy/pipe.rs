@@ -8,9 +8,11 @@
 //! and, past `fs.pipe-user-pages-soft` (64 MiB by default), gives an unprivileged user's
 //! new pipes 8 KiB: every pipe of that user, in any process, slows to a crawl. So the
 //! workers share a budget of half that limit and size each new pipe to what is left:
-//! 1 MiB while it lasts, then 256 KiB, then the kernel's default 64 KiB.
+//! 1 MiB while it lasts, then 256 KiB, then the kernel's default 64 KiB, then none: a
+//! connection that gets no pipe copies through its receive buffer instead. Pipes left
+//! unused for a while are closed, so an idle proxy holds none.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,23 +61,15 @@ impl PipeBudget {
         PipeBudget::new(limit.saturating_mul(page) / 2)
     }
 
-    /// Reserves the largest size in `SIZES` that fits, or the smallest when none does:
-    /// a connection needs a pipe even when the budget is spent.
-    fn reserve(&self) -> usize {
-        for &size in &SIZES {
-            let fits = self
-                .held
+    /// Reserves the largest size in `SIZES` that fits; `None` once none does.
+    fn reserve(&self) -> Option<usize> {
+        SIZES.into_iter().find(|&size| {
+            self.held
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
                     (held + size <= self.limit).then_some(held + size)
                 })
-                .is_ok();
-            if fits {
-                return size;
-            }
-        }
-        let smallest = SIZES[SIZES.len() - 1];
-        self.held.fetch_add(smallest, Ordering::Relaxed);
-        smallest
+                .is_ok()
+        })
     }
 
     fn release(&self, size: usize) {
@@ -93,22 +87,31 @@ pub struct Pipe {
 }
 
 impl Pipe {
-    fn new(budget: &Arc<PipeBudget>) -> io::Result<Pipe> {
+    /// A pipe within the budget; `Ok(None)` when the budget is spent.
+    fn new(budget: &Arc<PipeBudget>) -> io::Result<Option<Pipe>> {
+        let Some(reserved) = budget.reserve() else {
+            return Ok(None);
+        };
         let mut fds = [0; 2];
         // SAFETY: fds has room for the two descriptors pipe2 returns.
-        cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+        if let Err(e) =
+            cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })
+        {
+            budget.release(reserved);
+            return Err(e);
+        }
         // SAFETY: pipe2 succeeded, so both fds are new and ours.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let mut pipe = Pipe {
             read,
             write,
             capacity: 0,
-            reserved: budget.reserve(),
+            reserved,
             budget: budget.clone(),
         };
         // On error the drop returns the reservation.
         pipe.capacity = pipe.resize(pipe.reserved)?;
-        Ok(pipe)
+        Ok(Some(pipe))
     }
 
     /// Asks for `size`; the kernel refuses above `fs.pipe-max-size` or when the user is
@@ -146,6 +149,8 @@ pub struct PipePool {
     free: RefCell<Vec<Pipe>>,
     budget: Arc<PipeBudget>,
     keep: usize,
+    /// Whether a pipe was taken since the last [`PipePool::trim`].
+    used: Cell<bool>,
 }
 
 impl PipePool {
@@ -156,13 +161,23 @@ impl PipePool {
             free: RefCell::new(Vec::new()),
             budget,
             keep,
+            used: Cell::new(false),
         }
     }
 
-    pub fn get(&self) -> io::Result<Pipe> {
-        match self.free.borrow_mut().pop() {
-            Some(pipe) => Ok(pipe),
-            None => Pipe::new(&self.budget),
+    /// A pipe for one burst, or `None` when none may be had (the budget is spent, or
+    /// no fd is left): the caller copies instead.
+    pub fn get(&self) -> Option<Pipe> {
+        self.used.set(true);
+        if let Some(pipe) = self.free.borrow_mut().pop() {
+            return Some(pipe);
+        }
+        match Pipe::new(&self.budget) {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                crate::debug!("no pipe for splicing ({e}); copying instead");
+                None
+            }
         }
     }
 
@@ -174,6 +189,19 @@ impl PipePool {
             free.push(pipe);
         }
     }
+
+    /// Closes every kept pipe if none was taken since the last call: run every few
+    /// seconds, so an idle worker gives its pipe memory back to the user's budget.
+    pub fn trim(&self) {
+        if !self.used.replace(false) {
+            self.free.borrow_mut().clear();
+        }
+    }
+
+    /// Empty pipes kept for reuse.
+    pub fn kept(&self) -> usize {
+        self.free.borrow().len()
+    }
 }
 
 #[cfg(test)]
@@ -181,8 +209,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pipes_shrink_as_the_budget_runs_out_and_grow_back_when_returned() {
-        let budget = PipeBudget::new(1024 * 1024 + 256 * 1024);
+    fn pipes_shrink_as_the_budget_runs_out_and_none_is_made_past_it() {
+        let budget = PipeBudget::new(1024 * 1024 + 256 * 1024 + 64 * 1024);
         let pool = PipePool::new(budget.clone(), 0);
         let first = pool.get().unwrap();
         let second = pool.get().unwrap();
@@ -193,13 +221,25 @@ mod tests {
         assert_eq!(third.reserved, 64 * 1024);
         assert!(first.capacity() <= first.reserved && first.capacity() >= 64 * 1024);
         assert_eq!(third.capacity(), 64 * 1024);
-        // Over budget: still a pipe, at the kernel's default size.
-        assert_eq!(
-            budget.held.load(Ordering::Relaxed),
-            1024 * 1024 + 320 * 1024
-        );
+        // The budget is spent: no pipe, so nothing is held past it.
+        assert!(pool.get().is_none());
+        assert_eq!(budget.held.load(Ordering::Relaxed), budget.limit);
         drop((first, second, third));
         assert_eq!(budget.held.load(Ordering::Relaxed), 0);
         assert_eq!(pool.get().unwrap().reserved, 1024 * 1024);
+    }
+
+    #[test]
+    fn an_idle_pool_gives_its_pipes_back() {
+        let budget = PipeBudget::new(4 << 20);
+        let pool = PipePool::new(budget.clone(), 8);
+        let (a, b) = (pool.get().unwrap(), pool.get().unwrap());
+        pool.put(a);
+        pool.put(b);
+        pool.trim();
+        assert_eq!(pool.kept(), 2, "used since the last trim: kept");
+        pool.trim();
+        assert_eq!(pool.kept(), 0, "unused for a whole period: closed");
+        assert_eq!(budget.held.load(Ordering::Relaxed), 0);
     }
 }

@@ -12,6 +12,7 @@
 //! sleeps on the socket, so 2,000 idle connections would pin 4,000 `iou-wrk` threads;
 //! waiting for readiness first pins none.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -26,107 +27,141 @@ pub const RECV_SIZE: usize = 2 * 1024;
 /// A splice burst shorter than this ends bulk mode: the stream is back to messages.
 const BULK_BURST: usize = 16 * 1024;
 
-/// Why a direction stopped short of EOF: which of its two sockets failed. A read error
-/// means the source is gone (reset); a write error only that the destination stopped
-/// taking bytes, while it may still have bytes for the other direction.
+/// What one direction has taken from its source and delivered to its destination: the
+/// difference is in flight (in our buffer or pipe).
+#[derive(Default)]
+pub struct Progress {
+    received: Cell<u64>,
+    delivered: Cell<u64>,
+}
+
+impl Progress {
+    fn received(&self, n: usize) {
+        self.received.set(self.received.get() + n as u64);
+    }
+
+    fn delivered(&self, n: usize) {
+        self.delivered.set(self.delivered.get() + n as u64);
+    }
+
+    /// Bytes delivered so far: what an idle check compares.
+    pub fn total(&self) -> u64 {
+        self.delivered.get()
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.received.get() != self.delivered.get()
+    }
+}
+
+/// Why a direction stopped short of EOF: which of its two sockets failed. What the
+/// error means for the connection is `forward`'s to decide.
 #[derive(Debug)]
 pub enum Failure {
     Read(io::Error),
     Write(io::Error),
 }
 
-/// What one burst of splicing did.
-enum Burst {
-    /// The source sent EOF and every byte before it was delivered.
-    Eof,
-    /// Moved this many bytes and the source had no more for now.
-    Moved(usize),
-}
-
-/// Copies `src` to `dst` until EOF, then half-closes `dst`: `Ok` means every byte before
-/// the EOF was delivered and the destination was sent FIN.
-///
-/// A failure names the side that failed; the caller decides what the other direction
-/// may still do (see `forward`).
-pub async fn pump(src: &Duplex, dst: &Duplex, pipes: &PipePool) -> Result<(), Failure> {
+/// Copies `src` to `dst` until EOF: `Ok` means the source ended and every byte before
+/// its EOF was delivered. Passing the EOF on (FIN) is the caller's decision, since the
+/// other direction may meanwhile have learnt that `src` was reset (see `forward`).
+pub async fn pump(
+    src: &Duplex,
+    dst: &Duplex,
+    pipes: &PipePool,
+    progress: &Progress,
+) -> Result<(), Failure> {
     let mut buf = Vec::with_capacity(RECV_SIZE);
     loop {
         let (received, returned) = src.recv(buf).await;
         let n = received.map_err(Failure::Read)?;
         if n == 0 {
-            break;
+            return Ok(());
         }
+        progress.received(n);
         let (sent, mut returned) = dst.send_all(returned).await;
         sent.map_err(Failure::Write)?;
+        progress.delivered(n);
         returned.clear();
         buf = returned;
         if n == RECV_SIZE {
-            if let Burst::Eof = splice_while_bulk(src.stream(), dst.stream(), pipes).await? {
-                break;
-            }
+            splice_while_bulk(src.stream(), dst.stream(), pipes, progress).await?;
         }
     }
-    // Everything before the EOF is delivered: now pass the EOF on.
-    dst.stream().shutdown_write().map_err(Failure::Write)
 }
 
-/// Splices burst after burst while the bursts stay large.
-async fn splice_while_bulk(src: &Stream, dst: &Stream, pipes: &PipePool) -> Result<Burst, Failure> {
+/// Splices burst after burst while the bursts stay large. Never decides EOF: splice(2)
+/// also returns 0 at an urgent mark once the peer's FIN is queued, where recv(2) skips
+/// the urgent byte and goes on, so only the caller's next receive can say the stream
+/// ended.
+async fn splice_while_bulk(
+    src: &Stream,
+    dst: &Stream,
+    pipes: &PipePool,
+    progress: &Progress,
+) -> Result<(), Failure> {
     loop {
-        match splice_burst(src, dst, pipes).await? {
-            Burst::Moved(n) if n >= BULK_BURST => src.readable().await.map_err(Failure::Read)?,
-            burst => return Ok(burst),
+        match splice_burst(src, dst, pipes, progress).await? {
+            n if n >= BULK_BURST => src.readable().await.map_err(Failure::Read)?,
+            _ => return Ok(()),
         }
     }
 }
 
-/// Splices until the source has nothing more for now, through a pipe held only for the
-/// burst: an idle connection holds no pipe.
-async fn splice_burst(src: &Stream, dst: &Stream, pipes: &PipePool) -> Result<Burst, Failure> {
-    let pipe = match pipes.get() {
-        Ok(pipe) => pipe,
-        // Out of fds (or pipe memory): this connection need not die for it; it goes on
-        // copying through its receive buffer until a pipe can be had again.
-        Err(e) => {
-            crate::debug!("no pipe for splicing ({e}); copying instead");
-            return Ok(Burst::Moved(0));
-        }
+/// Splices until the source has nothing more for now (or splice returns 0), through a
+/// pipe held only for the burst: an idle connection holds no pipe. Returns the bytes
+/// moved.
+async fn splice_burst(
+    src: &Stream,
+    dst: &Stream,
+    pipes: &PipePool,
+    progress: &Progress,
+) -> Result<usize, Failure> {
+    // No pipe (out of fds, or the pipe budget is spent): this connection need not die
+    // for it; it goes on copying through its receive buffer until one can be had.
+    let Some(pipe) = pipes.get() else {
+        return Ok(0);
     };
-    let burst = splice_through(src, dst, &pipe).await?;
+    let burst = splice_through(src, dst, &pipe, progress).await?;
     // Only an empty pipe may be reused (on error it may still hold bytes: it is closed).
     pipes.put(pipe);
     Ok(burst)
 }
 
-async fn splice_through(src: &Stream, dst: &Stream, pipe: &Pipe) -> Result<Burst, Failure> {
+async fn splice_through(
+    src: &Stream,
+    dst: &Stream,
+    pipe: &Pipe,
+    progress: &Progress,
+) -> Result<usize, Failure> {
     let capacity = pipe.capacity();
-    let mut moved = 0;
+    let mut burst = 0;
     loop {
         // The pipe is empty here: each read is drained before the next.
-        let (n, eof) = match splice(src.as_raw_fd(), pipe.write_fd(), capacity) {
-            Ok(0) => (0, true),
-            Ok(n) => (n, false),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, false),
+        let n = match splice(src.as_raw_fd(), pipe.write_fd(), capacity) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => return Err(Failure::Read(e)),
         };
+        progress.received(n);
         let mut in_pipe = n;
         while in_pipe > 0 {
             match splice(pipe.read_fd(), dst.as_raw_fd(), in_pipe) {
-                Ok(sent) => in_pipe -= sent,
+                Ok(sent) => {
+                    in_pipe -= sent;
+                    progress.delivered(sent);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     dst.writable().await.map_err(Failure::Write)?
                 }
                 Err(e) => return Err(Failure::Write(e)),
             }
         }
-        moved += n;
-        if eof {
-            return Ok(Burst::Eof);
-        }
-        // A short read means the socket is drained for now (or the pipe ran out of
-        // slots: then the next readiness check returns at once).
+        burst += n;
+        // A short read means the socket is drained for now (or at EOF, or an urgent
+        // mark, or the pipe ran out of slots: the caller's receive tells which).
         if n < capacity {
-            return Ok(Burst::Moved(moved));
+            return Ok(burst);
         }
     }
 }

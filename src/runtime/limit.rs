@@ -68,6 +68,10 @@ pub struct Limiter {
     accepted: AtomicU64,
     has_waiters: AtomicBool,
     waiters: Mutex<Vec<Waker>>,
+    /// Connections waiting for an fd for what they need: while there are any, accepting
+    /// waits as at the limit, so the fds that closing connections give back go to them
+    /// and not to new clients that would only wait too.
+    waiting_for_fds: AtomicUsize,
     epoch: Instant,
     /// Milliseconds since `epoch` when a connection last closed: once the open count is
     /// zero, when it fell to zero. Stored before the count drops, so whoever sees zero
@@ -88,12 +92,16 @@ impl Limiter {
             accepted: AtomicU64::new(0),
             has_waiters: AtomicBool::new(false),
             waiters: Mutex::new(Vec::new()),
+            waiting_for_fds: AtomicUsize::new(0),
             epoch: Instant::now(),
             last_close_ms: AtomicU64::new(0),
         })
     }
 
     pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        if self.waiting_for_fds.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
         self.open
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
                 (open < self.max).then_some(open + 1)
@@ -127,6 +135,20 @@ impl Limiter {
         })
     }
 
+    /// A connection found no fd: accepting stops until the returned guard is dropped
+    /// (it got one, or gave up), so new clients wait in the listen backlog instead of
+    /// being accepted only to be reset. `first` says whether accepting was running until
+    /// now, for a log line per episode.
+    pub fn wait_for_fds(self: &Arc<Self>) -> (FdWait, bool) {
+        let first = self.waiting_for_fds.fetch_add(1, Ordering::SeqCst) == 0;
+        (
+            FdWait {
+                limiter: self.clone(),
+            },
+            first,
+        )
+    }
+
     pub fn note_accepted(&self) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
     }
@@ -156,10 +178,27 @@ impl Limiter {
         self.last_close_ms
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
         self.open.fetch_sub(1, Ordering::SeqCst);
+        self.wake_acceptors();
+    }
+
+    fn wake_acceptors(&self) {
         if self.has_waiters.swap(false, Ordering::SeqCst) {
             // Wake every waiting accept loop; the ones that lose the race wait again.
             let waiters = std::mem::take(&mut *lock(&self.waiters));
             waiters.into_iter().for_each(Waker::wake);
+        }
+    }
+}
+
+/// A connection waiting for an fd; accepting resumes once none is left.
+pub struct FdWait {
+    limiter: Arc<Limiter>,
+}
+
+impl Drop for FdWait {
+    fn drop(&mut self) {
+        if self.limiter.waiting_for_fds.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.limiter.wake_acceptors();
         }
     }
 }
@@ -200,6 +239,19 @@ mod tests {
             connections_max(ConnectionsMax::Given(50_000), Some(1024), 3),
             50_000
         );
+    }
+
+    #[test]
+    fn accepting_waits_while_a_connection_waits_for_fds() {
+        let limiter = Limiter::new(10);
+        let (first, is_first) = limiter.wait_for_fds();
+        let (second, is_first_again) = limiter.wait_for_fds();
+        assert!(is_first && !is_first_again, "one episode, one log line");
+        assert!(limiter.try_acquire().is_none());
+        drop(first);
+        assert!(limiter.try_acquire().is_none());
+        drop(second);
+        assert!(limiter.try_acquire().is_some());
     }
 
     #[test]
