@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::proxy::proxy;
@@ -43,19 +42,6 @@ fn assert_answers(server: &Server, what: &str) {
     match probe(server.addr, Duration::from_secs(1)) {
         Ok(line) => assert_eq!(line, "HTTP/1.1 200", "{what}"),
         Err(e) => panic!("{what}: {e}\n{}", server.ringsock.stderr()),
-    }
-}
-
-fn set_receive_buffer(stream: &TcpStream, bytes: libc::c_int) {
-    // SAFETY: a valid int option on an open socket.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
     }
 }
 

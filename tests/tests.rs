@@ -5,6 +5,7 @@ mod util;
 mod activation;
 mod hostile;
 mod proxy;
+mod proxy_faults;
 
 mod packaging;
 mod properties;

@@ -1210,3 +1210,17 @@ pub fn expect_reset(addr: SocketAddr) -> Result<(), String> {
         other => Err(format!("expected a reset, got {other:?}")),
     }
 }
+
+/// SO_RCVBUF: a small one makes a peer's window fill fast, to leave a writer waiting.
+pub fn set_receive_buffer(stream: &TcpStream, bytes: libc::c_int) {
+    // SAFETY: a valid int option on an open socket.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
