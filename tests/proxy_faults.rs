@@ -39,8 +39,25 @@ fn read_to_end_or_reset(stream: &mut TcpStream) -> Result<usize, usize> {
     }
 }
 
-// In both reset tests the peer that sees the reset has no writer of its own in flight:
-// its own write would take the reset report from its reader, as ringsock's did.
+/// Sends small writes until the way to the other end is full: each reaches ringsock as
+/// a message of its own, so the direction carrying them stays in message mode, where
+/// its SEND, parked on a full socket, is the first to be told when that socket is reset
+/// (the report the other direction's RECV then misses).
+fn trickle(stream: &mut TcpStream) {
+    let chunk = [b't'; 1000];
+    stream.set_nonblocking(true).unwrap();
+    for _ in 0..5000 {
+        match stream.write(&chunk) {
+            Ok(_) => std::thread::sleep(Duration::from_micros(200)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("trickle: {e}"),
+        }
+    }
+    stream.set_nonblocking(false).unwrap();
+}
+
+// In both reset tests the peer that must see the reset has no writer of its own in
+// flight then: its own write would take the one reset report from its reader.
 
 #[test]
 fn a_backend_that_resets_mid_answer_is_never_a_clean_end_for_the_client() {
@@ -49,15 +66,17 @@ fn a_backend_that_resets_mid_answer_is_never_a_clean_end_for_the_client() {
         let (ringsock, addr) = proxy(driver, &[], &backend.local_addr().unwrap().to_string());
         for round in 0..ROUNDS {
             let mut client = connect_tcp(addr);
-            let (mut upstream, _) = backend.accept().unwrap();
-            set_receive_buffer(&upstream, 4096);
-            // An upload the backend never reads: ringsock's direction toward it is left
-            // waiting to write, and is the first to hear of the reset.
-            client.write_all(&vec![b'u'; 1 << 20]).unwrap();
+            let mut upstream = accept_within(&backend, Duration::from_secs(10));
+            // An upload the backend never reads leaves ringsock's SEND to it waiting.
+            trickle(&mut client);
             let mut reader = client.try_clone().unwrap();
             let reading = std::thread::spawn(move || read_to_end_or_reset(&mut reader));
-            std::thread::sleep(Duration::from_millis(100));
-            upstream.write_all(&pattern(4 << 20, round + 1)).unwrap();
+            upstream
+                .set_write_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            upstream
+                .write_all(&pattern(4 << 20, round + 1))
+                .unwrap_or_else(|e| panic!("{driver:?} round {round}: backend write: {e}"));
             abort(upstream);
             let result = reading.join().unwrap();
             assert!(
@@ -78,14 +97,16 @@ fn a_client_that_resets_mid_upload_is_never_a_clean_end_for_the_backend() {
         let (ringsock, addr) = proxy(driver, &[], &backend.local_addr().unwrap().to_string());
         for round in 0..ROUNDS {
             let mut client = connect_tcp(addr);
-            set_receive_buffer(&client, 4096);
-            let (mut upstream, _) = backend.accept().unwrap();
-            // An answer the client never reads: ringsock's direction toward it is left
-            // waiting to write, and is the first to hear of the reset.
-            upstream.write_all(&vec![b'a'; 1 << 20]).unwrap();
+            let mut upstream = accept_within(&backend, Duration::from_secs(10));
+            // An answer the client never reads leaves ringsock's SEND to it waiting.
+            trickle(&mut upstream);
             let reading = std::thread::spawn(move || read_to_end_or_reset(&mut upstream));
-            std::thread::sleep(Duration::from_millis(100));
-            client.write_all(&pattern(8 << 20, round + 1)).unwrap();
+            client
+                .set_write_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            client
+                .write_all(&pattern(8 << 20, round + 1))
+                .unwrap_or_else(|e| panic!("{driver:?} round {round}: client write: {e}"));
             abort(client);
             let result = reading.join().unwrap();
             assert!(
@@ -112,7 +133,7 @@ fn urgent_data_does_not_end_the_stream() {
             .map(|b| b'a' + b % 26)
             .collect();
         let mut client = connect_tcp(addr);
-        let (mut upstream, _) = backend.accept().unwrap();
+        let mut upstream = accept_within(&backend, Duration::from_secs(10));
         let receiving = std::thread::spawn(move || {
             let mut got = Vec::new();
             upstream
@@ -195,7 +216,7 @@ fn a_half_closed_connection_on_which_nothing_moves_is_cut_at_the_timeout() {
             &backend.local_addr().unwrap().to_string(),
         );
         let mut client = connect_tcp(addr);
-        let (mut upstream, _) = backend.accept().unwrap();
+        let mut upstream = accept_within(&backend, Duration::from_secs(10));
         // The backend says all it will say and keeps reading; the client says nothing.
         upstream.write_all(b"banner").unwrap();
         upstream.shutdown(Shutdown::Write).unwrap();
