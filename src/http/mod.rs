@@ -150,7 +150,7 @@ impl HttpHandler {
                     }
                 };
                 start += req.head_len;
-                let connection = if !req.keep_alive || self.worker.shutdown.is_triggered() {
+                let connection = if !req.keep_alive || self.worker.is_stopping() {
                     Connection::Close
                 } else if req.http10 {
                     Connection::KeepAlive10
@@ -217,7 +217,7 @@ impl HttpHandler {
                 let read = read_more(stream, buf);
                 let shutdown = async {
                     if closable {
-                        self.worker.shutdown.wait().await
+                        self.worker.stopping().await
                     } else {
                         std::future::pending().await
                     }

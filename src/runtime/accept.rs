@@ -100,13 +100,12 @@ fn is_transient(e: &io::Error) -> bool {
 }
 
 pub async fn accept_loop<H: Handler>(listener: WorkerListener, worker: Rc<Worker>, handler: Rc<H>) {
-    let shutdown = worker.shutdown.clone();
     let mut backoff = Duration::ZERO;
     loop {
         // Wait for a pending connection first and take a permit only then: a permit held
         // while idle on one listener would starve clients waiting on another.
         monoio::select! {
-            _ = shutdown.wait() => return,
+            _ = worker.stopping() => return,
             ready = listener.readable() => if let Err(e) = ready {
                 crate::error!("failed to wait on listener {}: {e}; no longer accepting there", listener.address);
                 return;
@@ -117,7 +116,7 @@ pub async fn accept_loop<H: Handler>(listener: WorkerListener, worker: Rc<Worker
             let permit = match worker.limiter.try_acquire() {
                 Some(permit) => permit,
                 None => monoio::select! {
-                    _ = shutdown.wait() => return,
+                    _ = worker.stopping() => return,
                     permit = worker.limiter.acquire() => permit,
                 },
             };
@@ -145,10 +144,9 @@ pub async fn accept_loop<H: Handler>(listener: WorkerListener, worker: Rc<Worker
                     };
                     worker.limiter.note_accepted();
                     let handler = handler.clone();
-                    let tracker = worker.track();
+                    let admitted = worker.admit(permit);
                     monoio::spawn(async move {
-                        let _permit = permit;
-                        let _tracker = tracker;
+                        let _admitted = admitted;
                         handler.handle(stream).await;
                     });
                 }
@@ -170,7 +168,7 @@ pub async fn accept_loop<H: Handler>(listener: WorkerListener, worker: Rc<Worker
                         }
                     );
                     monoio::select! {
-                        _ = shutdown.wait() => return,
+                        _ = worker.stopping() => return,
                         _ = monoio::time::sleep(backoff) => {},
                     }
                     break;

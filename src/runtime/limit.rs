@@ -62,6 +62,35 @@ pub fn connections_max(
     }
 }
 
+/// Each connection costs two or three fds; the default soft limit of 1024 would cap us
+/// far below `--connections-max`, and systemd's hard limit is high. Returns the soft
+/// limit now in force (`None`: unlimited or unknown).
+pub fn raise_fd_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: limit is a valid rlimit to fill and then pass back.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let old = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                crate::debug!(
+                    "raised the open file limit from {old} to {}",
+                    limit.rlim_max
+                );
+            } else {
+                limit.rlim_cur = old;
+            }
+        }
+    }
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
 pub struct Limiter {
     max: usize,
     open: AtomicUsize,

@@ -1,0 +1,172 @@
+//! The main thread once the workers run: sd_notify, the watchdog, `--exit-idle-time`,
+//! signals, and the drain bounded by `--shutdown-timeout`.
+
+use std::io;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::limit::Limiter;
+use super::signals::{is_stop, note_ignored, signal_name, wait_signal};
+use super::Lifecycle;
+use crate::net::{getsockopt_int, reset_on_close};
+use crate::notify::Notifier;
+
+pub struct Supervisor<'a> {
+    pub lifecycle: &'a Lifecycle,
+    pub notifier: &'a Notifier,
+    pub limiter: &'a Limiter,
+    pub signals: &'a libc::sigset_t,
+}
+
+impl Supervisor<'_> {
+    /// Sleeps in sigtimedwait, waking for watchdog pings and idle checks; returns why to stop.
+    pub fn wait_for_stop(&self, done: &mpsc::Receiver<()>) -> io::Result<String> {
+        let mut watchdog = Watchdog::new(self.notifier);
+        loop {
+            // A worker that ends on its own has crashed; let the service manager restart us.
+            if !matches!(done.try_recv(), Err(mpsc::TryRecvError::Empty)) {
+                return Err(io::Error::other("a worker thread stopped unexpectedly"));
+            }
+            let mut wait = watchdog.feed().min(Duration::from_secs(1));
+            if let Some(limit) = self.lifecycle.exit_idle_time {
+                if let Some(idle) = self.limiter.idle_for() {
+                    if idle >= limit {
+                        return Ok(format!("no connection for {limit:?} (--exit-idle-time)"));
+                    }
+                    wait = wait.min(limit - idle);
+                }
+            }
+            if let Some(signal) = wait_signal(self.signals, wait) {
+                if is_stop(signal) {
+                    return Ok(format!("received {}", signal_name(signal)));
+                }
+                note_ignored(signal);
+            }
+        }
+    }
+
+    /// Waits for the workers to finish their connections, up to `--shutdown-timeout` or
+    /// a second SIGTERM/SIGINT; then whatever is still open is cut.
+    pub fn drain(&self, done: &mpsc::Receiver<()>) {
+        let deadline = Instant::now().checked_add(self.lifecycle.shutdown_timeout);
+        let mut watchdog = Watchdog::new(self.notifier);
+        let mut running = self.lifecycle.threads;
+        loop {
+            loop {
+                match done.try_recv() {
+                    Ok(()) => running -= 1,
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
+            if running == 0 {
+                return;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|at| now >= at) {
+                crate::warn!(
+                    "--shutdown-timeout of {:?} reached; cutting {} open connections",
+                    self.lifecycle.shutdown_timeout,
+                    self.limiter.open()
+                );
+                break;
+            }
+            // Keep the watchdog fed while connections finish; look at the workers often,
+            // since they report on a channel sigtimedwait cannot wait on.
+            let mut wait = watchdog.feed().min(DRAIN_POLL);
+            if let Some(at) = deadline {
+                wait = wait.min(at - now);
+            }
+            match wait_signal(self.signals, wait) {
+                Some(signal) if is_stop(signal) => {
+                    crate::warn!(
+                        "received {} again; cutting {} open connections",
+                        signal_name(signal),
+                        self.limiter.open()
+                    );
+                    break;
+                }
+                Some(signal) => note_ignored(signal),
+                None => {}
+            }
+        }
+        reset_open_connections();
+    }
+}
+
+/// How often the supervisor looks whether the workers finished draining.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// Shortest watchdog interval kept: a `WatchdogSec=` that short cannot be served
+/// anyway, and pinging faster would only spin.
+const MIN_PING_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Pings the service manager's watchdog at half its `WatchdogSec=`.
+struct Watchdog<'a> {
+    notifier: &'a Notifier,
+    interval: Option<Duration>,
+    next: Option<Instant>,
+}
+
+impl<'a> Watchdog<'a> {
+    fn new(notifier: &'a Notifier) -> Watchdog<'a> {
+        let interval = notifier
+            .watchdog_interval()
+            .map(|i| i.max(MIN_PING_INTERVAL));
+        Watchdog {
+            notifier,
+            interval,
+            next: interval.map(|i| Instant::now() + i),
+        }
+    }
+
+    /// Pings if it is time; returns how long until the next ping.
+    fn feed(&mut self) -> Duration {
+        let (Some(interval), Some(next)) = (self.interval, self.next) else {
+            return Duration::MAX;
+        };
+        if Instant::now() >= next {
+            self.notifier.send("WATCHDOG=1");
+            // From after the send, which may have waited for room in the manager's queue.
+            self.next = Some(Instant::now() + interval);
+            return interval;
+        }
+        next - Instant::now()
+    }
+}
+
+/// Reports a worker thread's end to the supervisor when dropped.
+pub struct Finished(pub mpsc::Sender<()>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// Makes every connected TCP socket of the process close with RST, just before exit
+/// closes them all: a client cut off by the shutdown timeout must not mistake the end
+/// of a truncated stream for a complete one. Walks /proc/self/fd because the sockets
+/// belong to the workers' tasks; listening sockets, datagram sockets and other files
+/// are left as they are.
+fn reset_open_connections() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let connected_stream = getsockopt_int(fd, libc::SO_TYPE).ok() == Some(libc::SOCK_STREAM)
+            && getsockopt_int(fd, libc::SO_ACCEPTCONN).ok() == Some(0);
+        if connected_stream {
+            // On an fd closed or reused meanwhile this fails, or touches a socket that
+            // exit closes anyway.
+            reset_on_close(fd);
+        }
+    }
+}
