@@ -208,14 +208,16 @@ fn two(out: &mut [u8], n: i64) {
 pub fn parse_http_date(text: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(text).ok()?.trim();
     let parts: Vec<&str> = text.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+    // Only plain digits of the lengths the formats have: signs, spaces and long numbers
+    // would overflow the arithmetic below (found by fuzzing).
     let (day, month, year, time) = match parts.as_slice() {
         // Sun, 06 Nov 1994 08:49:37 GMT
-        [_, day, month, year, time, "GMT"] => (*day, *month, year.parse().ok()?, *time),
+        [_, day, month, year, time, "GMT"] => (*day, *month, digits(year, 4, 4)?, *time),
         // Sunday, 06-Nov-94 08:49:37 GMT
         [_, date, time, "GMT"] => {
             let mut it = date.split('-');
             let (day, month, year) = (it.next()?, it.next()?, it.next()?);
-            let year: i64 = year.parse().ok()?;
+            let year = digits(year, 2, 2)?;
             // Two-digit years: RFC 9110 says read them as the most recent past century.
             (
                 day,
@@ -225,20 +227,26 @@ pub fn parse_http_date(text: &[u8]) -> Option<i64> {
             )
         }
         // Sun Nov  6 08:49:37 1994
-        [_, month, day, time, year] => (*day, *month, year.parse().ok()?, *time),
+        [_, month, day, time, year] => (*day, *month, digits(year, 4, 4)?, *time),
         _ => return None,
     };
-    let day: i64 = day.parse().ok()?;
+    let day = digits(day, 1, 2)?;
     let month = MONTHS
         .iter()
         .position(|m| m.as_slice() == month.as_bytes())? as i64
         + 1;
-    let mut hms = time.split(':').map(|p| p.parse::<i64>().ok());
+    let mut hms = time.split(':').map(|p| digits(p, 2, 2));
     let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
     if hms.next().is_some() || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
         return None;
     }
     Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// A number written with `min..=max` ASCII digits and nothing else.
+fn digits(text: &str, min: usize, max: usize) -> Option<i64> {
+    let ok = (min..=max).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
+    ok.then(|| text.bytes().fold(0, |n, b| n * 10 + i64::from(b - b'0')))
 }
 
 /// Howard Hinnant's days-from-civil algorithm (proleptic Gregorian calendar).
