@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use socket2::{Domain, Socket, Type};
 
-use crate::net::getsockopt_int;
+use crate::sys::getsockopt_int;
 
 /// The first fd systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;

@@ -10,6 +10,7 @@ pub mod net;
 pub mod notify;
 pub mod proxy;
 pub mod runtime;
+pub mod sys;
 pub mod timespan;
 
 use activation::{ListenAddr, Listener};

@@ -39,7 +39,7 @@ impl Root {
         let c_path = std::ffi::CString::new(canonical.as_os_str().as_bytes())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: a valid NUL-terminated path; the returned fd is ours.
-        let fd = crate::net::cvt(unsafe {
+        let fd = crate::sys::cvt(unsafe {
             libc::open(
                 c_path.as_ptr(),
                 libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
@@ -103,7 +103,7 @@ impl Root {
 
     fn openat(&self, rel: &CStr) -> io::Result<File> {
         // SAFETY: valid dirfd and NUL-terminated path; the returned fd is ours.
-        let fd = crate::net::cvt(unsafe {
+        let fd = crate::sys::cvt(unsafe {
             libc::openat(self.dir.as_raw_fd(), rel.as_ptr(), OPEN_FLAGS)
         })?;
         // SAFETY: openat just returned this fd.
@@ -489,32 +489,28 @@ pub async fn send_file(
     let mut since_yield = 0u64;
     while (off as u64) < end {
         let want = (end - off as u64).min(MAX_SENDFILE) as usize;
-        // SAFETY: both fds are open; off is a valid off_t the kernel advances.
-        let n = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
-        if n > 0 {
-            *sent += n as u64;
-            since_yield += n as u64;
-            if since_yield >= FAIR_SHARE {
+        match crate::sys::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, want) {
+            Ok(0) => {
+                // The file shrank under us: the promised length can no longer be kept.
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while being sent",
+                ));
+            }
+            Ok(n) => {
+                *sent += n as u64;
+                since_yield += n as u64;
+                if since_yield >= FAIR_SHARE {
+                    since_yield = 0;
+                    super::writable_within(stream, stall).await?;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 since_yield = 0;
                 super::writable_within(stream, stall).await?;
             }
-            continue;
-        }
-        if n == 0 {
-            // The file shrank under us: the promised length can no longer be kept.
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shrank while being sent",
-            ));
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::WouldBlock => {
-                since_yield = 0;
-                super::writable_within(stream, stall).await?;
-            }
-            io::ErrorKind::Interrupted => {}
-            _ => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())

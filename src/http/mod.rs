@@ -552,20 +552,14 @@ async fn write_all(
     stall: Duration,
     sent: &mut usize,
 ) -> io::Result<()> {
-    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | if more { libc::MSG_MORE } else { 0 };
     while *sent < data.len() {
-        let rest = &data[*sent..];
-        // SAFETY: rest is valid for reads of rest.len() bytes; the fd is open.
-        let n = unsafe { libc::send(stream.as_raw_fd(), rest.as_ptr().cast(), rest.len(), flags) };
-        if n >= 0 {
-            *sent += n as usize;
-            continue;
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::WouldBlock => writable_within(stream, stall).await?,
-            io::ErrorKind::Interrupted => {}
-            _ => return Err(e),
+        match crate::sys::send_now(stream.as_raw_fd(), &data[*sent..], more) {
+            Ok(n) => *sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                writable_within(stream, stall).await?
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())

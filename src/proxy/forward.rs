@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use super::pipe::PipePool;
 use super::pump::{pump, Failure, Progress};
-use crate::net::{linger, poll_now, Duplex, Linger};
+use crate::net::{linger, Duplex, Linger};
+use crate::sys::poll_now;
 
 /// How long a side that is about to be cut gets to read what was sent to it (nginx's
 /// lingering_time and lingering_timeout); what it sends meanwhile is dropped, bounded
@@ -140,10 +141,17 @@ pub async fn forward(
     pipes: &PipePool,
     half_close_timeout: Option<Duration>,
 ) -> io::Result<()> {
+    let (Some((from_client, to_client)), Some((from_upstream, to_upstream))) =
+        (client.split(), upstream.split())
+    else {
+        return Err(io::Error::other(
+            "a connection's streams were already in use",
+        ));
+    };
     // Indexed by the side each direction reads from.
     let progress = [Progress::default(), Progress::default()];
-    let mut up = pin!(pump(client, upstream, pipes, &progress[0]));
-    let mut down = pin!(pump(upstream, client, pipes, &progress[1]));
+    let mut up = pin!(pump(from_client, to_upstream, pipes, &progress[0]));
+    let mut down = pin!(pump(from_upstream, to_client, pipes, &progress[1]));
     let mut ends = Ends {
         sockets: [client, upstream],
         done: [false, false],

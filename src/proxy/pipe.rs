@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::net::cvt;
+use crate::sys::cvt;
 
 /// Sizes tried for a new pipe, largest first; the last is the kernel's default, which
 /// needs no F_SETPIPE_SZ and is what every pipe gets once the budget is spent.

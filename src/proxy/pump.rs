@@ -14,10 +14,11 @@
 
 use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 
 use super::pipe::{Pipe, PipePool};
-use crate::net::{Duplex, Stream};
+use crate::net::{ReadHalf, Stream, WriteHalf};
+use crate::sys;
 
 /// Receive buffer per direction, held for the connection's life (a parked RECV owns it).
 /// Small on purpose: 2,000 idle connections cost 8 MiB of it. A receive that fills it
@@ -66,8 +67,8 @@ pub enum Failure {
 /// its EOF was delivered. Passing the EOF on (FIN) is the caller's decision, since the
 /// other direction may meanwhile have learnt that `src` was reset (see `forward`).
 pub async fn pump(
-    src: &Duplex,
-    dst: &Duplex,
+    mut src: ReadHalf<'_>,
+    mut dst: WriteHalf<'_>,
     pipes: &PipePool,
     progress: &Progress,
 ) -> Result<(), Failure> {
@@ -138,7 +139,7 @@ async fn splice_through(
     let mut burst = 0;
     loop {
         // The pipe is empty here: each read is drained before the next.
-        let n = match splice(src.as_raw_fd(), pipe.write_fd(), capacity) {
+        let n = match sys::splice(src.as_raw_fd(), pipe.write_fd(), capacity) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => return Err(Failure::Read(e)),
@@ -146,7 +147,7 @@ async fn splice_through(
         progress.received(n);
         let mut in_pipe = n;
         while in_pipe > 0 {
-            match splice(pipe.read_fd(), dst.as_raw_fd(), in_pipe) {
+            match sys::splice(pipe.read_fd(), dst.as_raw_fd(), in_pipe) {
                 Ok(sent) => {
                     in_pipe -= sent;
                     progress.delivered(sent);
@@ -163,25 +164,5 @@ async fn splice_through(
         if n < capacity {
             return Ok(burst);
         }
-    }
-}
-
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: both fds are open for the duration of the call; null offsets mean "use the
-    // file position", which sockets and pipes do not have.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }

@@ -66,7 +66,7 @@ impl WorkerListener {
                 libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             )
         };
-        let conn = crate::net::cvt(rc)?;
+        let conn = crate::sys::cvt(rc)?;
         // SAFETY: accept4 returned a new fd that nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(conn) })
     }

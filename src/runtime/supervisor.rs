@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use super::limit::Limiter;
 use super::signals::{is_stop, note_ignored, signal_name, wait_signal};
 use super::Lifecycle;
-use crate::net::{getsockopt_int, reset_on_close};
 use crate::notify::Notifier;
+use crate::sys::{getsockopt_int, reset_on_close};
 
 pub struct Supervisor<'a> {
     pub lifecycle: &'a Lifecycle,

@@ -1,0 +1,137 @@
+//! A connected, non-blocking stream socket (TCP or Unix) registered with the worker's
+//! runtime: receives and sends through the runtime, readiness that never spins, and the
+//! few raw calls the close rules need.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpStream, UnixStream};
+use monoio::BufResult;
+
+use crate::activation::Family;
+use crate::sys;
+
+/// A connected, non-blocking stream socket registered with this worker's runtime.
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Wraps a connected non-blocking socket. TCP gets TCP_NODELAY: a forwarder must
+    /// not add Nagle delays to the small writes of request/response protocols.
+    pub fn from_fd(fd: OwnedFd, family: Family) -> io::Result<Stream> {
+        Ok(match family {
+            Family::Tcp => {
+                let stream = std::net::TcpStream::from(fd);
+                stream.set_nodelay(true)?;
+                Stream::Tcp(TcpStream::from_std(stream)?)
+            }
+            Family::Unix => Stream::Unix(UnixStream::from_std(
+                std::os::unix::net::UnixStream::from(fd),
+            )?),
+        })
+    }
+
+    /// Waits until a read would not block. `relaxed = false`: the epoll driver then checks
+    /// with poll(2), because our own non-blocking syscalls bypass its readiness cache.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.readable(false).await,
+            Stream::Unix(s) => s.readable(false).await,
+        }
+    }
+
+    /// Waits until the send buffer has room (or the socket has an error to report).
+    ///
+    /// io_uring's POLL_ADD always listens for POLLRDHUP too, so once the peer has
+    /// half-closed, a poll for POLLOUT completes at once however full the buffer is:
+    /// waiting on it alone would spin a core until the peer reads. So every wake is
+    /// confirmed with poll(2); a false one is followed by a short sleep, doubling up
+    /// to [`FALSE_WAKE_MAX_SLEEP`], instead of another poll that would fire at once.
+    pub async fn writable(&self) -> io::Result<()> {
+        let mut sleep = FALSE_WAKE_FIRST_SLEEP;
+        loop {
+            match self {
+                Stream::Tcp(s) => s.writable(false).await?,
+                Stream::Unix(s) => s.writable(false).await?,
+            }
+            if sys::poll_now(self.as_raw_fd(), libc::POLLOUT)? {
+                return Ok(());
+            }
+            monoio::time::sleep(sleep).await;
+            sleep = (sleep * 2).min(FALSE_WAKE_MAX_SLEEP);
+        }
+    }
+
+    /// Receives into `buf`'s spare capacity with the runtime's own receive: on io_uring
+    /// a RECV submission that completes with the data (no readiness round trip, no extra
+    /// syscall), on epoll a recv(2) when ready.
+    pub async fn recv<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Tcp(s) => s.read(buf).await,
+            Stream::Unix(s) => s.read(buf).await,
+        }
+    }
+
+    /// Sends all of `buf` with the runtime's own send, as many submissions as it takes.
+    pub async fn send_all<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Tcp(s) => s.write_all(buf).await,
+            Stream::Unix(s) => s.write_all(buf).await,
+        }
+    }
+
+    /// Sends FIN: the peer reads EOF but may still send to us (half-close).
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        match sys::shutdown_write(self.as_raw_fd()) {
+            // The peer is already gone; there is nobody left to tell.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
+            result => result,
+        }
+    }
+
+    /// Makes the coming close send RST instead of FIN, so the peer learns the stream was
+    /// cut rather than complete.
+    pub fn reset_on_close(&self) {
+        sys::reset_on_close(self.as_raw_fd());
+    }
+
+    /// Bytes we sent that the peer has not taken yet.
+    pub fn unsent(&self) -> io::Result<usize> {
+        sys::unsent(self.as_raw_fd())
+    }
+
+    /// One non-blocking recv(2) into `buf`, outside the runtime: for reading and dropping
+    /// input after [`Stream::readable`].
+    pub fn recv_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+        sys::recv_now(self.as_raw_fd(), buf)
+    }
+
+    /// The pending socket error (SO_ERROR), used after a non-blocking connect.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        Ok(
+            match sys::getsockopt_int(self.as_raw_fd(), libc::SO_ERROR)? {
+                0 => None,
+                errno => Some(io::Error::from_raw_os_error(errno)),
+            },
+        )
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// After a false write-readiness wake (see [`Stream::writable`]), the first sleep and
+/// the longest: a half-closed peer that reads slowly is looked at every 64 ms at worst.
+const FALSE_WAKE_FIRST_SLEEP: Duration = Duration::from_millis(1);
+const FALSE_WAKE_MAX_SLEEP: Duration = Duration::from_millis(64);

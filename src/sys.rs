@@ -1,0 +1,126 @@
+//! The raw syscalls the rest of the crate needs and the runtime does not offer, each a
+//! small function with its errno handling, so callers use names instead of `unsafe`.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Turns a syscall's `-1` into the errno it set.
+pub fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// As [`cvt`] for calls that return a byte count.
+pub fn cvt_size(n: libc::ssize_t) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Whether `fd` is ready for `events` right now, or has an error or hang-up to report
+/// (the next call on it will say which).
+pub fn poll_now(fd: RawFd, events: libc::c_short) -> io::Result<bool> {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    cvt(unsafe { libc::poll(&mut pollfd, 1, 0) })?;
+    Ok(pollfd.revents & (events | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0)
+}
+
+/// One non-blocking recv(2) into `buf`.
+pub fn recv_now(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for writes of buf.len() bytes; the fd is open.
+    cvt_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
+}
+
+/// One non-blocking send(2) of `data`; `more`: more follows at once (MSG_MORE).
+pub fn send_now(fd: RawFd, data: &[u8], more: bool) -> io::Result<usize> {
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | if more { libc::MSG_MORE } else { 0 };
+    // SAFETY: data is valid for reads of data.len() bytes; the fd is open.
+    cvt_size(unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), flags) })
+}
+
+/// Non-blocking splice(2) between a socket and a pipe, no file offsets.
+pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: both fds are open for the duration of the call; null offsets mean "use the
+    // file position", which sockets and pipes do not have.
+    cvt_size(unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    })
+}
+
+/// sendfile(2) of up to `len` bytes of `file` from `*offset`, which it advances.
+pub fn sendfile(
+    socket: RawFd,
+    file: RawFd,
+    offset: &mut libc::off_t,
+    len: usize,
+) -> io::Result<usize> {
+    // SAFETY: both fds are open; offset is a valid off_t the kernel advances.
+    cvt_size(unsafe { libc::sendfile(socket, file, offset, len) })
+}
+
+/// Bytes we sent on a socket that the peer has not taken yet (SIOCOUTQ): for TCP, not
+/// yet acknowledged; for Unix sockets, not yet read.
+pub fn unsent(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ on Linux) writes one int.
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) })?;
+    Ok(n.max(0) as usize)
+}
+
+/// shutdown(2) of the write side: the peer reads EOF but may still send to us.
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on an open fd.
+    cvt(unsafe { libc::shutdown(fd, libc::SHUT_WR) }).map(drop)
+}
+
+/// Sets SO_LINGER to zero seconds on `fd`: its close sends RST, not FIN (TCP only).
+pub fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: linger is a valid, correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// An int-valued SOL_SOCKET option.
+pub fn getsockopt_int(fd: RawFd, option: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len are valid for the kernel to write an int into.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
