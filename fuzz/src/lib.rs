@@ -102,7 +102,7 @@ pub fn check_plan(info: &FileInfo, req: &Request<'_>) {
 
 /// A `Range` value for a file of `len` bytes.
 pub fn range(value: &[u8], len: u64) {
-    if let Some(Some((first, last))) = files::parse_range(value, len) {
+    if let files::RangeSpec::Bytes { first, last } = files::parse_range(value, len) {
         assert!(first <= last && last < len, "{first}-{last} of {len}");
     }
 }
@@ -144,13 +144,16 @@ pub fn plan(headers: &Conditionals, len: u64, mtime: i64, now: i64) {
 
 /// A URL path turned into a path under the root: never one that leaves it.
 pub fn resolve(path: &[u8]) {
-    let mut rel = Vec::new();
-    if files::resolve(path, &mut rel).is_err() {
+    let mut decoded = files::RelPath::default();
+    if decoded.decode(path).is_err() {
         return;
     }
-    let (last, name) = rel.split_last().expect("an Ok path is never empty");
-    assert_eq!(*last, 0, "{rel:?} does not end in NUL");
-    assert!(!name.contains(&0), "{rel:?} has an inner NUL");
+    let c_path = decoded
+        .as_c_str()
+        .expect("a decoded path is NUL-terminated");
+    let name = decoded.as_bytes();
+    let rel = c_path.to_bytes_with_nul();
+    assert_eq!(c_path.to_bytes(), name, "{rel:?} has an inner NUL");
     assert!(
         !name.is_empty() && name[0] != b'/',
         "{rel:?} is not relative"

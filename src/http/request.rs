@@ -307,7 +307,7 @@ fn ends_in_chunked(value: &[u8]) -> bool {
     trim(last).eq_ignore_ascii_case(b"chunked")
 }
 
-fn parse_decimal(text: &[u8]) -> Option<u64> {
+pub fn parse_decimal(text: &[u8]) -> Option<u64> {
     if text.is_empty() || text.len() > 19 {
         return None;
     }
