@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use socket2::{Domain, Socket, Type};
 
+use crate::address;
 use crate::sys::getsockopt_int;
 
 /// The first fd systemd passes (`SD_LISTEN_FDS_START`).
@@ -231,14 +232,11 @@ impl ListenAddr {
     /// `HOST:PORT`, `[V6]:PORT`, `/path`, `@name`. Hosts must be IP literals: binding
     /// to whatever a name resolves to at start-up is rarely what anyone meant.
     pub fn parse(text: &str) -> Result<ListenAddr, String> {
-        if text.starts_with('/') {
-            return Ok(ListenAddr::Path(PathBuf::from(text)));
-        }
-        if let Some(name) = text.strip_prefix('@') {
-            if name.is_empty() {
-                return Err("abstract socket name after '@' is empty".into());
-            }
-            return Ok(ListenAddr::Abstract(name.as_bytes().to_vec()));
+        match address::UnixAddr::parse(text) {
+            Ok(Some(address::UnixAddr::Path(path))) => return Ok(ListenAddr::Path(path)),
+            Ok(Some(address::UnixAddr::Abstract(name))) => return Ok(ListenAddr::Abstract(name)),
+            Ok(None) => {}
+            Err(e) => return Err(format!("invalid listen address {text:?}: {e}")),
         }
         if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
             return Ok(ListenAddr::Inet(addr));

@@ -195,8 +195,7 @@ impl CommonArgs {
                 connections_max,
                 fds_per_connection,
                 exit_idle_time: timespan("--exit-idle-time", &self.exit_idle_time)?,
-                shutdown_timeout: timespan("--shutdown-timeout", &self.shutdown_timeout)?
-                    .unwrap_or(Duration::MAX / 4),
+                shutdown_timeout: timespan("--shutdown-timeout", &self.shutdown_timeout)?,
             },
             log_level,
         })

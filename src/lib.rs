@@ -4,6 +4,7 @@
 #[macro_use]
 pub mod log;
 pub mod activation;
+pub mod address;
 pub mod cli;
 pub mod http;
 pub mod net;

@@ -1,9 +1,10 @@
 //! sd_notify: READY=1, STATUS=, STOPPING=1 and watchdog pings to `NOTIFY_SOCKET`.
 
 use std::io;
-use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
+
+use crate::address::UnixAddr;
 
 /// Longest a message waits for room in the manager's queue before it is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -49,14 +50,14 @@ impl Notifier {
 }
 
 fn notify_socket(value: &std::ffi::OsStr) -> io::Result<(UnixDatagram, SocketAddr)> {
-    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(value);
-    let addr = match bytes.first() {
-        Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..])?,
-        Some(b'/') => SocketAddr::from_pathname(std::path::Path::new(value))?,
-        _ => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "neither /path nor @abstract (other kinds, such as vsock:, are not supported)",
+    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+    let text = value.to_str().ok_or_else(|| invalid("not UTF-8".into()))?;
+    let addr = match UnixAddr::parse(text).map_err(invalid)? {
+        Some(addr) => addr.to_socket_addr()?,
+        None => {
+            return Err(invalid(
+                "neither /path nor @abstract (other kinds, such as vsock:, are not supported)"
+                    .into(),
             ))
         }
     };

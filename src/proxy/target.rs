@@ -14,6 +14,7 @@ use socket2::{SockAddr, Socket, Type};
 
 use super::resolve::Resolver;
 use crate::activation::Family;
+use crate::address::UnixAddr;
 use crate::net::Stream;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,10 +33,6 @@ pub enum Target {
 
 const DEFAULT_PORT: u16 = 80;
 
-/// sockaddr_un's sun_path holds 108 bytes, one of them the terminating (or, for an
-/// abstract name, leading) NUL.
-const MAX_UNIX_PATH: usize = 107;
-
 impl Target {
     /// `/path`, `@abstract`, `host:port`, `host` (port 80), `[v6]:port`, `[v6]`, and
     /// systemd's `::1:80` (split at the last colon).
@@ -45,28 +42,12 @@ impl Target {
                 "TARGET is empty; use HOST:PORT, [V6]:PORT, /path/to.sock or @abstract".into(),
             );
         }
-        if text.starts_with('/') {
-            // Checked here, or every connection would fail with the same error.
-            if text.len() > MAX_UNIX_PATH {
-                return Err(format!(
-                    "invalid TARGET {text:?}: a Unix socket path can have at most \
-                     {MAX_UNIX_PATH} bytes; use a shorter path or a link to it"
-                ));
-            }
-            return Ok(Target::Path(PathBuf::from(text)));
-        }
-        if let Some(name) = text.strip_prefix('@') {
-            if name.is_empty() {
-                return Err("abstract socket name after '@' is empty".into());
-            }
-            // The name follows a NUL byte in sun_path.
-            if name.len() > MAX_UNIX_PATH {
-                return Err(format!(
-                    "invalid TARGET {text:?}: an abstract socket name can have at most \
-                     {MAX_UNIX_PATH} bytes"
-                ));
-            }
-            return Ok(Target::Abstract(name.as_bytes().to_vec()));
+        // Checked here, or every connection would fail with the same error.
+        match UnixAddr::parse(text) {
+            Ok(Some(UnixAddr::Path(path))) => return Ok(Target::Path(path)),
+            Ok(Some(UnixAddr::Abstract(name))) => return Ok(Target::Abstract(name)),
+            Ok(None) => {}
+            Err(e) => return Err(format!("invalid TARGET {text:?}: {e}")),
         }
         if text.contains('/') {
             // systemd-socket-proxyd would take this for a host name and fail every

@@ -43,7 +43,8 @@ pub struct Lifecycle {
     pub fds_per_connection: usize,
     /// `None`: never exit for idleness.
     pub exit_idle_time: Option<Duration>,
-    pub shutdown_timeout: Duration,
+    /// `None`: wait for every connection however long it takes.
+    pub shutdown_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -48,7 +48,10 @@ impl Supervisor<'_> {
     /// Waits for the workers to finish their connections, up to `--shutdown-timeout` or
     /// a second SIGTERM/SIGINT; then whatever is still open is cut.
     pub fn drain(&self, done: &mpsc::Receiver<()>) {
-        let deadline = Instant::now().checked_add(self.lifecycle.shutdown_timeout);
+        let deadline = self
+            .lifecycle
+            .shutdown_timeout
+            .and_then(|timeout| Instant::now().checked_add(timeout));
         let mut watchdog = Watchdog::new(self.notifier);
         let mut running = self.lifecycle.threads;
         loop {
@@ -66,7 +69,7 @@ impl Supervisor<'_> {
             if deadline.is_some_and(|at| now >= at) {
                 crate::warn!(
                     "--shutdown-timeout of {:?} reached; cutting {} open connections",
-                    self.lifecycle.shutdown_timeout,
+                    self.lifecycle.shutdown_timeout.unwrap_or_default(),
                     self.limiter.open()
                 );
                 break;
