@@ -2,15 +2,16 @@
 //! so they cannot drift from `--help`:
 //!
 //! ```sh
-//! cargo run --example gen-docs            # into target/assets/
+//! cargo run --example gen-docs            # into doc/, after changing a flag
 //! cargo run --example gen-docs -- DIR     # into DIR/
 //! ```
 //!
 //! Output: `man/ringsock.1`, `man/ringsock-proxy.1`, `man/ringsock-serve.1`,
 //! `completions/ringsock.bash`, `completions/_ringsock` (zsh), `completions/ringsock.fish`.
-//! `cargo deb` packages them from `target/assets/` (see `[package.metadata.deb]`), so run
-//! this first. It is an example, not a subcommand, so that the user-facing CLI stays as it
-//! is and clap_mangen/clap_complete stay dev-dependencies.
+//! They are committed under `doc/`, so `cargo deb` packages them on a fresh clone with no
+//! step before it; a test fails when they no longer match the flags. It is an example,
+//! not a subcommand, so that the user-facing CLI stays as it is and
+//! clap_mangen/clap_complete stay dev-dependencies.
 
 use std::fs;
 use std::io::Write;
@@ -61,7 +62,7 @@ The aptly units of the systemd\-socket\-proxyd setup, migrated to ringsock.
 fn main() {
     let out = match std::env::args_os().nth(1) {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/assets"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("doc"),
     };
     if let Err(e) = generate(&out) {
         eprintln!("gen-docs: {}: {e}", out.display());

@@ -1,0 +1,53 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_ringsock_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_ringsock_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_ringsock_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_ringsock_using_subcommand
+    set -l cmd (__fish_ringsock_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c ringsock -n "__fish_ringsock_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c ringsock -n "__fish_ringsock_needs_command" -s V -l version -d 'Print version'
+complete -c ringsock -n "__fish_ringsock_needs_command" -f -a "proxy" -d 'Forward every connection to TARGET (a drop-in for systemd-socket-proxyd)'
+complete -c ringsock -n "__fish_ringsock_needs_command" -f -a "serve" -d 'Serve the aptly-compatible API, metrics and a mirror tree over HTTP/1.1'
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l connect-timeout -d 'Give up connecting to TARGET after this long and close the client' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l half-close-timeout -d 'Cut a connection that one side half-closed once nothing moved on it for this long (infinity: never)' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l listen -d 'Listen on ADDR when not socket-activated: HOST:PORT, [V6]:PORT, PORT, /path or @name (repeatable)' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l threads -d 'Worker threads [default: the CPUs this process may use]' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s c -l connections-max -d 'Maximum simultaneous connections; more wait in the listen backlog [default: 16384, or fewer if the open file limit cannot hold that many]' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l exit-idle-time -d 'Exit once no connection was open for this long (e.g. 30s, 5min, infinity)' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l shutdown-timeout -d 'On SIGTERM/SIGINT, how long open connections may take to finish' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l log-level -d 'error, warning, info or debug [default: $RINGSOCK_LOG_LEVEL, $SYSTEMD_LOG_LEVEL, info]' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s h -l help -d 'Print help'
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s V -l version -d 'Print version'
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l root -d 'Directory to serve (e.g. aptly\'s rootDir/public); without it only the API answers' -r -F
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l header-timeout -d 'Close a client that has not sent a full request head within this long (408)' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l keepalive-timeout -d 'Close an idle keep-alive connection after this long' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l listen -d 'Listen on ADDR when not socket-activated: HOST:PORT, [V6]:PORT, PORT, /path or @name (repeatable)' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l threads -d 'Worker threads [default: the CPUs this process may use]' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -s c -l connections-max -d 'Maximum simultaneous connections; more wait in the listen backlog [default: 16384, or fewer if the open file limit cannot hold that many]' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l exit-idle-time -d 'Exit once no connection was open for this long (e.g. 30s, 5min, infinity)' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l shutdown-timeout -d 'On SIGTERM/SIGINT, how long open connections may take to finish' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l log-level -d 'error, warning, info or debug [default: $RINGSOCK_LOG_LEVEL, $SYSTEMD_LOG_LEVEL, info]' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l follow-symlinks -d 'Serve symlinks that point outside --root'
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l autoindex -d 'List directories as HTML instead of answering 403'
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -s h -l help -d 'Print help'
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -s V -l version -d 'Print version'
