@@ -56,33 +56,42 @@ fn trickle(stream: &mut TcpStream) {
     stream.set_nonblocking(false).unwrap();
 }
 
-// In both reset tests the peer that must see the reset has no writer of its own in
-// flight then: its own write would take the one reset report from its reader.
+/// Which peer resets, in [`a_reset_is_never_a_clean_end`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resets {
+    Backend,
+    Client,
+}
 
-#[test]
-fn a_backend_that_resets_mid_answer_is_never_a_clean_end_for_the_client() {
+/// The other peer keeps its way toward the resetting one full with small writes
+/// ([`trickle`]), so ringsock's SEND toward it is parked; the resetting peer sends a
+/// lot and resets. The other peer has no writer of its own in flight then: its own write
+/// would take the one reset report from its reader.
+fn a_reset_is_never_a_clean_end(resets: Resets) {
     for driver in DRIVERS {
         let backend = TcpListener::bind("127.0.0.1:0").unwrap();
         let (ringsock, addr) = proxy(driver, &[], &backend.local_addr().unwrap().to_string());
         for round in 0..ROUNDS {
-            let mut client = connect_tcp(addr);
-            let mut upstream = accept_within(&backend, Duration::from_secs(10));
-            // An upload the backend never reads leaves ringsock's SEND to it waiting.
-            trickle(&mut client);
-            let mut reader = client.try_clone().unwrap();
-            let reading = std::thread::spawn(move || read_to_end_or_reset(&mut reader));
-            upstream
+            let client = connect_tcp(addr);
+            let upstream = accept_within(&backend, Duration::from_secs(10));
+            let (mut resetting, mut other) = match resets {
+                Resets::Backend => (upstream, client),
+                Resets::Client => (client, upstream),
+            };
+            trickle(&mut other);
+            let reading = std::thread::spawn(move || read_to_end_or_reset(&mut other));
+            resetting
                 .set_write_timeout(Some(Duration::from_secs(20)))
                 .unwrap();
-            upstream
+            resetting
                 .write_all(&pattern(4 << 20, round + 1))
-                .unwrap_or_else(|e| panic!("{driver:?} round {round}: backend write: {e}"));
-            abort(upstream);
+                .unwrap_or_else(|e| panic!("{driver:?} round {round}: {resets:?} write: {e}"));
+            abort(resetting);
             let result = reading.join().unwrap();
             assert!(
                 result.is_err(),
-                "{driver:?} round {round}: the client read a clean EOF after {result:?} bytes \
-                 of a reset answer\n{}",
+                "{driver:?} round {round}: after the {resets:?} reset, the other side read a \
+                 clean EOF after {result:?} bytes\n{}",
                 ringsock.stderr()
             );
         }
@@ -91,33 +100,13 @@ fn a_backend_that_resets_mid_answer_is_never_a_clean_end_for_the_client() {
 }
 
 #[test]
+fn a_backend_that_resets_mid_answer_is_never_a_clean_end_for_the_client() {
+    a_reset_is_never_a_clean_end(Resets::Backend);
+}
+
+#[test]
 fn a_client_that_resets_mid_upload_is_never_a_clean_end_for_the_backend() {
-    for driver in DRIVERS {
-        let backend = TcpListener::bind("127.0.0.1:0").unwrap();
-        let (ringsock, addr) = proxy(driver, &[], &backend.local_addr().unwrap().to_string());
-        for round in 0..ROUNDS {
-            let mut client = connect_tcp(addr);
-            let mut upstream = accept_within(&backend, Duration::from_secs(10));
-            // An answer the client never reads leaves ringsock's SEND to it waiting.
-            trickle(&mut upstream);
-            let reading = std::thread::spawn(move || read_to_end_or_reset(&mut upstream));
-            client
-                .set_write_timeout(Some(Duration::from_secs(20)))
-                .unwrap();
-            client
-                .write_all(&pattern(8 << 20, round + 1))
-                .unwrap_or_else(|e| panic!("{driver:?} round {round}: client write: {e}"));
-            abort(client);
-            let result = reading.join().unwrap();
-            assert!(
-                result.is_err(),
-                "{driver:?} round {round}: the backend read a clean EOF after {result:?} bytes \
-                 of a cut upload\n{}",
-                ringsock.stderr()
-            );
-        }
-        ringsock.stop();
-    }
+    a_reset_is_never_a_clean_end(Resets::Client);
 }
 
 #[test]
