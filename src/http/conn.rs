@@ -242,8 +242,8 @@ impl HttpHandler {
 
 /// Appends what the socket has to `buf`'s spare capacity with the runtime's own receive:
 /// on io_uring one RECV submission that completes with the data, on epoll a recv(2) that
-/// keeps the driver's readiness cache right. Measured on loopback with wrk -c64, this beat
-/// waiting for readiness (POLL_ADD) and calling recv(2) ourselves by 20-30% on io_uring.
+/// keeps the driver's readiness cache right. On io_uring this beat waiting for readiness
+/// (POLL_ADD) and calling recv(2) ourselves (perf/results/notes-from-code.md).
 async fn read_more(stream: &mut Stream, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
     let len = buf.len();
     let (result, slice) = stream.recv(buf.slice_mut(len..)).await;

@@ -62,9 +62,9 @@ impl ReadHalf<'_> {
 }
 
 impl WriteHalf<'_> {
-    /// [`Stream::send_all`]; `&mut self`: one send at a time. On io_uring this beat a
-    /// direct send(2) in proxy CPU per ping-pong request (perf/results): the SEND
-    /// completes inside the next ring enter along with everything else.
+    /// [`Stream::send_all`]; `&mut self`: one send at a time. On io_uring this costs
+    /// less than a direct send(2) (perf/results/notes-from-code.md): the SEND completes
+    /// inside the next ring enter along with everything else.
     pub async fn send_all(&mut self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
         // SAFETY: as for ReadHalf::recv, with the roles swapped.
         unsafe { &mut *self.0.stream.get() }.send_all(buf).await

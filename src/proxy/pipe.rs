@@ -3,8 +3,8 @@
 //! A pipe is only held while bytes are in flight in one direction; an idle connection
 //! returns its pipes, so 10,000 idle connections cost sockets, not 20,000 extra pipes.
 //!
-//! Bigger pipes move more per splice: 1 MiB pipes cost about half the CPU per GiB of
-//! 256 KiB ones (perf/results). But the kernel charges every pipe's capacity to its user
+//! Bigger pipes move more per splice: 1 MiB pipes cost markedly less CPU per GiB than
+//! 256 KiB ones (perf/results/proxy-2026-11-25.md). But the kernel charges every pipe's capacity to its user
 //! and, past `fs.pipe-user-pages-soft` (64 MiB by default), gives an unprivileged user's
 //! new pipes 8 KiB: every pipe of that user, in any process, slows to a crawl. So the
 //! workers share a budget of half that limit and size each new pipe to what is left:
