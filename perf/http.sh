@@ -12,6 +12,8 @@
 # one that fails is recorded as such and not measured.
 #
 # Usage: perf/http.sh [SECONDS_PER_RUN]    (default 8; each run is preceded by a 1 s warm-up)
+# RINGSOCK_BASE=/path/to/an/older/ringsock adds it to part 1 as "ringsock serve (base)",
+# measured in the same run, for before/after comparisons.
 # Writes perf/results/http-YYYY-MM-DD.md. Traffic stays on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +59,9 @@ start() {
   case $1 in
     ringsock)
       "$ringsock" serve --threads 1 --root "$root" --listen 127.0.0.1:$port 2>>"$work/$1.log" &
+      ;;
+    ringsock-base)
+      "$RINGSOCK_BASE" serve --threads 1 --root "$root" --listen 127.0.0.1:$port 2>>"$work/$1.log" &
       ;;
     nginx)
       # The same body ringsock answers, byte for byte (its own version, not aptly's).
@@ -186,7 +191,9 @@ start ringsock
 wait_listening $port || echo "ringsock serve did not listen" >> "$out"
 ringsock_body=$(curl -s --max-time 5 http://127.0.0.1:$port/api/version)
 printf '%s' "$ringsock_body" > "$work/ringsock_body"
-for s in ringsock nginx aptly; do
+contenders="ringsock nginx aptly"
+[ -n "${RINGSOCK_BASE:-}" ] && contenders="$contenders ringsock-base"
+for s in $contenders; do
   [ "$s" = ringsock ] || { start "$s"; wait_listening $port || echo "$s did not listen on $port" >> "$out"; }
   base=http://127.0.0.1:$port
   if [ "$s" = nginx ]; then for _ in $(seq 20); do pgrep -P "$started" >/dev/null && break; sleep 0.1; done; fi
@@ -195,6 +202,7 @@ for s in ringsock nginx aptly; do
     aptly) measure "aptly api serve" version "$base/api/version" "$work/aptly_body" "$json_type" ;;
     *)
       label=$s; [ "$s" = ringsock ] && label="ringsock serve"
+      [ "$s" = ringsock-base ] && label="ringsock serve (base)"
       measure "$label" version "$base/api/version" "$work/ringsock_body" "$json_type"
       measure "$label" file-2k "$base/pool/small_2k.deb" "$root/pool/small_2k.deb" "$deb_type"
       measure "$label" file-1m "$base/pool/large_1m.deb" "$root/pool/large_1m.deb" "$deb_type"

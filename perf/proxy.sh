@@ -13,6 +13,8 @@
 #
 # Usage: perf/proxy.sh [SECONDS_PER_RUN] [BULK_MIB] [ROUNDS]   (defaults 8, 1024, 1)
 # ROUNDS > 1 repeats the whole comparison and reports the spread of the ratios.
+# RINGSOCK_BASE=/path/to/an/older/ringsock adds it as `ringsock-base`, measured in the
+# same run, for before/after comparisons; FORWARDERS="..." runs only those.
 # Writes perf/results/proxy-YYYY-MM-DD.md. Traffic stays on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +48,9 @@ start_forwarder() {
       fwd_pid=$! ;;
     ringsock)
       systemd-socket-activate -l 127.0.0.1:$port "$ringsock" proxy --connections-max=10000 "$backend" 2>>"$work/$1.log" &
+      fwd_pid=$! ;;
+    ringsock-base)
+      systemd-socket-activate -l 127.0.0.1:$port "$RINGSOCK_BASE" proxy --connections-max=10000 "$backend" 2>>"$work/$1.log" &
       fwd_pid=$! ;;
     haproxy)
       cat > "$work/haproxy.cfg" <<CFG
@@ -124,7 +129,9 @@ machine_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 
 ulimit -n 20000 2>/dev/null || true
 for round in $(seq 1 "$rounds"); do
-for fwd in direct systemd-socket-proxyd haproxy nginx socat ringsock; do
+forwarders=${FORWARDERS:-direct systemd-socket-proxyd haproxy nginx socat ringsock}
+[ -n "${RINGSOCK_BASE:-}" ] && forwarders="$forwarders ringsock-base"
+for fwd in $forwarders; do
   start_forwarder "$fwd"
   addr=127.0.0.1:$port
   [ "$fwd" = direct ] && addr=$backend
@@ -138,7 +145,7 @@ for fwd in direct systemd-socket-proxyd haproxy nginx socat ringsock; do
       "machine_cpu_ms=$(( (machine_after - machine_before) * 1000 / tck ))" \
       "wall_ms=$(( (end_ns - start_ns) / 1000000 )) round=$round" | tee -a "$out"
   }
-  if [ "$fwd" = systemd-socket-proxyd ] || [ "$fwd" = ringsock ]; then
+  if [ "$fwd" = systemd-socket-proxyd ] || [ "${fwd%-base}" = ringsock ]; then
     # systemd-socket-activate execs the forwarder on the first connection.
     "$loadgen" pingpong "$addr" 1 1 >/dev/null 2>&1 || true
   fi
@@ -228,7 +235,7 @@ for fwd in last:
                                        f(None if b is None else b * 100, "{:.0f}%")))
     print("| %s | %s |" % (fwd, " | ".join(cells)))
 
-others = [x for x in last if x not in ("direct", "ringsock")]
+others = [x for x in last if x not in ("direct", "ringsock", "ringsock-base")]
 def reference(rows, key):
     """The forwarder a target compares with, and its rate."""
     if key == "bulk":
@@ -236,7 +243,7 @@ def reference(rows, key):
     elif key == "churn":
         among = ["haproxy", "nginx"]
     else:
-        among = [x for x in rows if x not in ("direct", "ringsock")]
+        among = [x for x in rows if x not in ("direct", "ringsock", "ringsock-base")]
     vals = [(rate(rows, x, key), x) for x in among if rate(rows, x, key)]
     return max(vals) if vals else (None, None)
 TARGETS = [("pp32", "32-conn ping-pong vs best other", 1.5),
