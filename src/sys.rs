@@ -124,3 +124,25 @@ pub fn getsockopt_int(fd: RawFd, option: libc::c_int) -> io::Result<libc::c_int>
     })?;
     Ok(value)
 }
+
+/// The TCP state of a socket (`TCP_ESTABLISHED`, `TCP_CLOSE`, ...); `None` for other
+/// kinds of socket.
+pub fn tcp_state(fd: RawFd) -> Option<u8> {
+    // SAFETY: tcp_info is plain data; zeroed is a valid value for the kernel to fill.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: info and len describe a writable tcp_info.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len > 0).then_some(info.tcpi_state)
+}
+
+/// `TCP_CLOSE` from the kernel's `enum tcp_state`, which libc does not export.
+pub const TCP_CLOSE: u8 = 7;

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use super::pipe::PipePool;
 use super::pump::{pump, Failure, Progress};
 use crate::net::{linger, Duplex, Linger};
-use crate::sys::poll_now;
+use crate::sys::{self, poll_now};
 
 /// How long a side that is about to be cut gets to read what was sent to it (nginx's
 /// lingering_time and lingering_timeout); what it sends meanwhile is dropped, bounded
@@ -81,6 +81,8 @@ struct Ends<'a> {
     done: [bool; 2],
     /// The first side that went away, and why (the error is what the caller logs).
     gone: Option<(Side, Gone, io::Error)>,
+    /// Indexed by side: whether we passed an EOF on to it.
+    fin_sent: [bool; 2],
 }
 
 impl Ends<'_> {
@@ -123,12 +125,28 @@ impl Ends<'_> {
             // Stopped this round by a reset seen by the other direction.
             return None;
         }
+        if self.reset_behind_eof(src) {
+            let reset = io::Error::from_raw_os_error(libc::ECONNRESET);
+            return self.failed(src, Failure::Read(reset));
+        }
         self.done[src.index()] = true;
-        let dst = self.sockets[src.other().index()];
-        match dst.stream().shutdown_write() {
-            Ok(()) => None,
+        let dst = src.other();
+        match self.sockets[dst.index()].stream().shutdown_write() {
+            Ok(()) => {
+                self.fin_sent[dst.index()] = true;
+                None
+            }
             Err(e) => self.failed(src, Failure::Write(e)),
         }
+    }
+
+    /// Whether the EOF just read from `side` is what a reset left behind, its report
+    /// taken by some call we did not see fail: a TCP socket we sent no FIN to is in
+    /// CLOSE_WAIT after a real FIN, in CLOSE after a reset. (A peer that sent FIN and
+    /// then reset is taken for a reset too: the safe side.)
+    fn reset_behind_eof(&self, side: Side) -> bool {
+        let fd = self.sockets[side.index()].stream().as_raw_fd();
+        !self.fin_sent[side.index()] && sys::tcp_state(fd) == Some(sys::TCP_CLOSE)
     }
 }
 
@@ -156,6 +174,7 @@ pub async fn forward(
         sockets: [client, upstream],
         done: [false, false],
         gone: None,
+        fin_sent: [false, false],
     };
     let mut watch = None;
     std::future::poll_fn(|cx| {
