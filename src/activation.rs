@@ -153,8 +153,9 @@ fn adopt(fd: RawFd, name: String) -> Result<Listener, ActivationError> {
         name: name.clone(),
         why,
     };
-    // SAFETY: fstat only reads the fd's metadata; a closed fd yields EBADF.
+    // SAFETY: stat is plain data; zeroed is a valid value for fstat to fill.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat only reads the fd's metadata into stat; a closed fd yields EBADF.
     if unsafe { libc::fstat(fd, &mut stat) } != 0 {
         return Err(bad(format!("fstat failed: {}", io::Error::last_os_error())));
     }

@@ -1008,6 +1008,7 @@ fn build_repository(root: &Path, work: &Path) {
 
 #[test]
 fn apt_update_and_download() {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipping: apt's isolated run needs root");
         return;

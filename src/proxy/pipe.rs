@@ -93,8 +93,8 @@ impl Pipe {
             return Ok(None);
         };
         let mut fds = [0; 2];
-        // SAFETY: fds has room for the two descriptors pipe2 returns.
         if let Err(e) =
+            // SAFETY: fds has room for the two descriptors pipe2 returns.
             cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })
         {
             budget.release(reserved);
