@@ -35,6 +35,8 @@ const NO_FD_MAX_WAIT: Duration = Duration::from_secs(1);
 
 static CONNECT_ERRORS: RateLimit = RateLimit::new(Duration::from_secs(5));
 static PUMP_ERRORS: RateLimit = RateLimit::new(Duration::from_secs(5));
+/// One line per episode of running out of fds, and at most one per 5 s.
+static NO_FD_ERRORS: RateLimit = RateLimit::new(Duration::from_secs(5));
 
 /// What every worker's handler is configured with.
 #[derive(Clone, Debug)]
@@ -93,7 +95,8 @@ impl ProxyHandler {
                 Err(e) if is_out_of_fds(&e) && Instant::now() + wait < deadline => {
                     let (_, first) = waiting.get_or_insert_with(|| self.limiter.wait_for_fds());
                     if std::mem::take(first) {
-                        crate::warn!(
+                        crate::warn_limited!(
+                            NO_FD_ERRORS,
                             "out of file descriptors connecting to {} ({e}); new clients wait \
                              in the listen backlog until a connection closes (raise \
                              LimitNOFILE= or lower --connections-max)",
