@@ -120,6 +120,36 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
             "request head too large",
         ));
     }
+    let (method, http10, target) = method_version_target(&req)?;
+    let mut parsed = Request {
+        method,
+        target,
+        keep_alive: !http10,
+        http10,
+        head_len,
+        has_body: false,
+        if_match: None,
+        if_unmodified_since: None,
+        if_none_match: None,
+        if_modified_since: None,
+        range: None,
+        if_range: None,
+    };
+    let mut framing = Framing::default();
+    for header in req.headers.iter() {
+        let name = header.name.as_bytes();
+        if !framing.read(name, header.value, &parsed)? {
+            parsed.note_conditional(name, header.value);
+        }
+    }
+    framing.check(&mut parsed)?;
+    Ok(Some(parsed))
+}
+
+/// The method, whether it is HTTP/1.0, and the target reduced to a path.
+fn method_version_target<'b>(
+    req: &httparse::Request<'_, 'b>,
+) -> Result<(Method, bool, &'b [u8]), Reject> {
     // httparse fills all three on Complete; the defaults are never used.
     let method = match req.method.unwrap_or("") {
         "GET" => Method::Get,
@@ -136,98 +166,105 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
         raw if req.method == Some("CONNECT") && raw.len() <= MAX_URI => raw,
         raw => origin_form(raw)?,
     };
+    Ok((method, http10, target))
+}
 
-    let mut keep_alive = !http10;
-    let mut content_length: Option<u64> = None;
-    let mut chunked = false;
-    let mut hosts = 0;
-    let mut parsed = Request {
-        method,
-        target,
-        keep_alive,
-        http10,
-        head_len,
-        has_body: false,
-        if_match: None,
-        if_unmodified_since: None,
-        if_none_match: None,
-        if_modified_since: None,
-        range: None,
-        if_range: None,
-    };
-    for header in req.headers.iter() {
-        let name = header.name.as_bytes();
-        let value = header.value;
+/// What the headers say about the connection and where the request ends.
+#[derive(Default)]
+struct Framing {
+    /// `Connection: close` (or, in HTTP/1.0, `keep-alive`), once seen.
+    keep_alive: Option<bool>,
+    content_length: Option<u64>,
+    chunked: bool,
+    hosts: usize,
+}
+
+impl Framing {
+    /// Takes a framing header (Host, Connection, Content-Length, Transfer-Encoding);
+    /// `Ok(false)` for any other.
+    fn read(&mut self, name: &[u8], value: &[u8], req: &Request<'_>) -> Result<bool, Reject> {
         // Dispatch on length first: most headers are skipped after one comparison.
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"host") => {
                 if !is_valid_host(value) {
                     return Err(reject(response::BAD_REQUEST, "invalid Host"));
                 }
-                hosts += 1;
+                self.hosts += 1;
             }
-            5 if name.eq_ignore_ascii_case(b"range") => parsed.range = Some(value),
-            8 if name.eq_ignore_ascii_case(b"if-range") => parsed.if_range = Some(value),
-            8 if name.eq_ignore_ascii_case(b"if-match") => parsed.if_match = Some(value),
             10 if name.eq_ignore_ascii_case(b"connection") => {
-                for token in value.split(|&b| b == b',') {
-                    let token = trim(token);
+                for token in value.split(|&b| b == b',').map(trim) {
                     if token.eq_ignore_ascii_case(b"close") {
-                        keep_alive = false;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
-                        keep_alive = true;
+                        self.keep_alive = Some(false);
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && req.http10 {
+                        self.keep_alive = Some(true);
                     }
                 }
             }
-            13 if name.eq_ignore_ascii_case(b"if-none-match") => parsed.if_none_match = Some(value),
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 let len = parse_decimal(trim(value))
                     .ok_or(reject(response::BAD_REQUEST, "invalid Content-Length"))?;
-                if content_length.is_some_and(|l| l != len) {
+                if self.content_length.is_some_and(|l| l != len) {
                     return Err(reject(response::BAD_REQUEST, "conflicting Content-Length"));
                 }
-                content_length = Some(len);
+                self.content_length = Some(len);
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
                 // Only a body framed by a final `chunked` has a known end (RFC 9112
                 // §6.3): any other coding, or one in HTTP/1.0, leaves us unable to find
                 // the next request.
-                if http10 || !ends_in_chunked(value) {
+                if req.http10 || !ends_in_chunked(value) {
                     return Err(reject(
                         response::BAD_REQUEST,
                         "Transfer-Encoding without a final chunked",
                     ));
                 }
-                chunked = true;
+                self.chunked = true;
             }
-            17 if name.eq_ignore_ascii_case(b"if-modified-since") => {
-                parsed.if_modified_since = Some(value)
-            }
-            19 if name.eq_ignore_ascii_case(b"if-unmodified-since") => {
-                parsed.if_unmodified_since = Some(value)
-            }
-            _ => {}
+            _ => return Ok(false),
         }
+        Ok(true)
     }
-    if content_length.is_some() && chunked {
-        return Err(reject(
-            response::BAD_REQUEST,
-            "both Content-Length and Transfer-Encoding",
-        ));
+
+    /// Refuses what request smuggling relies on, and settles keep-alive and body.
+    fn check(self, req: &mut Request<'_>) -> Result<(), Reject> {
+        if self.content_length.is_some() && self.chunked {
+            return Err(reject(
+                response::BAD_REQUEST,
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if !req.http10 && self.hosts != 1 {
+            return Err(reject(
+                response::BAD_REQUEST,
+                "HTTP/1.1 needs exactly one Host",
+            ));
+        }
+        let has_body = self.chunked || self.content_length.is_some_and(|l| l > 0);
+        if has_body && req.method != Method::NotAllowed {
+            return Err(reject(response::BAD_REQUEST, "GET and HEAD take no body"));
+        }
+        req.keep_alive = self.keep_alive.unwrap_or(!req.http10) && !has_body;
+        req.has_body = has_body;
+        Ok(())
     }
-    if !http10 && hosts != 1 {
-        return Err(reject(
-            response::BAD_REQUEST,
-            "HTTP/1.1 needs exactly one Host",
-        ));
+}
+
+impl<'b> Request<'b> {
+    /// Keeps a conditional or range header for [`crate::http::files::plan`].
+    fn note_conditional(&mut self, name: &[u8], value: &'b [u8]) {
+        let slot = match name.len() {
+            5 if name.eq_ignore_ascii_case(b"range") => &mut self.range,
+            8 if name.eq_ignore_ascii_case(b"if-range") => &mut self.if_range,
+            8 if name.eq_ignore_ascii_case(b"if-match") => &mut self.if_match,
+            13 if name.eq_ignore_ascii_case(b"if-none-match") => &mut self.if_none_match,
+            17 if name.eq_ignore_ascii_case(b"if-modified-since") => &mut self.if_modified_since,
+            19 if name.eq_ignore_ascii_case(b"if-unmodified-since") => {
+                &mut self.if_unmodified_since
+            }
+            _ => return,
+        };
+        *slot = Some(value);
     }
-    let has_body = chunked || content_length.is_some_and(|l| l > 0);
-    if has_body && method != Method::NotAllowed {
-        return Err(reject(response::BAD_REQUEST, "GET and HEAD take no body"));
-    }
-    parsed.keep_alive = keep_alive && !has_body;
-    parsed.has_body = has_body;
-    Ok(Some(parsed))
 }
 
 /// What to say about a request line httparse refused for its version: HTTP/1.x with a

@@ -62,7 +62,9 @@ impl Stream {
             if sys::poll_now(self.as_raw_fd(), libc::POLLOUT)? {
                 return Ok(());
             }
-            monoio::time::sleep(sleep).await;
+            // Boxed: a timer is 640 bytes, and this future is part of every proxied
+            // connection's task while the rare false wake is all that needs one.
+            Box::pin(monoio::time::sleep(sleep)).await;
             sleep = (sleep * 2).min(FALSE_WAKE_MAX_SLEEP);
         }
     }

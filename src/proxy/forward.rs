@@ -118,6 +118,33 @@ impl Ends<'_> {
         }
     }
 
+    /// Applies one round of the pumps' results (indexed by the side each reads from):
+    /// failures first, since a reset one direction was told of must stop the other
+    /// before it passes on the plain EOF the reset left behind. An error: the
+    /// connection ends now.
+    fn round(&mut self, results: [Option<Result<(), Failure>>; 2]) -> Option<io::Error> {
+        let mut eofs = [false, false];
+        for (src, result) in [Side::Client, Side::Upstream].into_iter().zip(results) {
+            match result {
+                Some(Err(failure)) => {
+                    if let Some(e) = self.failed(src, failure) {
+                        return Some(e);
+                    }
+                }
+                Some(Ok(())) => eofs[src.index()] = true,
+                None => {}
+            }
+        }
+        for src in [Side::Client, Side::Upstream] {
+            if eofs[src.index()] {
+                if let Some(e) = self.finished(src) {
+                    return Some(e);
+                }
+            }
+        }
+        None
+    }
+
     /// A direction's source sent EOF and everything before it was delivered: pass the
     /// EOF on, unless the source turned out to have reset.
     fn finished(&mut self, src: Side) -> Option<io::Error> {
@@ -178,33 +205,16 @@ pub async fn forward(
     };
     let mut watch = None;
     std::future::poll_fn(|cx| {
-        let mut failures = [None, None];
-        let mut eofs = [false, false];
+        let mut results = [None, None];
         for (src, pump) in [(Side::Client, up.as_mut()), (Side::Upstream, down.as_mut())] {
-            if ends.done[src.index()] {
-                continue;
-            }
-            match pump.poll(cx) {
-                Poll::Ready(Ok(())) => eofs[src.index()] = true,
-                Poll::Ready(Err(failure)) => failures[src.index()] = Some(failure),
-                Poll::Pending => {}
-            }
-        }
-        // Failures first: a reset one direction was told of must stop the other before
-        // it passes on the plain EOF the reset left behind.
-        for src in [Side::Client, Side::Upstream] {
-            if let Some(failure) = failures[src.index()].take() {
-                if let Some(e) = ends.failed(src, failure) {
-                    return Poll::Ready(Err(e));
+            if !ends.done[src.index()] {
+                if let Poll::Ready(result) = pump.poll(cx) {
+                    results[src.index()] = Some(result);
                 }
             }
         }
-        for src in [Side::Client, Side::Upstream] {
-            if eofs[src.index()] {
-                if let Some(e) = ends.finished(src) {
-                    return Poll::Ready(Err(e));
-                }
-            }
+        if let Some(e) = ends.round(results) {
+            return Poll::Ready(Err(e));
         }
         let ended = match ends.done {
             [true, true] => return Poll::Ready(Ok(())),

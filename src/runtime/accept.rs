@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use monoio::net::{TcpListener, UnixListener};
 
+use super::limit::Permit;
 use super::{Handler, Worker};
 use crate::activation::{Family, Listener};
 use crate::log::RateLimit;
@@ -126,61 +127,90 @@ pub async fn accept_loop<H: Handler>(listener: WorkerListener, worker: Rc<Worker
             if worker.is_stopping() {
                 return;
             }
-            match listener.try_accept() {
-                Ok(fd) => {
-                    backoff = Duration::ZERO;
-                    // A connection that cannot be set up (registered with the runtime) is
-                    // dropped; the listener is fine.
-                    let stream = match Stream::from_fd(fd, listener.family) {
-                        Ok(stream) => stream,
-                        Err(e) => {
-                            crate::warn_limited!(
-                                ACCEPT_ERRORS,
-                                "failed to set up a connection accepted on {}: {e}",
-                                listener.address
-                            );
-                            continue;
-                        }
-                    };
-                    worker.limiter.note_accepted();
-                    let handler = handler.clone();
-                    let admitted = worker.admit(permit);
-                    monoio::spawn(async move {
-                        let _admitted = admitted;
-                        handler.handle(stream).await;
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if is_transient(&e) => {
-                    drop(permit);
-                    // Out of fds or memory: accepting again at once would spin. Back off
-                    // 10 ms doubling to 1 s, keep serving the connections we have.
-                    backoff =
-                        (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                    crate::warn_limited!(
-                        ACCEPT_ERRORS,
-                        "failed to accept on {}: {e}; retrying in {backoff:?}{}",
-                        listener.address,
-                        if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                            " (raise LimitNOFILE= or lower --connections-max)"
-                        } else {
-                            ""
-                        }
-                    );
+            match accept_one(&listener, &worker, &handler, permit, &mut backoff) {
+                Accepted::Next => {}
+                Accepted::Drained => break,
+                Accepted::BackOff => {
                     monoio::select! {
                         _ = worker.stopping() => return,
                         _ = monoio::time::sleep(backoff) => {},
                     }
                     break;
                 }
+                Accepted::Broken => return,
+            }
+        }
+    }
+}
+
+/// What one accept(2) left the loop to do.
+enum Accepted {
+    /// Took a connection (or dropped one that could not be set up): accept the next.
+    Next,
+    /// The backlog is empty: wait for readiness.
+    Drained,
+    /// Out of fds or memory: wait `backoff` before trying again.
+    BackOff,
+    /// The listener is broken: stop accepting on it.
+    Broken,
+}
+
+/// Accepts one connection and spawns its handler, which holds `permit` till it ends.
+fn accept_one<H: Handler>(
+    listener: &WorkerListener,
+    worker: &Rc<Worker>,
+    handler: &Rc<H>,
+    permit: Permit,
+    backoff: &mut Duration,
+) -> Accepted {
+    match listener.try_accept() {
+        Ok(fd) => {
+            *backoff = Duration::ZERO;
+            // A connection that cannot be set up (registered with the runtime) is
+            // dropped; the listener is fine.
+            let stream = match Stream::from_fd(fd, listener.family) {
+                Ok(stream) => stream,
                 Err(e) => {
-                    crate::error!(
-                        "failed to accept on {}: {e}; no longer accepting there",
+                    crate::warn_limited!(
+                        ACCEPT_ERRORS,
+                        "failed to set up a connection accepted on {}: {e}",
                         listener.address
                     );
-                    return;
+                    return Accepted::Next;
                 }
-            }
+            };
+            worker.limiter.note_accepted();
+            let handler = handler.clone();
+            let admitted = worker.admit(permit);
+            monoio::spawn(async move {
+                let _admitted = admitted;
+                handler.handle(stream).await;
+            });
+            Accepted::Next
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Accepted::Drained,
+        Err(e) if is_transient(&e) => {
+            // Out of fds or memory: accepting again at once would spin. Back off 10 ms
+            // doubling to 1 s, keep serving the connections we have.
+            *backoff = (*backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            crate::warn_limited!(
+                ACCEPT_ERRORS,
+                "failed to accept on {}: {e}; retrying in {backoff:?}{}",
+                listener.address,
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    " (raise LimitNOFILE= or lower --connections-max)"
+                } else {
+                    ""
+                }
+            );
+            Accepted::BackOff
+        }
+        Err(e) => {
+            crate::error!(
+                "failed to accept on {}: {e}; no longer accepting there",
+                listener.address
+            );
+            Accepted::Broken
         }
     }
 }
