@@ -252,9 +252,10 @@ async fn read_more(stream: &mut Stream, buf: Vec<u8>) -> (io::Result<usize>, Vec
 
 /// Waits until the socket takes more bytes; a client that has read nothing for `stall`
 /// is given up on (nginx's send_timeout), so it cannot hold a connection slot forever.
-pub async fn writable_within(stream: &Stream, stall: Duration) -> io::Result<()> {
+/// `again`: as for [`Stream::writable`].
+pub async fn writable_within(stream: &Stream, stall: Duration, again: bool) -> io::Result<()> {
     monoio::select! {
-        ready = stream.writable() => ready,
+        ready = stream.writable(again) => ready,
         _ = monoio::time::sleep(stall) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
             "client stopped reading",
@@ -271,11 +272,16 @@ async fn write_all(
     stall: Duration,
     sent: &mut usize,
 ) -> io::Result<()> {
+    let mut again = false;
     while *sent < data.len() {
         match crate::sys::send_now(stream.as_raw_fd(), &data[*sent..], more) {
-            Ok(n) => *sent += n,
+            Ok(n) => {
+                *sent += n;
+                again = false;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                writable_within(stream, stall).await?
+                writable_within(stream, stall, again).await?;
+                again = true;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

@@ -49,17 +49,19 @@ impl Stream {
     ///
     /// io_uring's POLL_ADD always listens for POLLRDHUP too, so once the peer has
     /// half-closed, a poll for POLLOUT completes at once however full the buffer is:
-    /// waiting on it alone would spin a core until the peer reads. So every wake is
-    /// confirmed with poll(2); a false one is followed by a short sleep, doubling up
-    /// to [`FALSE_WAKE_MAX_SLEEP`], instead of another poll that would fire at once.
-    pub async fn writable(&self) -> io::Result<()> {
+    /// waiting on it alone would spin a core until the peer reads. A first wake is
+    /// trusted (the common case costs no extra syscall); `again` says the write after
+    /// the last wake still found no room, and then every wake is confirmed with poll(2)
+    /// and a false one is followed by a short sleep, doubling up to
+    /// [`FALSE_WAKE_MAX_SLEEP`], instead of another poll that would fire at once.
+    pub async fn writable(&self, again: bool) -> io::Result<()> {
         let mut sleep = FALSE_WAKE_FIRST_SLEEP;
         loop {
             match self {
                 Stream::Tcp(s) => s.writable(false).await?,
                 Stream::Unix(s) => s.writable(false).await?,
             }
-            if sys::poll_now(self.as_raw_fd(), libc::POLLOUT)? {
+            if !again || sys::poll_now(self.as_raw_fd(), libc::POLLOUT)? {
                 return Ok(());
             }
             // Boxed: a timer is 640 bytes, and this future is part of every proxied

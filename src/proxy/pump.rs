@@ -146,14 +146,17 @@ async fn splice_through(
         };
         progress.received(n);
         let mut in_pipe = n;
+        let mut again = false;
         while in_pipe > 0 {
             match sys::splice(pipe.read_fd(), dst.as_raw_fd(), in_pipe) {
                 Ok(sent) => {
                     in_pipe -= sent;
                     progress.delivered(sent);
+                    again = false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    dst.writable().await.map_err(Failure::Write)?
+                    dst.writable(again).await.map_err(Failure::Write)?;
+                    again = true;
                 }
                 Err(e) => return Err(Failure::Write(e)),
             }

@@ -180,7 +180,8 @@ async fn connect(addr: &SockAddr, family: Family, backlog_full: &Cell<bool>) -> 
             Ok(()) => return Stream::from_fd(socket.into(), family),
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
                 let stream = Stream::from_fd(socket.into(), family)?;
-                stream.writable().await?;
+                // Connecting: no half-closed peer yet, but a wake is cheap to confirm.
+                stream.writable(true).await?;
                 return match stream.take_error()? {
                     None => Ok(stream),
                     Some(e) => Err(e),

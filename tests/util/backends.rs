@@ -112,46 +112,27 @@ impl Backend {
     /// On a listener the test made, e.g. from [`ClosedPort::open`].
     pub fn tcp_on(listener: TcpListener, reply: Reply) -> Backend {
         let addr = listener.local_addr().unwrap();
-        let (accepted, stop) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (a, s) = (accepted.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(conn) = conn else { continue };
-                a.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || serve(conn, reply));
-            }
-        });
-        Backend {
-            target: addr.to_string(),
-            accepted,
-            stop,
-            wake: Wake::Tcp(addr),
-            _dir: None,
-        }
+        let incoming = std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| c)));
+        Backend::run(incoming, addr.to_string(), Wake::Tcp(addr), reply)
     }
 
     fn run_unix(listener: UnixListener, target: String, wake: Wake, reply: Reply) -> Backend {
+        let incoming = std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| c)));
+        Backend::run(incoming, target, wake, reply)
+    }
+
+    fn run<C: Conn>(
+        incoming: impl Iterator<Item = std::io::Result<C>> + Send + 'static,
+        target: String,
+        wake: Wake,
+        reply: Reply,
+    ) -> Backend {
         let (accepted, stop) = (
             Arc::new(AtomicUsize::new(0)),
             Arc::new(AtomicBool::new(false)),
         );
         let (a, s) = (accepted.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(conn) = conn else { continue };
-                a.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || serve(conn, reply));
-            }
-        });
+        std::thread::spawn(move || accept_all(incoming, &a, &s, reply));
         Backend {
             target,
             accepted,
@@ -173,6 +154,23 @@ impl Backend {
             || (self.accepted() >= n).then_some(()),
             || format!("backend accepted {} of {n} connections", self.accepted()),
         )
+    }
+}
+
+/// Serves every connection on a thread of its own, counting them, until `stop` is set.
+fn accept_all<C: Conn>(
+    incoming: impl Iterator<Item = std::io::Result<C>>,
+    accepted: &AtomicUsize,
+    stop: &AtomicBool,
+    reply: Reply,
+) {
+    for conn in incoming {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(conn) = conn else { continue };
+        accepted.fetch_add(1, Ordering::SeqCst);
+        std::thread::spawn(move || serve(conn, reply));
     }
 }
 

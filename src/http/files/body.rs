@@ -30,6 +30,7 @@ pub async fn send_file(
     let mut off = offset as libc::off_t;
     let end = offset + len;
     let mut since_yield = 0u64;
+    let mut again = false;
     while (off as u64) < end {
         let want = (end - off as u64).min(MAX_SENDFILE) as usize;
         match crate::sys::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, want) {
@@ -43,14 +44,16 @@ pub async fn send_file(
             Ok(n) => {
                 *sent += n as u64;
                 since_yield += n as u64;
+                again = false;
                 if since_yield >= FAIR_SHARE {
                     since_yield = 0;
-                    crate::http::writable_within(stream, stall).await?;
+                    crate::http::writable_within(stream, stall, false).await?;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 since_yield = 0;
-                crate::http::writable_within(stream, stall).await?;
+                crate::http::writable_within(stream, stall, again).await?;
+                again = true;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
