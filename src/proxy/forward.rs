@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use super::pipe::PipePool;
 use super::pump::{pump, Failure, Progress};
-use crate::net::{linger, Duplex, Linger};
+use crate::net::{linger, Duplex, Linger, Stream};
 use crate::sys::{self, poll_now};
 
 /// How long a side that is about to be cut gets to read what was sent to it (nginx's
@@ -172,8 +172,11 @@ impl Ends<'_> {
     /// CLOSE_WAIT after a real FIN, in CLOSE after a reset. (A peer that sent FIN and
     /// then reset is taken for a reset too: the safe side.)
     fn reset_behind_eof(&self, side: Side) -> bool {
-        let fd = self.sockets[side.index()].stream().as_raw_fd();
-        !self.fin_sent[side.index()] && sys::tcp_state(fd) == Some(sys::TCP_CLOSE)
+        let stream = self.sockets[side.index()].stream();
+        // AF_UNIX has no reset, and the question would cost a syscall per connection.
+        matches!(stream, Stream::Tcp(_))
+            && !self.fin_sent[side.index()]
+            && sys::tcp_state(stream.as_raw_fd()) == Some(sys::TCP_CLOSE)
     }
 }
 
