@@ -1,7 +1,6 @@
 //! Backends for the proxy to forward to: echo, reply after EOF, on TCP, a Unix path or an
 //! abstract name; one thread per connection, counting what they accepted.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -33,19 +32,8 @@ impl EchoBackend {
     }
 }
 
-pub fn echo(mut conn: UnixStream) {
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if conn.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    let _ = conn.shutdown(std::net::Shutdown::Write);
+pub fn echo(conn: UnixStream) {
+    serve(conn, Reply::Echo);
 }
 
 /// What a [`Backend`] does with each connection.

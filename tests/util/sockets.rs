@@ -154,35 +154,28 @@ pub trait Conn: Read + Write + Send + Sized + 'static {
     fn set_write_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()>;
 }
 
-impl Conn for TcpStream {
-    fn clone_conn(&self) -> std::io::Result<Self> {
-        self.try_clone()
-    }
-    fn shutdown_write(&self) -> std::io::Result<()> {
-        self.shutdown(std::net::Shutdown::Write)
-    }
-    fn set_read_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()> {
-        self.set_read_timeout(timeout)
-    }
-    fn set_write_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()> {
-        self.set_write_timeout(timeout)
-    }
+/// Both stream types have these methods under the same names; the trait lets helpers
+/// take either.
+macro_rules! impl_conn {
+    ($($stream:ty),*) => {$(
+        impl Conn for $stream {
+            fn clone_conn(&self) -> std::io::Result<Self> {
+                self.try_clone()
+            }
+            fn shutdown_write(&self) -> std::io::Result<()> {
+                self.shutdown(std::net::Shutdown::Write)
+            }
+            fn set_read_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+                self.set_read_timeout(timeout)
+            }
+            fn set_write_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+                self.set_write_timeout(timeout)
+            }
+        }
+    )*};
 }
 
-impl Conn for UnixStream {
-    fn clone_conn(&self) -> std::io::Result<Self> {
-        self.try_clone()
-    }
-    fn shutdown_write(&self) -> std::io::Result<()> {
-        self.shutdown(std::net::Shutdown::Write)
-    }
-    fn set_read_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()> {
-        self.set_read_timeout(timeout)
-    }
-    fn set_write_timeout_to(&self, timeout: Option<Duration>) -> std::io::Result<()> {
-        self.set_write_timeout(timeout)
-    }
-}
+impl_conn!(TcpStream, UnixStream);
 
 pub fn connect_unix(path: &Path) -> UnixStream {
     let stream = UnixStream::connect(path).expect("connect unix");
