@@ -26,59 +26,59 @@ pub fn run(config: Config) -> Result<(), String> {
     log::init(common.log_level);
     let notifier = Notifier::from_env();
     match config {
-        Config::Proxy(common, proxy) => {
-            let listeners = listeners(&common, None)?;
-            let status = format!(
-                "Forwarding to {} on {} sockets",
-                proxy.target,
-                listeners.len()
-            );
-            let pipes = proxy::PipeBudget::from_system();
-            runtime::run(
-                listeners,
-                &common.lifecycle,
-                &notifier,
-                &status,
-                move |worker| proxy::ProxyHandler::new(proxy.clone(), pipes.clone(), worker),
-            )
-        }
-        Config::Serve(common, serve) => {
-            let root = match &serve.root {
-                Some(dir) => Some(
-                    http::files::Root::new(dir, serve.follow_symlinks, serve.autoindex)
-                        .map_err(|e| format!("failed to open --root {}: {e}", dir.display()))?,
-                ),
-                None => None,
-            };
-            let listeners = listeners(
-                &common,
-                Some(ListenAddr::Inet(std::net::SocketAddr::from((
-                    [127, 0, 0, 1],
-                    8080,
-                )))),
-            )?;
-            let status = match &serve.root {
-                Some(dir) => format!(
-                    "Serving {} over HTTP on {} sockets",
-                    dir.display(),
-                    listeners.len()
-                ),
-                None => format!("Serving the API over HTTP on {} sockets", listeners.len()),
-            };
-            let shared = http::Shared::new(http::Settings {
-                root,
-                header_timeout: serve.header_timeout,
-                keepalive_timeout: serve.keepalive_timeout,
-            });
-            runtime::run(
-                listeners,
-                &common.lifecycle,
-                &notifier,
-                &status,
-                move |worker| http::HttpHandler::new(&shared, worker),
-            )
-        }
+        Config::Proxy(common, proxy) => run_proxy(&common, proxy, &notifier),
+        Config::Serve(common, serve) => run_serve(&common, serve, &notifier),
     }
+}
+
+fn run_proxy(common: &Common, proxy: cli::ProxyConfig, notifier: &Notifier) -> Result<(), String> {
+    let listeners = listeners(common, None)?;
+    let status = format!(
+        "Forwarding to {} on {} sockets",
+        proxy.target,
+        listeners.len()
+    );
+    let pipes = proxy::PipeBudget::from_system();
+    runtime::run(
+        listeners,
+        &common.lifecycle,
+        notifier,
+        &status,
+        move |worker| proxy::ProxyHandler::new(proxy.clone(), pipes.clone(), worker),
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn run_serve(common: &Common, serve: cli::ServeConfig, notifier: &Notifier) -> Result<(), String> {
+    let root = match &serve.root {
+        Some(dir) => Some(
+            http::files::Root::new(dir, serve.follow_symlinks, serve.autoindex)
+                .map_err(|e| format!("failed to open --root {}: {e}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let default = ListenAddr::Inet(std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let listeners = listeners(common, Some(default))?;
+    let status = match &serve.root {
+        Some(dir) => format!(
+            "Serving {} over HTTP on {} sockets",
+            dir.display(),
+            listeners.len()
+        ),
+        None => format!("Serving the API over HTTP on {} sockets", listeners.len()),
+    };
+    let shared = http::Shared::new(http::Settings {
+        root,
+        header_timeout: serve.header_timeout,
+        keepalive_timeout: serve.keepalive_timeout,
+    });
+    runtime::run(
+        listeners,
+        &common.lifecycle,
+        notifier,
+        &status,
+        move |worker| http::HttpHandler::new(&shared, worker),
+    )
     .map_err(|e| e.to_string())
 }
 

@@ -28,6 +28,14 @@ pub fn route(path: &[u8], has_root: bool) -> Route {
     }
 }
 
+/// What a file's answer is made of, besides the connection and the output buffer.
+struct FileAnswer<'a> {
+    req: &'a Request<'a>,
+    info: &'a FileInfo,
+    content_type: &'static [u8],
+    date: &'a [u8; response::DATE_LEN],
+}
+
 /// A file body still to send after the head.
 pub struct Body {
     pub file: File,
@@ -149,8 +157,28 @@ impl HttpHandler {
             }
             Kind::Dir | Kind::Other => return Err(response::FORBIDDEN),
         };
+        let answer = FileAnswer {
+            req,
+            info: &info,
+            content_type: files::content_type(rel.as_bytes()),
+            date: &date,
+        };
+        Ok(self
+            .answer_file(&answer, connection, out)
+            .map(|(offset, len)| Body { file, offset, len }))
+    }
+
+    /// The head for a file after the conditional headers, and the body range to send
+    /// (`None` when there is no body: 304, 412, 416, HEAD or an empty range).
+    fn answer_file(
+        &self,
+        answer: &FileAnswer<'_>,
+        connection: Connection,
+        out: &mut Vec<u8>,
+    ) -> Option<(u64, u64)> {
+        let (req, info) = (answer.req, answer.info);
         let head_only = req.method == Method::Head;
-        let plan = files::plan(&info, req);
+        let plan = files::plan(info, req);
         let status = match plan {
             Plan::PreconditionFailed => response::PRECONDITION_FAILED,
             Plan::NotModified => response::NOT_MODIFIED,
@@ -159,23 +187,23 @@ impl HttpHandler {
             Plan::Unsatisfiable => response::RANGE_NOT_SATISFIABLE,
         };
         self.count(status);
-        let mut head = HeadWriter::start(out, status, &date);
-        validators(&mut head, &info);
+        let mut head = HeadWriter::start(out, status, answer.date);
+        validators(&mut head, info);
         let (offset, len) = match plan {
             Plan::NotModified => {
                 head.finish(connection);
-                return Ok(None);
+                return None;
             }
             Plan::PreconditionFailed => {
                 error_body(head, status, connection, head_only);
-                return Ok(None);
+                return None;
             }
             Plan::Unsatisfiable => {
                 let mut value = b"bytes */".to_vec();
                 response::push_u64(&mut value, info.len);
                 head.header("Content-Range", &value);
                 error_body(head, status, connection, head_only);
-                return Ok(None);
+                return None;
             }
             Plan::Full => (0, info.len),
             Plan::Partial { first, last } => {
@@ -183,11 +211,11 @@ impl HttpHandler {
                 (first, last - first + 1)
             }
         };
-        head.header("Content-Type", files::content_type(rel.as_bytes()))
+        head.header("Content-Type", answer.content_type)
             .header("Accept-Ranges", b"bytes")
             .content_length(len);
         head.finish(connection);
-        Ok((!head_only && len > 0).then_some(Body { file, offset, len }))
+        (!head_only && len > 0).then_some((offset, len))
     }
 
     /// A directory under `--autoindex`: redirect to the slash form, then list it. `rel`

@@ -106,6 +106,19 @@ where
         signals: &signals,
     };
     let reason = supervisor.wait_for_stop(&done_rx)?;
+    shut_down(&reason, &shutdown, listeners, &limiter, notifier);
+    supervisor.drain(&done_rx);
+    Ok(())
+}
+
+/// Stops accepting and says so; the drain that follows is the supervisor's.
+fn shut_down(
+    reason: &str,
+    shutdown: &Shutdown,
+    listeners: Arc<Vec<Listener>>,
+    limiter: &Limiter,
+    notifier: &Notifier,
+) {
     // Stop accepting first: once the log says we are shutting down, no new connection
     // may be taken (it would hold the drain for up to --shutdown-timeout).
     shutdown.trigger();
@@ -119,8 +132,6 @@ where
         limiter.open()
     );
     notifier.send(&format!("STOPPING=1\nSTATUS=Shutting down: {reason}"));
-    supervisor.drain(&done_rx);
-    Ok(())
 }
 
 /// Starts `threads` workers and waits until each accepts; returns the driver they run.
