@@ -65,22 +65,14 @@ impl Side {
     }
 }
 
-/// What a side did, as far as the connection's end is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Gone {
-    /// Reset: nothing more reaches it, nothing it sent after the cut is to be trusted.
-    Reset,
-    /// Refuses what we send; it may still have bytes for us.
-    StoppedReading,
-}
-
 /// The connection as `forward` sees it between rounds.
 struct Ends<'a> {
     sockets: [&'a Duplex; 2],
     /// Indexed by the side each direction reads from: finished or stopped.
     done: [bool; 2],
-    /// The first side that went away, and why (the error is what the caller logs).
-    gone: Option<(Side, Gone, io::Error)>,
+    /// The first side that went away, and the error the caller logs (a reset's, when
+    /// that side also reset).
+    gone: Option<(Side, io::Error)>,
     /// Indexed by side: whether we passed an EOF on to it.
     fin_sent: [bool; 2],
 }
@@ -93,26 +85,24 @@ impl Ends<'_> {
             Failure::Read(e) => (src, e),
             Failure::Write(e) => (src.other(), e),
         };
-        let how = if side == src || e.raw_os_error() == Some(libc::ECONNRESET) {
-            Gone::Reset
-        } else {
-            Gone::StoppedReading
-        };
-        if how == Gone::Reset {
+        // A failing read, or a write refused with ECONNRESET, is a reset; any other
+        // failing write means the side only stopped reading.
+        let reset = side == src || e.raw_os_error() == Some(libc::ECONNRESET);
+        if reset {
             // Its stream is cut and nothing more can reach it: both directions stop.
             self.done = [true, true];
         }
         match &self.gone {
-            Some((first, _, _)) if *first == side => {
-                if how == Gone::Reset {
-                    self.gone = Some((side, how, e));
+            Some((first, _)) if *first == side => {
+                if reset {
+                    self.gone = Some((side, e));
                 }
                 None
             }
             // Both sides are gone: nobody is left to deliver to.
             Some(_) => Some(e),
             None => {
-                self.gone = Some((side, how, e));
+                self.gone = Some((side, e));
                 None
             }
         }
@@ -240,7 +230,7 @@ pub async fn forward(
     .await?;
     match ends.gone {
         None => Ok(()),
-        Some((side, _, e)) => {
+        Some((side, e)) => {
             linger(ends.sockets[side.other().index()].stream(), &BEFORE_CUT).await;
             Err(e)
         }

@@ -180,8 +180,9 @@ async fn connect(addr: &SockAddr, family: Family, backlog_full: &Cell<bool>) -> 
             Ok(()) => return Stream::from_fd(socket.into(), family),
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
                 let stream = Stream::from_fd(socket.into(), family)?;
-                // Connecting: no half-closed peer yet, but a wake is cheap to confirm.
-                stream.writable(true).await?;
+                // A connecting socket's POLLOUT comes with the connect's end (SO_ERROR
+                // says how): no half-closed peer can make it fire early.
+                stream.writable(false).await?;
                 return match stream.take_error()? {
                     None => Ok(stream),
                     Some(e) => Err(e),

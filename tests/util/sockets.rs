@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 
 /// Connects with retries (the listener may be in another process's backlog handling).
 pub fn connect_tcp(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream
+    with_timeouts(TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect"))
+}
+
+/// 30 s read and write timeouts, so a test that would hang fails instead.
+fn with_timeouts<C: Conn>(conn: C) -> C {
+    let timeout = Some(Duration::from_secs(30));
+    conn.set_read_timeout_to(timeout).unwrap();
+    conn.set_write_timeout_to(timeout).unwrap();
+    conn
 }
 
 /// Whether this process may give a child a mount namespace of its own (root, or
@@ -178,14 +179,7 @@ macro_rules! impl_conn {
 impl_conn!(TcpStream, UnixStream);
 
 pub fn connect_unix(path: &Path) -> UnixStream {
-    let stream = UnixStream::connect(path).expect("connect unix");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream
+    with_timeouts(UnixStream::connect(path).expect("connect unix"))
 }
 
 /// Connects and expects to be reset without a byte: either the read gets ECONNRESET,
