@@ -104,6 +104,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub autoindex: bool,
 
+    /// Most threads opening and reading files that are not in the page cache (nginx's
+    /// `aio threads`); cached files never wait for one
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub io_threads: usize,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -138,7 +143,8 @@ impl Cli {
     pub fn validate(self) -> Result<Config, String> {
         Ok(match self.command {
             Command::Proxy(args) => Config::Proxy(
-                args.common.validate(FDS_PER_PROXIED_CONNECTION)?,
+                args.common
+                    .validate(FDS_PER_PROXIED_CONNECTION, PROXY_IO_THREADS)?,
                 ProxyConfig {
                     target: Target::parse(&args.target)?,
                     connect_timeout: finite("--connect-timeout", &args.connect_timeout)?,
@@ -146,7 +152,8 @@ impl Cli {
                 },
             ),
             Command::Serve(args) => Config::Serve(
-                args.common.validate(FDS_PER_HTTP_CONNECTION)?,
+                args.common
+                    .validate(FDS_PER_HTTP_CONNECTION, io_threads(args.io_threads)?)?,
                 ServeConfig {
                     root: args.root,
                     header_timeout: finite("--header-timeout", &args.header_timeout)?,
@@ -162,11 +169,25 @@ impl Cli {
 /// File descriptors one connection holds at most: the client and the target socket,
 /// and a pipe end's share while splicing...
 const FDS_PER_PROXIED_CONNECTION: usize = 3;
-/// ...or the client socket and the file being sent.
-const FDS_PER_HTTP_CONNECTION: usize = 2;
+/// ...or the client socket, the file being sent, and the socket's duplicate an I/O
+/// thread holds while it sends from the disk.
+const FDS_PER_HTTP_CONNECTION: usize = 3;
+/// The proxy's only blocking calls are host-name lookups of TARGET.
+const PROXY_IO_THREADS: usize = 4;
+
+fn io_threads(n: usize) -> Result<usize, String> {
+    match n {
+        0 => Err(
+            "--io-threads must be at least 1: files that are not cached need a thread to \
+                  be read without stalling a worker"
+                .into(),
+        ),
+        n => Ok(n),
+    }
+}
 
 impl CommonArgs {
-    fn validate(self, fds_per_connection: usize) -> Result<Common, String> {
+    fn validate(self, fds_per_connection: usize, io_threads: usize) -> Result<Common, String> {
         let connections_max = match self.connections_max {
             Some(0) => return Err("--connections-max must be at least 1".into()),
             Some(n) => ConnectionsMax::Given(n),
@@ -196,6 +217,7 @@ impl CommonArgs {
                 fds_per_connection,
                 exit_idle_time: timespan("--exit-idle-time", &self.exit_idle_time)?,
                 shutdown_timeout: timespan("--shutdown-timeout", &self.shutdown_timeout)?,
+                io_threads,
             },
             log_level,
         })

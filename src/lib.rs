@@ -53,6 +53,7 @@ fn run_serve(common: &Common, serve: cli::ServeConfig, notifier: &Notifier) -> R
     let root = match &serve.root {
         Some(dir) => Some(
             http::files::Root::new(dir, serve.follow_symlinks, serve.autoindex)
+                .map(std::sync::Arc::new)
                 .map_err(|e| format!("failed to open --root {}: {e}", dir.display()))?,
         ),
         None => None,

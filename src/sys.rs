@@ -90,6 +90,13 @@ pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     cvt(unsafe { libc::shutdown(fd, libc::SHUT_WR) }).map(drop)
 }
 
+/// shutdown(2) of both directions: ends the connection even while another descriptor
+/// for the socket stays open. Errors (e.g. already disconnected) leave nothing to do.
+pub fn shutdown_both(fd: RawFd) {
+    // SAFETY: plain syscall on an open fd.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
 /// Sets SO_LINGER to zero seconds on `fd`: its close sends RST, not FIN (TCP only).
 pub fn reset_on_close(fd: RawFd) {
     let linger = libc::linger {
@@ -146,3 +153,95 @@ pub fn tcp_state(fd: RawFd) -> Option<u8> {
 
 /// `TCP_CLOSE` from the kernel's `enum tcp_state`, which libc does not export.
 pub const TCP_CLOSE: u8 = 7;
+
+/// Whether the byte at `offset` of `file` can be read without waiting for the disk:
+/// a one-byte preadv2(2) with RWF_NOWAIT. A page still being read in (readahead in
+/// flight, or a hung network or FUSE read) is not ready; only a page that is cached and
+/// up to date is. `Err` when the kernel cannot tell (RWF_NOWAIT unsupported here).
+pub fn readable_now(file: RawFd, offset: u64) -> io::Result<bool> {
+    match read_now(file, &mut [0u8], offset) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// preadv2(2) with RWF_NOWAIT: what of `buf.len()` bytes at `offset` the page cache
+/// holds up to date, from the start (short at the first page that is not; WouldBlock
+/// if that is the first). Never waits for the disk.
+pub fn read_now(file: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec describing buf, writable for its length; the fd is open.
+    cvt_size(unsafe { libc::preadv2(file, &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) })
+}
+
+/// cachestat(2) (Linux 6.5) has the same number on every architecture.
+const SYS_CACHESTAT: libc::c_long = 451;
+
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+/// How many pages of `file` in `len` bytes from `offset` are in the page cache
+/// (cachestat(2)), without touching the disk. Pages still being read in count as cached.
+pub fn cached_pages(file: RawFd, offset: u64, len: u64) -> io::Result<u64> {
+    let range = CachestatRange { off: offset, len };
+    let mut stat = Cachestat::default();
+    // SAFETY: both structs match the kernel's layout; the fd is open; flags must be 0.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file,
+            &range as *const CachestatRange,
+            &mut stat as *mut Cachestat,
+            0u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.nr_cache)
+}
+
+/// What fstat(2) says about an open file, from the attributes the kernel holds
+/// (AT_STATX_DONT_SYNC: a FUSE or network file system is not asked again).
+pub fn stat_cached(fd: RawFd) -> io::Result<libc::statx> {
+    // SAFETY: statx is plain data; zeroed is a valid value for the kernel to fill.
+    let mut stat: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty NUL-terminated path with AT_EMPTY_PATH names the fd itself.
+    cvt(unsafe {
+        libc::statx(
+            fd,
+            b"\0".as_ptr().cast(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_TYPE | libc::STATX_SIZE | libc::STATX_MTIME,
+            &mut stat,
+        )
+    })?;
+    Ok(stat)
+}
+
+/// A second descriptor for `fd` (close-on-exec), for a thread that must keep using the
+/// socket or file even if its owner closes its own descriptor first.
+pub fn duplicate(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain fcntl on an open fd.
+    let new = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: fcntl just returned this new fd, which nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}

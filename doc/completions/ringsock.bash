@@ -93,7 +93,7 @@ _ringsock() {
             return 0
             ;;
         ringsock__subcmd__serve)
-            opts="-c -h -V --root --header-timeout --keepalive-timeout --follow-symlinks --autoindex --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --help --version"
+            opts="-c -h -V --root --header-timeout --keepalive-timeout --follow-symlinks --autoindex --io-threads --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -108,6 +108,10 @@ _ringsock() {
                     return 0
                     ;;
                 --keepalive-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --io-threads)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -41,6 +41,7 @@ complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s V -l version
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l root -d 'Directory to serve (e.g. aptly\'s rootDir/public); without it only the API answers' -r -F
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l header-timeout -d 'Close a client that has not sent a full request head within this long (408)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l keepalive-timeout -d 'Close an idle keep-alive connection after this long' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l io-threads -d 'Most threads opening and reading files that are not in the page cache (nginx\'s `aio threads`); cached files never wait for one' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l listen -d 'Listen on ADDR when not socket-activated: HOST:PORT, [V6]:PORT, PORT, /path or @name (repeatable)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l threads -d 'Worker threads [default: the CPUs this process may use]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -s c -l connections-max -d 'Maximum simultaneous connections; more wait in the listen backlog [default: 16384, or fewer if the open file limit cannot hold that many]' -r

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use super::metrics::Totals;
+use crate::runtime::blocking::PoolStats;
 
 /// aptly answers `{"Version":"1.5.0+ds1-1+b4"}` with no trailing newline; clients parse it.
 pub const VERSION_BODY: &[u8] =
@@ -12,7 +13,13 @@ pub const VERSION_TYPE: &[u8] = b"application/json; charset=utf-8";
 pub const METRICS_TYPE: &[u8] = b"text/plain; version=0.0.4; charset=utf-8";
 
 /// Renders the Prometheus exposition text.
-pub fn render_metrics(out: &mut String, accepted: u64, open: usize, totals: &Totals) {
+pub fn render_metrics(
+    out: &mut String,
+    accepted: u64,
+    open: usize,
+    totals: &Totals,
+    pool: &PoolStats,
+) {
     // Writing into a String cannot fail.
     let _ = write!(
         out,
@@ -39,6 +46,35 @@ pub fn render_metrics(out: &mut String, accepted: u64, open: usize, totals: &Tot
          ringsock_http_response_bytes_total {}\n",
         totals.bytes_sent
     );
+    let _ = write!(
+        out,
+        "# HELP ringsock_http_file_opens_offloaded_total Opens done on an I/O thread: their \
+         path was not in the kernel's lookup cache.\n\
+         # TYPE ringsock_http_file_opens_offloaded_total counter\n\
+         ringsock_http_file_opens_offloaded_total {}\n\
+         # HELP ringsock_http_file_sends_offloaded_total sendfile calls done on an I/O thread: \
+         their pages were not in the page cache.\n\
+         # TYPE ringsock_http_file_sends_offloaded_total counter\n\
+         ringsock_http_file_sends_offloaded_total {}\n\
+         # HELP ringsock_http_file_bytes_offloaded_total Body bytes sent by I/O threads.\n\
+         # TYPE ringsock_http_file_bytes_offloaded_total counter\n\
+         ringsock_http_file_bytes_offloaded_total {}\n\
+         # HELP ringsock_io_threads I/O threads running now (--io-threads is the most).\n\
+         # TYPE ringsock_io_threads gauge\n\
+         ringsock_io_threads {}\n\
+         # HELP ringsock_io_threads_busy I/O threads running a call now.\n\
+         # TYPE ringsock_io_threads_busy gauge\n\
+         ringsock_io_threads_busy {}\n\
+         # HELP ringsock_io_queue_length Calls waiting for an I/O thread now.\n\
+         # TYPE ringsock_io_queue_length gauge\n\
+         ringsock_io_queue_length {}\n",
+        totals.disk_opens,
+        totals.disk_sends,
+        totals.disk_bytes,
+        pool.threads,
+        pool.busy,
+        pool.queued
+    );
 }
 
 #[cfg(test)]
@@ -59,12 +95,27 @@ mod tests {
         let totals = Totals {
             responses: [0, 3, 0, 1, 0],
             bytes_sent: 99,
+            disk_opens: 4,
+            disk_sends: 5,
+            disk_bytes: 6,
         };
-        render_metrics(&mut out, 7, 2, &totals);
+        let pool = PoolStats {
+            threads: 3,
+            busy: 2,
+            queued: 1,
+            ran: 8,
+        };
+        render_metrics(&mut out, 7, 2, &totals, &pool);
         assert!(out.contains("ringsock_connections_accepted_total 7\n"));
         assert!(out.contains("ringsock_connections_open 2\n"));
         assert!(out.contains("ringsock_http_responses_total{code=\"2xx\"} 3\n"));
         assert!(out.contains("ringsock_http_responses_total{code=\"4xx\"} 1\n"));
         assert!(out.contains("ringsock_http_response_bytes_total 99\n"));
+        assert!(out.contains("ringsock_http_file_opens_offloaded_total 4\n"));
+        assert!(out.contains("ringsock_http_file_sends_offloaded_total 5\n"));
+        assert!(out.contains("ringsock_http_file_bytes_offloaded_total 6\n"));
+        assert!(out.contains("ringsock_io_threads 3\n"));
+        assert!(out.contains("ringsock_io_threads_busy 2\n"));
+        assert!(out.contains("ringsock_io_queue_length 1\n"));
     }
 }

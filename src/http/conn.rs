@@ -20,6 +20,9 @@ use crate::net::{linger, Linger, Stream};
 const READ_BUF: usize = 4096;
 /// Pipelined answers are batched into one send up to this size.
 const FLUSH_AT: usize = 64 * 1024;
+/// Bodies up to this size are copied into the output buffer, when cached, rather than
+/// sent with sendfile(2) (perf/results/mirror-2026-12-02.md).
+const SMALL_BODY: usize = 16 * 1024;
 /// After an error answer, how long and how much we read and discard before closing, so
 /// unread request bytes do not turn our close into a RST that destroys the answer.
 const AFTER_ERROR: Linger = Linger {
@@ -138,11 +141,11 @@ impl HttpHandler {
             } else {
                 Connection::KeepAlive
             };
-            let (body, connection) = self.respond(&req, connection, &mut conn.out, &mut conn.rel);
+            let (body, connection) = self
+                .respond(&req, connection, &mut conn.out, &mut conn.rel)
+                .await;
             if let Some(body) = body {
-                // The head goes with MSG_MORE so it shares a segment with the body.
-                self.write_out(stream, &mut conn.out, true).await?;
-                self.send_body(stream, body).await?;
+                self.add_body(stream, &mut conn.out, body).await?;
             }
             if connection == Connection::Close {
                 return Ok(Answered::Close);
@@ -156,12 +159,29 @@ impl HttpHandler {
         Ok(Answered::KeepGoing)
     }
 
+    /// A small cached body joins its head in the output buffer; any other is sent now,
+    /// after the head.
+    async fn add_body(&self, stream: &Stream, out: &mut Vec<u8>, body: Body) -> io::Result<()> {
+        if body.len <= SMALL_BODY as u64
+            && files::append_if_cached(&body.file, body.offset, body.len as usize, out)
+        {
+            return Ok(());
+        }
+        // The head goes with MSG_MORE so it shares a segment with the body.
+        self.write_out(stream, out, true).await?;
+        self.send_body(stream, body).await
+    }
+
     async fn send_body(&self, stream: &Stream, body: Body) -> io::Result<()> {
-        let mut sent = 0;
+        let mut sent = files::Sent::default();
         let stall = self.shared.settings.keepalive_timeout;
         let result =
             files::send_file(stream, &body.file, body.offset, body.len, stall, &mut sent).await;
-        self.counters.count_bytes(sent);
+        self.counters.count_bytes(sent.bytes);
+        if sent.disk_turns > 0 {
+            self.counters
+                .count_disk_sends(sent.disk_turns, sent.from_disk);
+        }
         result
     }
 

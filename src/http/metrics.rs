@@ -14,6 +14,15 @@ pub struct WorkerCounters {
     /// Responses by status class: index 0 for 1xx up to 4 for 5xx.
     responses: [AtomicU64; 5],
     bytes_sent: AtomicU64,
+    disk: DiskCounters,
+}
+
+/// File work moved to I/O threads because it would have waited for the disk.
+#[derive(Default)]
+struct DiskCounters {
+    opens: AtomicU64,
+    sends: AtomicU64,
+    bytes: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -26,6 +35,16 @@ impl WorkerCounters {
 
     pub fn count_bytes(&self, n: u64) {
         bump(&self.bytes_sent, n);
+    }
+
+    pub fn count_disk_open(&self) {
+        bump(&self.disk.opens, 1);
+    }
+
+    /// `turns` sendfile calls on I/O threads sent `bytes` of a body.
+    pub fn count_disk_sends(&self, turns: u64, bytes: u64) {
+        bump(&self.disk.sends, turns);
+        bump(&self.disk.bytes, bytes);
     }
 }
 
@@ -44,6 +63,9 @@ pub struct Metrics {
 pub struct Totals {
     pub responses: [u64; 5],
     pub bytes_sent: u64,
+    pub disk_opens: u64,
+    pub disk_sends: u64,
+    pub disk_bytes: u64,
 }
 
 impl Metrics {
@@ -61,6 +83,9 @@ impl Metrics {
                 *sum += counter.load(Ordering::Relaxed);
             }
             totals.bytes_sent += worker.bytes_sent.load(Ordering::Relaxed);
+            totals.disk_opens += worker.disk.opens.load(Ordering::Relaxed);
+            totals.disk_sends += worker.disk.sends.load(Ordering::Relaxed);
+            totals.disk_bytes += worker.disk.bytes.load(Ordering::Relaxed);
         }
         totals
     }
@@ -80,11 +105,16 @@ mod tests {
         b.count_response(9);
         a.count_bytes(10);
         b.count_bytes(5);
+        a.count_disk_open();
+        b.count_disk_sends(2, 300);
         assert_eq!(
             metrics.totals(),
             Totals {
                 responses: [0, 2, 0, 1, 0],
-                bytes_sent: 15
+                bytes_sent: 15,
+                disk_opens: 1,
+                disk_sends: 2,
+                disk_bytes: 300,
             }
         );
     }

@@ -29,7 +29,7 @@ pub use router::{route, Route};
 
 /// What the server was configured with, shared by all workers.
 pub struct Settings {
-    pub root: Option<Root>,
+    pub root: Option<Arc<Root>>,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
 }

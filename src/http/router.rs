@@ -3,6 +3,7 @@
 //! back for the connection to send.
 
 use std::fs::File;
+use std::sync::Arc;
 
 use super::files::{self, FileInfo, Kind, Plan, RelPath};
 use super::request::{self, Method, Request};
@@ -38,7 +39,7 @@ struct FileAnswer<'a> {
 
 /// A file body still to send after the head.
 pub struct Body {
-    pub file: File,
+    pub file: Arc<File>,
     pub offset: u64,
     pub len: u64,
 }
@@ -47,14 +48,14 @@ impl HttpHandler {
     /// Writes the head (and small body) of one answer into `out`; a file body is
     /// returned for the caller to send after flushing, with whether the connection
     /// stays open after it.
-    pub(super) fn respond(
+    pub(super) async fn respond(
         &self,
         req: &Request<'_>,
         connection: Connection,
         out: &mut Vec<u8>,
         rel: &mut RelPath,
     ) -> (Option<Body>, Connection) {
-        match self.answer(req, connection, out, rel) {
+        match self.answer(req, connection, out, rel).await {
             Ok(body) => (body, connection),
             // Out of fds: this connection's own fd is best given back (nginx closes too).
             Err(status) if status == response::SERVICE_UNAVAILABLE => {
@@ -74,7 +75,7 @@ impl HttpHandler {
     }
 
     /// [`Self::respond`] for every answer but a failure to look the file up.
-    fn answer(
+    async fn answer(
         &self,
         req: &Request<'_>,
         connection: Connection,
@@ -111,6 +112,7 @@ impl HttpHandler {
                     self.worker.limiter.accepted(),
                     self.worker.limiter.open(),
                     &self.shared.metrics.totals(),
+                    &self.worker.pool.stats(),
                 );
                 self.count(response::OK);
                 let date = self.date.now();
@@ -124,11 +126,11 @@ impl HttpHandler {
                 Ok(None)
             }
             Route::NotFound => Err(response::NOT_FOUND),
-            Route::Files => self.file(req, path, connection, out, rel),
+            Route::Files => self.file(req, path, connection, out, rel).await,
         }
     }
 
-    fn file(
+    async fn file(
         &self,
         req: &Request<'_>,
         path: &[u8],
@@ -143,16 +145,20 @@ impl HttpHandler {
             .as_ref()
             .ok_or(response::NOT_FOUND)?;
         rel.decode(path)?;
-        let file = root.open(rel)?;
         let (date, now) = self.date.now_and_second();
-        let kind = files::kind(&file, now).map_err(|_| response::INTERNAL_SERVER_ERROR)?;
+        let mut offloaded = false;
+        let opened = files::open(root, rel, now, &mut offloaded).await;
+        if offloaded {
+            self.counters.count_disk_open();
+        }
+        let (file, kind) = opened?;
         let info = match kind {
             // `file/` names a directory that is not there, as open(2) would say
             // (ENOTDIR); serving the file there would give it a second URL.
             Kind::File(_) if path.ends_with(b"/") => return Err(response::NOT_FOUND),
             Kind::File(info) => info,
             Kind::Dir if root.autoindex => {
-                self.directory(req, &file, connection, out, rel)?;
+                self.directory(req, file, connection, out, rel).await?;
                 return Ok(None);
             }
             Kind::Dir | Kind::Other => return Err(response::FORBIDDEN),
@@ -165,7 +171,11 @@ impl HttpHandler {
         };
         Ok(self
             .answer_file(&answer, connection, out)
-            .map(|(offset, len)| Body { file, offset, len }))
+            .map(|(offset, len)| Body {
+                file: Arc::new(file),
+                offset,
+                len,
+            }))
     }
 
     /// The head for a file after the conditional headers, and the body range to send
@@ -220,10 +230,10 @@ impl HttpHandler {
 
     /// A directory under `--autoindex`: redirect to the slash form, then list it. `rel`
     /// is its path under the root.
-    fn directory(
+    async fn directory(
         &self,
         req: &Request<'_>,
-        dir: &File,
+        dir: File,
         connection: Connection,
         out: &mut Vec<u8>,
         rel: &RelPath,
@@ -247,8 +257,9 @@ impl HttpHandler {
             error_body(head, response::MOVED_PERMANENTLY, connection, head_only);
             return Ok(());
         }
-        let mut html = Vec::new();
-        files::autoindex(dir, path, &mut html).map_err(|_| response::INTERNAL_SERVER_ERROR)?;
+        let html = files::list(dir, path.to_vec())
+            .await
+            .map_err(|_| response::INTERNAL_SERVER_ERROR)?;
         self.count(response::OK);
         let mut head = HeadWriter::start(out, response::OK, &date);
         head.header("Content-Type", b"text/html; charset=utf-8")

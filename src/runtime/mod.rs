@@ -6,6 +6,7 @@
 //! supervisor: it handles signals, sd_notify, the watchdog and `--exit-idle-time`.
 
 mod accept;
+pub mod blocking;
 pub mod limit;
 mod ring;
 pub mod shutdown;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use crate::activation::Listener;
 use crate::net::Stream;
 use crate::notify::Notifier;
+use blocking::BlockingPool;
 pub use limit::ConnectionsMax;
 use limit::Limiter;
 use shutdown::Shutdown;
@@ -45,6 +47,8 @@ pub struct Lifecycle {
     pub exit_idle_time: Option<Duration>,
     /// `None`: wait for every connection however long it takes.
     pub shutdown_timeout: Option<Duration>,
+    /// Most threads for calls that may block (`--io-threads`).
+    pub io_threads: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +80,7 @@ where
     let listeners = Arc::new(listeners);
     let shutdown = Arc::new(Shutdown::default());
     let limiter = Limiter::new(connections_max);
+    let pool = BlockingPool::new(lifecycle.io_threads);
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let started = start_workers(
         lifecycle.threads,
@@ -83,6 +88,7 @@ where
         Arc::new(make_handler),
         &shutdown,
         &limiter,
+        &pool,
         &done_tx,
     );
     drop(done_tx);
@@ -141,6 +147,7 @@ fn start_workers<H, F>(
     make_handler: Arc<F>,
     shutdown: &Arc<Shutdown>,
     limiter: &Arc<Limiter>,
+    pool: &Arc<BlockingPool>,
     done: &mpsc::Sender<()>,
 ) -> io::Result<Option<Driver>>
 where
@@ -155,6 +162,7 @@ where
             make_handler: make_handler.clone(),
             shutdown: shutdown.clone(),
             limiter: limiter.clone(),
+            pool: pool.clone(),
             ready: ready_tx.clone(),
             finished: Finished(done.clone()),
         })?;

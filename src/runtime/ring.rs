@@ -2,10 +2,12 @@
 //! offers, else epoll; and the one log line that says which and why.
 
 use std::io;
+use std::sync::Arc;
 
 use monoio::time::TimeDriver;
 use monoio::{FusionDriver, FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 
+use super::blocking::{BlockingPool, PoolHandle};
 use super::Driver;
 
 /// io_uring submission queue size per worker. Each open connection has at most a couple
@@ -23,12 +25,12 @@ pub type WorkerRuntime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<Leg
 /// ring, so `SINGLE_ISSUER | DEFER_TASKRUN` (6.1+) lets it run that work in batches
 /// when it next waits instead; `COOP_TASKRUN` (5.19+) at least avoids the interrupts.
 /// See perf/results for what it is worth.
-pub fn build_runtime() -> io::Result<WorkerRuntime> {
+pub fn build_runtime(pool: &Arc<BlockingPool>) -> io::Result<WorkerRuntime> {
     let builder = || {
         RuntimeBuilder::<FusionDriver>::new()
             .with_entries(RING_ENTRIES)
             .enable_timer()
-            .attach_thread_pool(Box::new(ThreadPerBlockingTask))
+            .attach_thread_pool(Box::new(PoolHandle(pool.clone())))
     };
     let mut deferred = io_uring::IoUring::builder();
     deferred.setup_single_issuer().setup_defer_taskrun();
@@ -41,18 +43,6 @@ pub fn build_runtime() -> io::Result<WorkerRuntime> {
         }
     }
     builder().build()
-}
-
-/// Runs monoio's `spawn_blocking` work (only host-name lookups) on a short-lived thread:
-/// rare enough that a standing pool would be idle threads for nothing.
-struct ThreadPerBlockingTask;
-
-impl monoio::blocking::ThreadPool for ThreadPerBlockingTask {
-    fn schedule_task(&self, task: monoio::blocking::BlockingTask) {
-        let _ = std::thread::Builder::new()
-            .name("ringsock-blocking".into())
-            .spawn(move || task.run());
-    }
 }
 
 pub fn log_driver(driver: Option<Driver>, threads: usize) {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use monoio::FusionRuntime;
 
 use super::accept::{accept_loop, WorkerListener};
+use super::blocking::BlockingPool;
 use super::limit::{Limiter, Permit};
 use super::ring::build_runtime;
 use super::shutdown::{LocalShutdown, Shutdown, ShutdownWait};
@@ -22,6 +23,8 @@ use crate::activation::Listener;
 pub struct Worker {
     pub index: usize,
     pub limiter: Arc<Limiter>,
+    /// Where this worker's blocking calls run.
+    pub pool: Arc<BlockingPool>,
     /// The process-wide trigger, always set before `local` hears of it.
     global: Arc<Shutdown>,
     /// The same news on this thread, cheap to wait for from every connection.
@@ -91,6 +94,7 @@ pub struct Start<F> {
     pub make_handler: Arc<F>,
     pub shutdown: Arc<Shutdown>,
     pub limiter: Arc<Limiter>,
+    pub pool: Arc<BlockingPool>,
     /// Told once the worker accepts (with its driver), or why it could not start.
     pub ready: mpsc::Sender<io::Result<Driver>>,
     /// Reports the end of the thread however it ends, a panic included.
@@ -120,10 +124,11 @@ where
         make_handler,
         shutdown,
         limiter,
+        pool,
         ready,
         finished: _finished,
     } = start;
-    let mut runtime = match build_runtime() {
+    let mut runtime = match build_runtime(&pool) {
         Ok(runtime) => runtime,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -138,6 +143,7 @@ where
         let worker = Rc::new(Worker {
             index,
             limiter,
+            pool,
             global: shutdown.clone(),
             local: Rc::new(LocalShutdown::default()),
             open: Cell::new(0),

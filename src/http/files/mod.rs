@@ -1,17 +1,18 @@
 //! The mirror tree under `--root`: paths that never leave the root, content types,
 //! validators with conditional and range requests, directory listings, and zero-copy
-//! bodies.
+//! bodies; whatever may wait for the disk runs on an I/O thread.
 
 mod body;
 mod conditional;
+mod disk;
 mod listing;
 mod mime;
 mod path;
 mod root;
 
-pub use body::send_file;
+pub use body::{append_if_cached, send_file, Sent};
 pub use conditional::{parse_range, plan, FileInfo, Plan, RangeSpec};
-pub use listing::autoindex;
+pub use disk::{list, open};
 pub use mime::content_type;
 pub use path::{percent_encode, RelPath};
-pub use root::{kind, Kind, Root};
+pub use root::{Kind, Root};

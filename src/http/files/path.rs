@@ -7,7 +7,7 @@ use crate::http::response::{self, Status};
 
 /// A path under the root, decoded from a URL path: relative, normalised, and kept
 /// NUL-terminated for the open call. One per connection, reused for every request.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RelPath(Vec<u8>);
 
 impl RelPath {

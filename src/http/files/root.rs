@@ -5,7 +5,6 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -49,8 +48,59 @@ impl Root {
         })
     }
 
-    /// Opens `rel` under the root. Symlinks that lead outside it are refused (403) unless
-    /// `--follow-symlinks`.
+    /// Opens `rel` only if that cannot wait for the disk: every path component is in
+    /// the kernel's lookup cache (openat2's RESOLVE_CACHED, Linux 5.12). `Ok(None)` when
+    /// it would have to read a directory or inode, or the kernel cannot tell; then
+    /// [`Self::open`] on an I/O thread does it.
+    pub fn open_cached(&self, rel: &RelPath) -> Result<Option<File>, Status> {
+        if !self.openat2.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let rel = rel.as_c_str().ok_or(response::BAD_REQUEST)?;
+        let resolve = if self.follow_symlinks {
+            libc::RESOLVE_CACHED
+        } else {
+            libc::RESOLVE_CACHED | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS
+        };
+        match self.openat2(rel, resolve) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) => match e.raw_os_error() {
+                // Not cached, an absolute symlink to decide by where it leads, or no
+                // openat2 (the blocking path notices and remembers).
+                Some(libc::EAGAIN | libc::EXDEV | libc::ELOOP | libc::ENOSYS | libc::EPERM) => {
+                    Ok(None)
+                }
+                // EINVAL: a kernel before 5.12 does not know RESOLVE_CACHED.
+                Some(libc::EINVAL) => Ok(None),
+                _ => Err(open_status(e)),
+            },
+        }
+    }
+
+    fn openat2(&self, rel: &CStr, resolve: u64) -> io::Result<File> {
+        // SAFETY: open_how is plain data; zeroed then filled is a valid value.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = OPEN_FLAGS as u64;
+        how.resolve = resolve;
+        // SAFETY: valid dirfd, NUL-terminated path and open_how of the size passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.dir.as_raw_fd(),
+                rel.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: openat2 returned a new fd.
+        Ok(unsafe { File::from_raw_fd(rc as libc::c_int) })
+    }
+
+    /// Opens `rel` under the root; may wait for the disk, so it runs on an I/O thread.
+    /// Symlinks that lead outside the root are refused (403) unless `--follow-symlinks`.
     pub fn open(&self, rel: &RelPath) -> Result<File, Status> {
         let rel = rel.as_c_str().ok_or(response::BAD_REQUEST)?;
         if self.follow_symlinks {
@@ -58,25 +108,10 @@ impl Root {
         }
         if self.openat2.load(Ordering::Relaxed) {
             // RESOLVE_BENEATH makes the kernel refuse any escape in the one open call.
-            // SAFETY: open_how is plain data; zeroed then filled is a valid value.
-            let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-            how.flags = OPEN_FLAGS as u64;
-            how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
-            // SAFETY: valid dirfd, NUL-terminated path and open_how of the size passed.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_openat2,
-                    self.dir.as_raw_fd(),
-                    rel.as_ptr(),
-                    &how as *const libc::open_how,
-                    std::mem::size_of::<libc::open_how>(),
-                )
+            let e = match self.openat2(rel, libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS) {
+                Ok(file) => return Ok(file),
+                Err(e) => e,
             };
-            if rc >= 0 {
-                // SAFETY: openat2 returned a new fd.
-                return Ok(unsafe { File::from_raw_fd(rc as libc::c_int) });
-            }
-            let e = io::Error::last_os_error();
             match e.raw_os_error() {
                 // An absolute symlink is refused even when it points inside the root:
                 // decide that case below, by where the file really is.
@@ -126,14 +161,13 @@ pub enum Kind {
 }
 
 /// What `file` is; `now` (seconds since the epoch) bounds a file's Last-Modified.
+/// Asks only for attributes the kernel holds for an open file, so it never waits for
+/// the disk or a FUSE daemon.
 pub fn kind(file: &File, now: i64) -> io::Result<Kind> {
-    let meta = file.metadata()?;
-    let ft = meta.file_type();
-    Ok(if ft.is_file() {
-        Kind::File(FileInfo::new(meta.len(), meta.mtime(), now))
-    } else if ft.is_dir() {
-        Kind::Dir
-    } else {
-        Kind::Other
+    let stat = crate::sys::stat_cached(file.as_raw_fd())?;
+    Ok(match u32::from(stat.stx_mode) & libc::S_IFMT {
+        libc::S_IFREG => Kind::File(FileInfo::new(stat.stx_size, stat.stx_mtime.tv_sec, now)),
+        libc::S_IFDIR => Kind::Dir,
+        _ => Kind::Other,
     })
 }

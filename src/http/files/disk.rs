@@ -1,0 +1,115 @@
+//! Work on the mirror tree that may wait for the disk, kept off the worker: opening a
+//! path whose directories are not cached, sending pages that are not, and listing a
+//! directory. Each runs on an I/O thread (`runtime::blocking`) while the worker goes on
+//! with its other connections; what is cached stays on the worker, where it is cheapest.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use super::path::RelPath;
+use super::root::{kind, Kind, Root};
+use crate::http::response::{self, Status};
+use crate::runtime::blocking;
+
+/// Opens `rel` under `root` and says what it is. On the worker when the kernel has
+/// every path component cached; else on an I/O thread. `offloaded` is told which.
+pub async fn open(
+    root: &Arc<Root>,
+    rel: &RelPath,
+    now: i64,
+    offloaded: &mut bool,
+) -> Result<(File, Kind), Status> {
+    if let Some(file) = root.open_cached(rel)? {
+        let kind = kind(&file, now).map_err(|_| response::INTERNAL_SERVER_ERROR)?;
+        return Ok((file, kind));
+    }
+    *offloaded = true;
+    let (root, rel) = (root.clone(), rel.clone());
+    blocking::run(move || {
+        let file = root.open(&rel)?;
+        let kind = kind(&file, now).map_err(|_| response::INTERNAL_SERVER_ERROR)?;
+        Ok((file, kind))
+    })
+    .await
+    .unwrap_or(Err(response::INTERNAL_SERVER_ERROR))
+}
+
+/// An `--autoindex` listing of `dir`, made on an I/O thread: reading a directory that
+/// is not cached waits for the disk, and a big one takes a while even when it is.
+pub async fn list(dir: File, url_path: Vec<u8>) -> io::Result<Vec<u8>> {
+    blocking::run(move || {
+        let mut html = Vec::new();
+        super::listing::autoindex(&dir, &url_path, &mut html).map(|()| html)
+    })
+    .await
+    .unwrap_or_else(|| Err(io::Error::other("the I/O thread dropped the listing")))
+}
+
+fn page_size() -> u64 {
+    static PAGE: OnceLock<u64> = OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as u64,
+        _ => 4096,
+    })
+}
+
+/// Whether `len` (> 0) bytes of `file` from `offset` can be sent without waiting for
+/// the disk: the first and the last page are up to date (a readahead still in flight
+/// sits at the end of a range) and every page between is in the page cache. When the
+/// kernel cannot tell (no cachestat(2) before 6.5, no RWF_NOWAIT on this file system),
+/// the answer is no: an I/O thread sends it, which is slower but never stalls a worker.
+pub fn cached(file: &File, offset: u64, len: u64) -> bool {
+    let fd = file.as_raw_fd();
+    let page = page_size();
+    let (first, last) = (offset / page, (offset + len - 1) / page);
+    let ready = |at: u64| matches!(crate::sys::readable_now(fd, at), Ok(true));
+    if !ready(offset) || (last > first && !ready(offset + len - 1)) {
+        return false;
+    }
+    let pages = last - first + 1;
+    pages <= 2 || matches!(crate::sys::cached_pages(fd, offset, len), Ok(n) if n >= pages)
+}
+
+/// One sendfile(2) of up to `len` bytes from `offset` on an I/O thread, which may wait
+/// for the disk; the socket is non-blocking, so it returns as soon as the socket is
+/// full (WouldBlock if it already was) and no thread waits on a slow client. Given up
+/// after `stall`: a read that hangs (a FUSE daemon that never answers) must not hold the
+/// connection forever; the socket is then shut down, as the thread may still own it.
+pub async fn send(
+    socket: &Arc<OwnedFd>,
+    file: &Arc<File>,
+    offset: u64,
+    len: u64,
+    stall: Duration,
+) -> io::Result<usize> {
+    let raw_socket = socket.as_raw_fd();
+    let (socket, file) = (socket.clone(), file.clone());
+    let job = blocking::run(move || {
+        let mut off = offset as libc::off_t;
+        loop {
+            match crate::sys::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut off, len as usize)
+            {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                result => return (result, socket),
+            }
+        }
+    });
+    monoio::select! {
+        done = job => match done {
+            Some((result, _socket)) => result,
+            None => Err(io::Error::other("the I/O thread dropped a file read")),
+        },
+        _ = monoio::time::sleep(stall) => {
+            // The thread's copy keeps the socket open: end the connection for both.
+            crate::sys::shutdown_both(raw_socket);
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "a file read took longer than the send timeout",
+            ))
+        }
+    }
+}
