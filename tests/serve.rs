@@ -21,7 +21,7 @@ pub fn serve(driver: Driver, extra: &[&str]) -> Server {
     serve_root(driver, root, extra)
 }
 
-fn serve_root(driver: Driver, root: tempfile::TempDir, extra: &[&str]) -> Server {
+pub fn serve_root(driver: Driver, root: tempfile::TempDir, extra: &[&str]) -> Server {
     let (listen, addr) = Listen::tcp();
     let root_arg = root.path().to_str().unwrap().to_string();
     let mut args = vec!["serve", "--root", root_arg.as_str()];

@@ -144,7 +144,10 @@ impl Root {
 fn open_status(e: io::Error) -> Status {
     match e.raw_os_error() {
         Some(libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) => response::NOT_FOUND,
-        Some(libc::EACCES | libc::EPERM | libc::ELOOP | libc::EXDEV) => response::FORBIDDEN,
+        // ENXIO: a socket or a device with no driver; never served, like FIFOs.
+        Some(
+            libc::EACCES | libc::EPERM | libc::ELOOP | libc::EXDEV | libc::ENXIO | libc::ENODEV,
+        ) => response::FORBIDDEN,
         // Out of fds or memory: the client may retry shortly (on a new connection, which
         // the listen backlog holds until one is free).
         Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => response::SERVICE_UNAVAILABLE,
