@@ -10,3 +10,4 @@ mod proxy_faults;
 mod packaging;
 mod properties;
 mod serve;
+mod serve_disk;
