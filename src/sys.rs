@@ -236,6 +236,44 @@ pub fn stat_cached(fd: RawFd) -> io::Result<libc::statx> {
     Ok(stat)
 }
 
+/// Whether `fd` is on a file system whose reads may wait on a server or a user-space
+/// daemon rather than a local disk (FUSE, NFS, SMB, Ceph, 9p, AFS, Lustre...).
+pub fn is_remote_or_fuse(fd: RawFd) -> io::Result<bool> {
+    const REMOTE: [i64; 14] = [
+        0x6573_5546, // FUSE
+        0x6969,      // NFS
+        0x517B,      // SMB
+        0xFE53_4D42, // SMB2
+        0xFF53_4D42, // CIFS
+        0x00C3_6400, // Ceph
+        0x0102_1997, // 9p
+        0x5346_414F, // AFS
+        0x6B41_4653, // kAFS
+        0x7375_7245, // Coda
+        0x564C,      // NCP
+        0x0BD0_0BD0, // Lustre
+        0x2003_0528, // OrangeFS
+        0x0116_1970, // GFS2
+    ];
+    // SAFETY: statfs is plain data; zeroed is a valid value for the kernel to fill.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid statfs to fill; the fd is open.
+    cvt(unsafe { libc::fstatfs(fd, &mut stat) })?;
+    Ok(REMOTE.contains(&(stat.f_type as i64)))
+}
+
+/// Makes the calling thread give way to the workers when both want the CPU: nice 10
+/// and SCHED_BATCH (no wake-up preemption of others). An I/O thread copies bulk bodies;
+/// a worker answers small requests whose latency matters. Best effort.
+pub fn yield_to_workers() {
+    // SAFETY: plain syscalls on the calling thread (tid 0 / who 0 = this thread).
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}
+
 /// A second descriptor for `fd` (close-on-exec), for a thread that must keep using the
 /// socket or file even if its owner closes its own descriptor first.
 pub fn duplicate(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {

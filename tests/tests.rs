@@ -10,4 +10,5 @@ mod proxy_faults;
 mod packaging;
 mod properties;
 mod serve;
+mod serve_cold;
 mod serve_disk;

@@ -175,8 +175,15 @@ impl HttpHandler {
     async fn send_body(&self, stream: &Stream, body: Body) -> io::Result<()> {
         let mut sent = files::Sent::default();
         let stall = self.shared.settings.keepalive_timeout;
-        let result =
-            files::send_file(stream, &body.file, body.offset, body.len, stall, &mut sent).await;
+        let result = files::send_file(
+            stream,
+            &body.file,
+            body.pages,
+            (body.offset, body.len),
+            stall,
+            &mut sent,
+        )
+        .await;
         self.counters.count_bytes(sent.bytes);
         if sent.disk_turns > 0 {
             self.counters

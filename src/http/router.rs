@@ -40,6 +40,7 @@ struct FileAnswer<'a> {
 /// A file body still to send after the head.
 pub struct Body {
     pub file: Arc<File>,
+    pub pages: files::Pages,
     pub offset: u64,
     pub len: u64,
 }
@@ -152,11 +153,11 @@ impl HttpHandler {
             self.counters.count_disk_open();
         }
         let (file, kind) = opened?;
-        let info = match kind {
+        let (info, pages) = match kind {
             // `file/` names a directory that is not there, as open(2) would say
             // (ENOTDIR); serving the file there would give it a second URL.
-            Kind::File(_) if path.ends_with(b"/") => return Err(response::NOT_FOUND),
-            Kind::File(info) => info,
+            Kind::File(..) if path.ends_with(b"/") => return Err(response::NOT_FOUND),
+            Kind::File(info, pages) => (info, pages),
             Kind::Dir if root.autoindex => {
                 self.directory(req, file, connection, out, rel).await?;
                 return Ok(None);
@@ -173,6 +174,7 @@ impl HttpHandler {
             .answer_file(&answer, connection, out)
             .map(|(offset, len)| Body {
                 file: Arc::new(file),
+                pages,
                 offset,
                 len,
             }))

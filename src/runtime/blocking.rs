@@ -100,6 +100,7 @@ impl BlockingPool {
     }
 
     fn run_thread(self: Arc<Self>) {
+        crate::sys::yield_to_workers();
         let mut state = self.lock();
         loop {
             if let Some(task) = state.queue.pop_front() {

@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::disk;
+use super::disk::{self, Pages};
 use crate::net::Stream;
 
 /// Bytes checked for residency, and sent, at a time: one check stands for a whole chunk,
@@ -35,8 +35,8 @@ pub struct Sent {
 pub async fn send_file(
     stream: &Stream,
     file: &Arc<File>,
-    offset: u64,
-    len: u64,
+    pages: Pages,
+    (offset, len): (u64, u64),
     stall: Duration,
     sent: &mut Sent,
 ) -> io::Result<()> {
@@ -51,13 +51,14 @@ pub async fn send_file(
     while off < end {
         if off >= cached_until {
             let chunk = (end - off).min(CHUNK);
-            if disk::cached(file, off, chunk) {
+            if pages.worker_may_send() && disk::cached(file, off, chunk) {
                 cached_until = off + chunk;
             } else {
                 let socket = thread_socket(&mut socket_for_thread, stream)?;
                 sent.disk_turns += 1;
                 match disk::send(socket, file, off, chunk, stall).await {
                     Ok(n) => {
+                        pages.read_in_now();
                         advance(&mut off, n, sent)?;
                         sent.from_disk += n as u64;
                         again = false;

@@ -6,11 +6,12 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::path::RelPath;
-use super::root::{kind, Kind, Root};
+use super::root::{Kind, Root};
 use crate::http::response::{self, Status};
 use crate::runtime::blocking;
 
@@ -23,14 +24,18 @@ pub async fn open(
     offloaded: &mut bool,
 ) -> Result<(File, Kind), Status> {
     if let Some(file) = root.open_cached(rel)? {
-        let kind = kind(&file, now).map_err(|_| response::INTERNAL_SERVER_ERROR)?;
+        let kind = root
+            .kind(&file, now)
+            .map_err(|_| response::INTERNAL_SERVER_ERROR)?;
         return Ok((file, kind));
     }
     *offloaded = true;
     let (root, rel) = (root.clone(), rel.clone());
     blocking::run(move || {
         let file = root.open(&rel)?;
-        let kind = kind(&file, now).map_err(|_| response::INTERNAL_SERVER_ERROR)?;
+        let kind = root
+            .kind(&file, now)
+            .map_err(|_| response::INTERNAL_SERVER_ERROR)?;
         Ok((file, kind))
     })
     .await
@@ -46,6 +51,59 @@ pub async fn list(dir: File, url_path: Vec<u8>) -> io::Result<Vec<u8>> {
     })
     .await
     .unwrap_or_else(|| Err(io::Error::other("the I/O thread dropped the listing")))
+}
+
+/// Where a file's pages are, as far as the worker is concerned: whether it may ever send
+/// them itself, and the file's slot in [`READ_IN`].
+#[derive(Clone, Copy, Debug)]
+pub struct Pages {
+    slot: usize,
+    local: bool,
+}
+
+/// When (seconds on [`clock`]) pages of a file were last read in from the disk by an I/O
+/// thread, by a hash of the file's inode; collisions only send more to the threads.
+/// cachestat(2) counts a page still being read in as cached, and a sendfile that meets
+/// one waits for the disk; the readahead of a file read cold is in flight for a while
+/// after the read that started it, so for [`READ_IN_SETTLES`] after the last read its
+/// pages stay with the threads. Shared by every worker: a popular file being read in
+/// by one is as unsafe for the others.
+static READ_IN: [AtomicU32; 4096] = [NEVER; 4096];
+#[allow(clippy::declare_interior_mutable_const)] // only ever copied into READ_IN
+const NEVER: AtomicU32 = AtomicU32::new(0);
+const READ_IN_SETTLES: u32 = 2;
+
+/// Whole seconds since the first call, starting at 1 so that 0 means never.
+fn clock() -> u32 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    start.elapsed().as_secs() as u32 + 1
+}
+
+impl Pages {
+    /// `root_dev`: the root's device when it is a local file system; a file on another
+    /// device (a mount under the root) is sent only by I/O threads.
+    pub fn new(stat: &libc::statx, root_dev: Option<(u32, u32)>) -> Pages {
+        let dev = (stat.stx_dev_major, stat.stx_dev_minor);
+        let key = stat.stx_ino ^ (u64::from(dev.0) << 40) ^ (u64::from(dev.1) << 20);
+        // Fibonacci hashing: inode numbers are often sequential.
+        let slot = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize % READ_IN.len();
+        Pages {
+            slot,
+            local: root_dev == Some(dev),
+        }
+    }
+
+    /// Whether the worker may send cached pages of this file now.
+    pub fn worker_may_send(self) -> bool {
+        let last_read_in = READ_IN[self.slot].load(Ordering::Relaxed);
+        self.local && (last_read_in == 0 || clock() - last_read_in > READ_IN_SETTLES)
+    }
+
+    /// An I/O thread just read pages of this file from the disk.
+    pub fn read_in_now(self) {
+        READ_IN[self.slot].store(clock(), Ordering::Relaxed);
+    }
 }
 
 fn page_size() -> u64 {

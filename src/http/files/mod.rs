@@ -12,7 +12,7 @@ mod root;
 
 pub use body::{append_if_cached, send_file, Sent};
 pub use conditional::{parse_range, plan, FileInfo, Plan, RangeSpec};
-pub use disk::{list, open};
+pub use disk::{list, open, Pages};
 pub use mime::content_type;
 pub use path::{percent_encode, RelPath};
 pub use root::{Kind, Root};

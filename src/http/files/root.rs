@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::conditional::FileInfo;
+use super::disk::Pages;
 use super::path::RelPath;
 use crate::http::response::{self, Status};
 
@@ -21,6 +22,10 @@ pub struct Root {
     pub autoindex: bool,
     /// openat2(2) works here (Linux 5.6+, and not blocked by a seccomp filter).
     openat2: AtomicBool,
+    /// The root's device, when its file system keeps its pages like a local disk does;
+    /// `None` on FUSE and network file systems, whose cached pages the worker never
+    /// touches (an open may invalidate them, a read may wait on a server).
+    local_dev: Option<(u32, u32)>,
 }
 
 const OPEN_FLAGS: libc::c_int =
@@ -38,13 +43,25 @@ impl Root {
                 libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
             )
         })?;
+        // SAFETY: open just returned this fd.
+        let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+        let local_dev = if crate::sys::is_remote_or_fuse(dir.as_raw_fd())? {
+            crate::info!(
+                "{} is on a network or FUSE file system: every file is opened and sent by I/O threads",
+                canonical.display()
+            );
+            None
+        } else {
+            let stat = crate::sys::stat_cached(dir.as_raw_fd())?;
+            Some((stat.stx_dev_major, stat.stx_dev_minor))
+        };
         Ok(Root {
-            // SAFETY: open just returned this fd.
-            dir: unsafe { OwnedFd::from_raw_fd(fd) },
+            dir,
             canonical,
             follow_symlinks,
             autoindex,
             openat2: AtomicBool::new(true),
+            local_dev,
         })
     }
 
@@ -53,14 +70,17 @@ impl Root {
     /// it would have to read a directory or inode, or the kernel cannot tell; then
     /// [`Self::open`] on an I/O thread does it.
     pub fn open_cached(&self, rel: &RelPath) -> Result<Option<File>, Status> {
-        if !self.openat2.load(Ordering::Relaxed) {
+        if !self.openat2.load(Ordering::Relaxed) || self.local_dev.is_none() {
             return Ok(None);
         }
         let rel = rel.as_c_str().ok_or(response::BAD_REQUEST)?;
+        // RESOLVE_NO_XDEV: a path into another mount (maybe FUSE or NFS, whose open can
+        // wait on its server) is opened by an I/O thread.
+        let cached = libc::RESOLVE_CACHED | libc::RESOLVE_NO_XDEV;
         let resolve = if self.follow_symlinks {
-            libc::RESOLVE_CACHED
+            cached
         } else {
-            libc::RESOLVE_CACHED | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS
+            cached | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS
         };
         match self.openat2(rel, resolve) {
             Ok(file) => Ok(Some(file)),
@@ -157,20 +177,25 @@ fn open_status(e: io::Error) -> Status {
 
 /// What an opened path is, for the answer.
 pub enum Kind {
-    File(FileInfo),
+    File(FileInfo, Pages),
     Dir,
     /// FIFOs, sockets, devices: never served.
     Other,
 }
 
-/// What `file` is; `now` (seconds since the epoch) bounds a file's Last-Modified.
-/// Asks only for attributes the kernel holds for an open file, so it never waits for
-/// the disk or a FUSE daemon.
-pub fn kind(file: &File, now: i64) -> io::Result<Kind> {
-    let stat = crate::sys::stat_cached(file.as_raw_fd())?;
-    Ok(match u32::from(stat.stx_mode) & libc::S_IFMT {
-        libc::S_IFREG => Kind::File(FileInfo::new(stat.stx_size, stat.stx_mtime.tv_sec, now)),
-        libc::S_IFDIR => Kind::Dir,
-        _ => Kind::Other,
-    })
+impl Root {
+    /// What `file` is; `now` (seconds since the epoch) bounds a file's Last-Modified.
+    /// Asks only for attributes the kernel holds for an open file, so it never waits for
+    /// the disk or a FUSE daemon.
+    pub fn kind(&self, file: &File, now: i64) -> io::Result<Kind> {
+        let stat = crate::sys::stat_cached(file.as_raw_fd())?;
+        Ok(match u32::from(stat.stx_mode) & libc::S_IFMT {
+            libc::S_IFREG => Kind::File(
+                FileInfo::new(stat.stx_size, stat.stx_mtime.tv_sec, now),
+                Pages::new(&stat, self.local_dev),
+            ),
+            libc::S_IFDIR => Kind::Dir,
+            _ => Kind::Other,
+        })
+    }
 }
