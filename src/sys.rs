@@ -274,6 +274,18 @@ pub fn yield_to_workers() {
     }
 }
 
+/// Blocks this thread caused to be read from storage so far (getrusage(RUSAGE_THREAD)'s
+/// ru_inblock, readahead it started included); 0 if the kernel will not say.
+pub fn blocks_read_by_this_thread() -> i64 {
+    // SAFETY: rusage is plain data; zeroed is a valid value for the kernel to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid rusage to fill, for the calling thread.
+    match unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } {
+        0 => usage.ru_inblock,
+        _ => 0,
+    }
+}
+
 /// A second descriptor for `fd` (close-on-exec), for a thread that must keep using the
 /// socket or file even if its owner closes its own descriptor first.
 pub fn duplicate(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {

@@ -21,7 +21,8 @@ const READ_BUF: usize = 4096;
 /// Pipelined answers are batched into one send up to this size.
 const FLUSH_AT: usize = 64 * 1024;
 /// Bodies up to this size are copied into the output buffer, when cached, rather than
-/// sent with sendfile(2) (perf/results/mirror-2026-12-02.md).
+/// sent with sendfile(2): one send carries head and body, and the RWF_NOWAIT read that
+/// copies them is also the exact check that they are cached.
 const SMALL_BODY: usize = 16 * 1024;
 /// After an error answer, how long and how much we read and discard before closing, so
 /// unread request bytes do not turn our close into a RST that destroys the answer.

@@ -51,14 +51,13 @@ pub async fn send_file(
     while off < end {
         if off >= cached_until {
             let chunk = (end - off).min(CHUNK);
-            if pages.worker_may_send() && disk::cached(file, off, chunk) {
+            if pages.worker_may_send() && disk::cached(file, pages, off, chunk) {
                 cached_until = off + chunk;
             } else {
                 let socket = thread_socket(&mut socket_for_thread, stream)?;
                 sent.disk_turns += 1;
-                match disk::send(socket, file, off, chunk, stall).await {
+                match disk::send(socket, file, pages, off, chunk, stall).await {
                     Ok(n) => {
-                        pages.read_in_now();
                         advance(&mut off, n, sent)?;
                         sent.from_disk += n as u64;
                         again = false;
