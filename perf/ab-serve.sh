@@ -2,6 +2,8 @@
 # Before/after for `ringsock serve`: two binaries, alternating, one worker each, wrk -t1
 # -c64 for 4 s after a 1 s warm-up; prints each one's own CPU per request. Loopback only.
 # Usage: perf/ab-serve.sh NEW_BINARY BASE_BINARY [ROUNDS]   (default 2)
+# NEW_ARGS / BASE_ARGS: extra serve flags for each side, e.g. the same binary twice with
+# NEW_ARGS="--access-log /var/tmp/access.log" for the cost of the access log.
 set -euo pipefail
 new=$1; base=$2; rounds=${3:-2}
 root=$(mktemp -d /tmp/ringsock-ab.XXXXXX)
@@ -13,9 +15,11 @@ hz=$(getconf CLK_TCK)
 port=18700
 for round in $(seq 1 "$rounds"); do
   for which in new base; do
-    bin=$new; [ "$which" = base ] && bin=$base
+    bin=$new; extra=${NEW_ARGS:-}
+    [ "$which" = base ] && { bin=$base; extra=${BASE_ARGS:-}; }
     port=$((port + 1))
-    "$bin" serve --threads 1 --root "$root" --listen 127.0.0.1:$port 2>/dev/null & pid=$!
+    # shellcheck disable=SC2086 # extra holds separate flags
+    "$bin" serve --threads 1 --root "$root" --listen 127.0.0.1:$port $extra 2>/dev/null & pid=$!
     sleep 0.5
     for path in api/version pool/small_2k.deb pool/large_1m.deb; do
       wrk -t1 -c64 -d1s "http://127.0.0.1:$port/$path" >/dev/null 2>&1
