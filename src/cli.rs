@@ -109,6 +109,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub io_threads: usize,
 
+    /// Write an access log line per response (nginx's combined format plus the request
+    /// time) to PATH, or `-` for standard error; SIGUSR1 reopens it (logrotate)
+    #[arg(long, value_name = "PATH")]
+    pub access_log: Option<String>,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -130,6 +135,7 @@ pub struct ServeConfig {
     pub keepalive_timeout: Duration,
     pub follow_symlinks: bool,
     pub autoindex: bool,
+    pub access_log: Option<String>,
 }
 
 #[derive(Debug)]
@@ -160,6 +166,7 @@ impl Cli {
                     keepalive_timeout: finite("--keepalive-timeout", &args.keepalive_timeout)?,
                     follow_symlinks: args.follow_symlinks,
                     autoindex: args.autoindex,
+                    access_log: args.access_log,
                 },
             ),
         })

@@ -43,7 +43,10 @@ fn run_proxy(common: &Common, proxy: cli::ProxyConfig, notifier: &Notifier) -> R
         listeners,
         &common.lifecycle,
         notifier,
-        &status,
+        &runtime::Service {
+            status: &status,
+            reopen_logs: None,
+        },
         move |worker| proxy::ProxyHandler::new(proxy.clone(), pipes.clone(), worker),
     )
     .map_err(|e| e.to_string())
@@ -68,7 +71,13 @@ fn run_serve(common: &Common, serve: cli::ServeConfig, notifier: &Notifier) -> R
         ),
         None => format!("Serving the API over HTTP on {} sockets", listeners.len()),
     };
+    let access_log = serve
+        .access_log
+        .as_deref()
+        .map(http::access_log::AccessLog::open);
+    let reopen_log = access_log.clone().map(|log| move || log.reopen());
     let shared = http::Shared::new(http::Settings {
+        access_log,
         root,
         header_timeout: serve.header_timeout,
         keepalive_timeout: serve.keepalive_timeout,
@@ -77,7 +86,10 @@ fn run_serve(common: &Common, serve: cli::ServeConfig, notifier: &Notifier) -> R
         listeners,
         &common.lifecycle,
         notifier,
-        &status,
+        &runtime::Service {
+            status: &status,
+            reopen_logs: reopen_log.as_ref().map(|f| f as &(dyn Fn() + Sync)),
+        },
         move |worker| http::HttpHandler::new(&shared, worker),
     )
     .map_err(|e| e.to_string())

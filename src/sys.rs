@@ -286,6 +286,24 @@ pub fn blocks_read_by_this_thread() -> i64 {
     }
 }
 
+/// The peer of a connected socket as an access log shows it: the IP address (an
+/// IPv4-mapped IPv6 address as IPv4), or `unix:` for a Unix socket, as nginx.
+pub fn peer_text(fd: RawFd) -> Vec<u8> {
+    // SAFETY: the caller's fd stays open for the duration of this call.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let Ok(peer) = socket2::SockRef::from(&borrowed).peer_addr() else {
+        return b"-".to_vec();
+    };
+    match peer.as_socket() {
+        Some(std::net::SocketAddr::V6(v6)) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => v4.to_string().into_bytes(),
+            None => v6.ip().to_string().into_bytes(),
+        },
+        Some(addr) => addr.ip().to_string().into_bytes(),
+        None => b"unix:".to_vec(),
+    }
+}
+
 /// A second descriptor for `fd` (close-on-exec), for a thread that must keep using the
 /// socket or file even if its owner closes its own descriptor first.
 pub fn duplicate(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {

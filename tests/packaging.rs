@@ -755,6 +755,8 @@ fn deb_package_has_everything_installs_and_runs() {
         "./usr/share/fish/vendor_completions.d/ringsock.fish",
         "./usr/share/doc/ringsock/README.md",
         "./usr/share/doc/ringsock/copyright",
+        // The access log's rotation (a conffile: cargo-deb marks everything under /etc).
+        "./etc/logrotate.d/ringsock",
     ];
     let examples: Vec<String> = [
         "aptly.socket",

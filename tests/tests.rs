@@ -2,6 +2,8 @@
 
 mod util;
 
+mod access_log;
+
 mod activation;
 mod hostile;
 mod proxy;

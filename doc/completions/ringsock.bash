@@ -93,7 +93,7 @@ _ringsock() {
             return 0
             ;;
         ringsock__subcmd__serve)
-            opts="-c -h -V --root --header-timeout --keepalive-timeout --follow-symlinks --autoindex --io-threads --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --help --version"
+            opts="-c -h -V --root --header-timeout --keepalive-timeout --follow-symlinks --autoindex --io-threads --access-log --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -112,6 +112,10 @@ _ringsock() {
                     return 0
                     ;;
                 --io-threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --access-log)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -122,6 +122,7 @@ pub struct Conditionals {
 /// `files::plan` on a head made of these header values.
 pub fn plan(headers: &Conditionals, len: u64, mtime: i64, now: i64) {
     let req = Request {
+        line: b"GET /f HTTP/1.1",
         method: if headers.head {
             Method::Head
         } else {
@@ -138,6 +139,8 @@ pub fn plan(headers: &Conditionals, len: u64, mtime: i64, now: i64) {
         if_modified_since: headers.if_modified_since.as_deref(),
         range: headers.range.as_deref(),
         if_range: headers.if_range.as_deref(),
+        user_agent: None,
+        referer: None,
     };
     check_plan(&FileInfo::new(len, mtime, now), &req);
 }

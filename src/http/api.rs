@@ -3,6 +3,9 @@
 
 use std::fmt::Write;
 
+use std::sync::atomic::Ordering;
+
+use super::access_log::AccessLog;
 use super::metrics::Totals;
 use crate::runtime::blocking::PoolStats;
 
@@ -19,6 +22,7 @@ pub fn render_metrics(
     open: usize,
     totals: &Totals,
     pool: &PoolStats,
+    access_log: Option<&AccessLog>,
 ) {
     // Writing into a String cannot fail.
     let _ = write!(
@@ -75,6 +79,20 @@ pub fn render_metrics(
         pool.busy,
         pool.queued
     );
+    if let Some(log) = access_log {
+        let _ = write!(
+            out,
+            "# HELP ringsock_access_log_lines_total Access log lines written.\n\
+             # TYPE ringsock_access_log_lines_total counter\n\
+             ringsock_access_log_lines_total {}\n\
+             # HELP ringsock_access_log_lines_lost_total Access log lines that could not be \
+             written (full disk, unwritable path).\n\
+             # TYPE ringsock_access_log_lines_lost_total counter\n\
+             ringsock_access_log_lines_lost_total {}\n",
+            log.lines.load(Ordering::Relaxed),
+            log.lines_lost.load(Ordering::Relaxed)
+        );
+    }
 }
 
 #[cfg(test)]
@@ -105,7 +123,7 @@ mod tests {
             queued: 1,
             ran: 8,
         };
-        render_metrics(&mut out, 7, 2, &totals, &pool);
+        render_metrics(&mut out, 7, 2, &totals, &pool, None);
         assert!(out.contains("ringsock_connections_accepted_total 7\n"));
         assert!(out.contains("ringsock_connections_open 2\n"));
         assert!(out.contains("ringsock_http_responses_total{code=\"2xx\"} 3\n"));

@@ -13,7 +13,7 @@ use super::files::{self, RelPath};
 use super::request::{self, Reject};
 use super::response::{self, Connection};
 use super::router::Body;
-use super::HttpHandler;
+use super::{access_log, HttpHandler};
 use crate::net::{linger, Linger, Stream};
 
 /// First read buffer; grown to [`request::MAX_HEAD`] only for a head that needs it.
@@ -42,6 +42,8 @@ struct Conn {
     rel: RelPath,
     /// When the head being read began; `None` while idle between requests.
     head_started: Option<Instant>,
+    /// The client's address as the access log shows it (empty when there is no log).
+    client: Vec<u8>,
 }
 
 impl Default for Conn {
@@ -51,6 +53,7 @@ impl Default for Conn {
             out: Vec::with_capacity(READ_BUF),
             rel: RelPath::default(),
             head_started: Some(Instant::now()),
+            client: Vec::new(),
         }
     }
 }
@@ -98,6 +101,9 @@ impl HttpHandler {
     /// Serves one connection until it closes.
     pub(super) async fn serve(&self, stream: &mut Stream) -> io::Result<()> {
         let mut conn = Conn::default();
+        if self.log.is_some() {
+            conn.client = crate::sys::peer_text(stream.as_raw_fd());
+        }
         loop {
             if let Answered::Close = self.answer_buffered(stream, &mut conn).await? {
                 return self.finish_closing(stream, &mut conn.out).await;
@@ -112,6 +118,8 @@ impl HttpHandler {
                         Connection::Close,
                         false,
                     );
+                    let started = conn.head_started.unwrap_or_else(Instant::now);
+                    self.log_raw(&conn.client, b"", response::REQUEST_TIMEOUT, started);
                     return self.finish_closing(stream, &mut conn.out).await;
                 }
             }
@@ -131,6 +139,9 @@ impl HttpHandler {
                     // Even a rejected HEAD gets no body: the client reads none.
                     let head_only = conn.input[start..].starts_with(b"HEAD ");
                     self.simple(&mut conn.out, status, Connection::Close, head_only);
+                    let started = conn.head_started.unwrap_or_else(Instant::now);
+                    let line = request::request_line(&conn.input[start..]);
+                    self.log_raw(&conn.client, line, status, started);
                     return Ok(Answered::Close);
                 }
             };
@@ -142,12 +153,26 @@ impl HttpHandler {
             } else {
                 Connection::KeepAlive
             };
+            let before = conn.out.len();
             let (body, connection) = self
                 .respond(&req, connection, &mut conn.out, &mut conn.rel)
                 .await;
-            if let Some(body) = body {
-                self.add_body(stream, &mut conn.out, body).await?;
+            let (sent, result) = match body {
+                Some(body) => self.add_body(stream, &mut conn.out, body).await,
+                None => (buffered_body_len(&conn.out[before..]), Ok(())),
+            };
+            if let Some(log) = &self.log {
+                log.line(&access_log::Entry {
+                    client: &conn.client,
+                    request: req.line,
+                    status: self.last_status.get(),
+                    body_bytes: sent,
+                    referer: req.referer,
+                    user_agent: req.user_agent,
+                    started: conn.head_started.unwrap_or_else(Instant::now),
+                });
             }
+            result?;
             if connection == Connection::Close {
                 return Ok(Answered::Close);
             }
@@ -161,19 +186,41 @@ impl HttpHandler {
     }
 
     /// A small cached body joins its head in the output buffer; any other is sent now,
-    /// after the head.
-    async fn add_body(&self, stream: &Stream, out: &mut Vec<u8>, body: Body) -> io::Result<()> {
+    /// after the head. Returns the body bytes sent (or buffered) with the outcome.
+    async fn add_body(
+        &self,
+        stream: &Stream,
+        out: &mut Vec<u8>,
+        body: Body,
+    ) -> (u64, io::Result<()>) {
         if body.len <= SMALL_BODY as u64
             && files::append_if_cached(&body.file, body.offset, body.len as usize, out)
         {
-            return Ok(());
+            return (body.len, Ok(()));
         }
         // The head goes with MSG_MORE so it shares a segment with the body.
-        self.write_out(stream, out, true).await?;
+        if let Err(e) = self.write_out(stream, out, true).await {
+            return (0, Err(e));
+        }
         self.send_body(stream, body).await
     }
 
-    async fn send_body(&self, stream: &Stream, body: Body) -> io::Result<()> {
+    /// A log line for an answer written without a parsed request (a rejected head, a 408).
+    fn log_raw(&self, client: &[u8], line: &[u8], status: response::Status, started: Instant) {
+        if let Some(log) = &self.log {
+            log.line(&access_log::Entry {
+                client,
+                request: line,
+                status: status.code,
+                body_bytes: (4 + status.reason.len() + 1) as u64,
+                referer: None,
+                user_agent: None,
+                started,
+            });
+        }
+    }
+
+    async fn send_body(&self, stream: &Stream, body: Body) -> (u64, io::Result<()>) {
         let mut sent = files::Sent::default();
         let stall = self.shared.settings.keepalive_timeout;
         let result = files::send_file(
@@ -190,7 +237,7 @@ impl HttpHandler {
             self.counters
                 .count_disk_sends(sent.disk_turns, sent.from_disk);
         }
-        result
+        (sent.bytes, result)
     }
 
     /// Waits for more request bytes. Idle between requests the keep-alive timeout
@@ -265,6 +312,14 @@ impl HttpHandler {
         stream.shutdown_write()?;
         linger(stream, &AFTER_ERROR).await;
         Ok(())
+    }
+}
+
+/// The body bytes of the one answer in `answer` (a head and, maybe, a body in the buffer).
+fn buffered_body_len(answer: &[u8]) -> u64 {
+    match answer.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(head_end) => (answer.len() - head_end - 4) as u64,
+        None => 0,
     }
 }
 

@@ -7,6 +7,7 @@
 //! io_uring one submission that completes with the data); writes are non-blocking
 //! syscalls that wait for readiness only when the socket buffer is full.
 
+pub mod access_log;
 pub mod api;
 mod conn;
 pub mod files;
@@ -32,6 +33,7 @@ pub struct Settings {
     pub root: Option<Arc<Root>>,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
+    pub access_log: Option<Arc<access_log::AccessLog>>,
 }
 
 /// Built once; every worker's handler holds it.
@@ -55,6 +57,9 @@ pub struct HttpHandler {
     worker: Rc<Worker>,
     counters: Arc<WorkerCounters>,
     date: DateCache,
+    log: Option<Rc<access_log::WorkerLog>>,
+    /// The status of the answer just written, for the access log.
+    last_status: std::cell::Cell<u16>,
 }
 
 impl HttpHandler {
@@ -64,6 +69,12 @@ impl HttpHandler {
             shared: shared.clone(),
             worker: worker.clone(),
             date: DateCache::default(),
+            log: shared
+                .settings
+                .access_log
+                .as_ref()
+                .map(|log| access_log::WorkerLog::start(log, worker)),
+            last_status: std::cell::Cell::new(0),
         }
     }
 }

@@ -24,6 +24,8 @@ pub enum Method {
 /// One parsed request head, borrowing from the read buffer.
 #[derive(Debug)]
 pub struct Request<'b> {
+    /// The request line without its CR LF, for the access log.
+    pub line: &'b [u8],
     pub method: Method,
     /// The path and query as sent (absolute-form targets reduced to the path).
     pub target: &'b [u8],
@@ -40,6 +42,9 @@ pub struct Request<'b> {
     pub if_modified_since: Option<&'b [u8]>,
     pub range: Option<&'b [u8]>,
     pub if_range: Option<&'b [u8]>,
+    /// For the access log.
+    pub user_agent: Option<&'b [u8]>,
+    pub referer: Option<&'b [u8]>,
 }
 
 /// A request the connection cannot go on from: answered with `status`, then closed.
@@ -90,7 +95,7 @@ fn later_minor_version_at(buf: &[u8]) -> Option<usize> {
 }
 
 /// The first line of `buf`, without its CR LF.
-fn request_line(buf: &[u8]) -> &[u8] {
+pub fn request_line(buf: &[u8]) -> &[u8] {
     let line = match buf.iter().position(|&b| b == b'\n') {
         Some(end) => &buf[..end],
         None => buf,
@@ -122,6 +127,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
     }
     let (method, http10, target) = method_version_target(&req)?;
     let mut parsed = Request {
+        line: request_line(buf),
         method,
         target,
         keep_alive: !http10,
@@ -134,6 +140,8 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
         if_modified_since: None,
         range: None,
         if_range: None,
+        user_agent: None,
+        referer: None,
     };
     let mut framing = Framing::default();
     for header in req.headers.iter() {
@@ -250,10 +258,13 @@ impl Framing {
 }
 
 impl<'b> Request<'b> {
-    /// Keeps a conditional or range header for [`crate::http::files::plan`].
+    /// Keeps a conditional or range header for [`crate::http::files::plan`], and what the
+    /// access log shows.
     fn note_conditional(&mut self, name: &[u8], value: &'b [u8]) {
         let slot = match name.len() {
             5 if name.eq_ignore_ascii_case(b"range") => &mut self.range,
+            7 if name.eq_ignore_ascii_case(b"referer") => &mut self.referer,
+            10 if name.eq_ignore_ascii_case(b"user-agent") => &mut self.user_agent,
             8 if name.eq_ignore_ascii_case(b"if-range") => &mut self.if_range,
             8 if name.eq_ignore_ascii_case(b"if-match") => &mut self.if_match,
             13 if name.eq_ignore_ascii_case(b"if-none-match") => &mut self.if_none_match,

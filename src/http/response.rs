@@ -165,7 +165,7 @@ impl DateCache {
 
 /// Seconds since the epoch from the coarse clock: a vDSO read without a syscall, and
 /// second resolution is all `Date` needs.
-fn unix_now_coarse() -> i64 {
+pub fn unix_now_coarse() -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

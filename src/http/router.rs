@@ -114,6 +114,7 @@ impl HttpHandler {
                     self.worker.limiter.open(),
                     &self.shared.metrics.totals(),
                     &self.worker.pool.stats(),
+                    self.shared.settings.access_log.as_deref(),
                 );
                 self.count(response::OK);
                 let date = self.date.now();
@@ -288,6 +289,7 @@ impl HttpHandler {
     }
 
     fn count(&self, status: Status) {
+        self.last_status.set(status.code);
         self.counters.count_response(status.class());
     }
 }

@@ -51,6 +51,15 @@ pub struct Lifecycle {
     pub io_threads: usize,
 }
 
+/// What one subcommand adds to the shared lifecycle: its sd_notify status, and what
+/// SIGUSR1 does for it.
+pub struct Service<'a> {
+    /// The `STATUS=` line sent with `READY=1`.
+    pub status: &'a str,
+    /// Reopens its log files (logrotate); without it SIGUSR1 is logged and ignored.
+    pub reopen_logs: Option<&'a (dyn Fn() + Sync)>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Driver {
     IoUring,
@@ -63,7 +72,7 @@ pub fn run<H, F>(
     listeners: Vec<Listener>,
     lifecycle: &Lifecycle,
     notifier: &Notifier,
-    status: &str,
+    service: &Service<'_>,
     make_handler: F,
 ) -> io::Result<()>
 where
@@ -103,13 +112,14 @@ where
     for listener in listeners.iter() {
         crate::info!("listening on {} ({})", listener.address, listener.name);
     }
-    notifier.send(&format!("READY=1\nSTATUS={status}"));
+    notifier.send(&format!("READY=1\nSTATUS={}", service.status));
 
     let supervisor = Supervisor {
         lifecycle,
         notifier,
         limiter: &limiter,
         signals: &signals,
+        reopen_logs: service.reopen_logs,
     };
     let reason = supervisor.wait_for_stop(&done_rx)?;
     shut_down(&reason, &shutdown, listeners, &limiter, notifier);

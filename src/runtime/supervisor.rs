@@ -16,6 +16,7 @@ pub struct Supervisor<'a> {
     pub notifier: &'a Notifier,
     pub limiter: &'a Limiter,
     pub signals: &'a libc::sigset_t,
+    pub reopen_logs: Option<&'a (dyn Fn() + Sync)>,
 }
 
 impl Supervisor<'_> {
@@ -40,7 +41,13 @@ impl Supervisor<'_> {
                 if is_stop(signal) {
                     return Ok(format!("received {}", signal_name(signal)));
                 }
-                note_ignored(signal);
+                match self.reopen_logs {
+                    Some(reopen) if signal == libc::SIGUSR1 => {
+                        crate::info!("received SIGUSR1; reopening the access log");
+                        reopen();
+                    }
+                    _ => note_ignored(signal),
+                }
             }
         }
     }
