@@ -4,12 +4,14 @@
 //! `ExecStart=` line is all a migration takes.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::activation::ListenAddr;
 use crate::log::Level;
+use crate::net::proxy_header::TrustedPeers;
 use crate::proxy::Target;
 use crate::runtime::{ConnectionsMax, Lifecycle};
 
@@ -61,6 +63,12 @@ pub struct CommonArgs {
     /// error, warning, info or debug [default: $RINGSOCK_LOG_LEVEL, $SYSTEMD_LOG_LEVEL, info]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+
+    /// Connections from ADDR[/LEN] (a load balancer) start with a PROXY protocol v1 or v2
+    /// header naming the real client; one without a valid header within 3 s is closed
+    /// (repeatable)
+    #[arg(long, value_name = "CIDR")]
+    pub proxy_protocol_from: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -124,6 +132,8 @@ pub struct Common {
     pub listen: Vec<ListenAddr>,
     pub lifecycle: Lifecycle,
     pub log_level: Option<Level>,
+    /// `--proxy-protocol-from`.
+    pub trusted: Arc<TrustedPeers>,
 }
 
 pub type ProxyConfig = crate::proxy::Settings;
@@ -148,15 +158,18 @@ impl Cli {
     /// Turns raw flags into a [`Config`]; the error names the flag and the fix.
     pub fn validate(self) -> Result<Config, String> {
         Ok(match self.command {
-            Command::Proxy(args) => Config::Proxy(
-                args.common
-                    .validate(FDS_PER_PROXIED_CONNECTION, PROXY_IO_THREADS)?,
-                ProxyConfig {
+            Command::Proxy(args) => {
+                let common = args
+                    .common
+                    .validate(FDS_PER_PROXIED_CONNECTION, PROXY_IO_THREADS)?;
+                let proxy = ProxyConfig {
                     target: Target::parse(&args.target)?,
                     connect_timeout: finite("--connect-timeout", &args.connect_timeout)?,
                     half_close_timeout: timespan("--half-close-timeout", &args.half_close_timeout)?,
-                },
-            ),
+                    trusted: common.trusted.clone(),
+                };
+                Config::Proxy(common, proxy)
+            }
             Command::Serve(args) => Config::Serve(
                 args.common
                     .validate(FDS_PER_HTTP_CONNECTION, io_threads(args.io_threads)?)?,
@@ -216,7 +229,9 @@ impl CommonArgs {
                 format!("--log-level {text:?}: use error, warning, info or debug")
             })?),
         };
+        let trusted = Arc::new(TrustedPeers::parse(&self.proxy_protocol_from)?);
         Ok(Common {
+            trusted,
             listen,
             lifecycle: Lifecycle {
                 threads,

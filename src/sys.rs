@@ -286,22 +286,29 @@ pub fn blocks_read_by_this_thread() -> i64 {
     }
 }
 
-/// The peer of a connected socket as an access log shows it: the IP address (an
-/// IPv4-mapped IPv6 address as IPv4), or `unix:` for a Unix socket, as nginx.
-pub fn peer_text(fd: RawFd) -> Vec<u8> {
+/// The IP address of a connected socket's peer (an IPv4-mapped IPv6 address as IPv4);
+/// `None` for a Unix socket or a peer already gone.
+pub fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {
     // SAFETY: the caller's fd stays open for the duration of this call.
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let Ok(peer) = socket2::SockRef::from(&borrowed).peer_addr() else {
-        return b"-".to_vec();
-    };
-    match peer.as_socket() {
-        Some(std::net::SocketAddr::V6(v6)) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => v4.to_string().into_bytes(),
-            None => v6.ip().to_string().into_bytes(),
-        },
-        Some(addr) => addr.ip().to_string().into_bytes(),
-        None => b"unix:".to_vec(),
-    }
+    let peer = socket2::SockRef::from(&borrowed).peer_addr().ok()?;
+    Some(match peer.as_socket()?.ip() {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6.into(), Into::into),
+        v4 => v4,
+    })
+}
+
+/// One non-blocking recv(2) with MSG_PEEK: the bytes stay queued for the next read.
+pub fn peek_now(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for writes of buf.len() bytes; the fd is open.
+    cvt_size(unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_PEEK,
+        )
+    })
 }
 
 /// A second descriptor for `fd` (close-on-exec), for a thread that must keep using the

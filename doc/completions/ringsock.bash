@@ -43,7 +43,7 @@ _ringsock() {
             return 0
             ;;
         ringsock__subcmd__proxy)
-            opts="-c -h -V --connect-timeout --half-close-timeout --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --help --version"
+            opts="-c -h -V --connect-timeout --half-close-timeout --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --proxy-protocol-from --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -85,6 +85,10 @@ _ringsock() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --proxy-protocol-from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -93,7 +97,7 @@ _ringsock() {
             return 0
             ;;
         ringsock__subcmd__serve)
-            opts="-c -h -V --root --header-timeout --keepalive-timeout --follow-symlinks --autoindex --io-threads --access-log --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --help --version"
+            opts="-c -h -V --root --header-timeout --keepalive-timeout --follow-symlinks --autoindex --io-threads --access-log --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --proxy-protocol-from --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -144,6 +148,10 @@ _ringsock() {
                     return 0
                     ;;
                 --log-level)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --proxy-protocol-from)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

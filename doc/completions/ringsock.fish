@@ -36,6 +36,7 @@ complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s c -l connect
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l exit-idle-time -d 'Exit once no connection was open for this long (e.g. 30s, 5min, infinity)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l shutdown-timeout -d 'On SIGTERM/SIGINT, how long open connections may take to finish' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l log-level -d 'error, warning, info or debug [default: $RINGSOCK_LOG_LEVEL, $SYSTEMD_LOG_LEVEL, info]' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l proxy-protocol-from -d 'Connections from ADDR[/LEN] (a load balancer) start with a PROXY protocol v1 or v2 header naming the real client; one without a valid header within 3 s is closed (repeatable)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s h -l help -d 'Print help'
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s V -l version -d 'Print version'
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l root -d 'Directory to serve (e.g. aptly\'s rootDir/public); without it only the API answers' -r -F
@@ -49,6 +50,7 @@ complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -s c -l connect
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l exit-idle-time -d 'Exit once no connection was open for this long (e.g. 30s, 5min, infinity)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l shutdown-timeout -d 'On SIGTERM/SIGINT, how long open connections may take to finish' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l log-level -d 'error, warning, info or debug [default: $RINGSOCK_LOG_LEVEL, $SYSTEMD_LOG_LEVEL, info]' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l proxy-protocol-from -d 'Connections from ADDR[/LEN] (a load balancer) start with a PROXY protocol v1 or v2 header naming the real client; one without a valid header within 3 s is closed (repeatable)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l follow-symlinks -d 'Serve symlinks that point outside --root'
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l autoindex -d 'List directories as HTML instead of answering 403'
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -s h -l help -d 'Print help'

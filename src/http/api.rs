@@ -79,6 +79,14 @@ pub fn render_metrics(
         pool.busy,
         pool.queued
     );
+    let _ = write!(
+        out,
+        "# HELP ringsock_proxy_protocol_refused_total Connections from --proxy-protocol-from \
+         peers closed for a missing, malformed or slow PROXY header.\n\
+         # TYPE ringsock_proxy_protocol_refused_total counter\n\
+         ringsock_proxy_protocol_refused_total {}\n",
+        crate::net::proxy_header::REFUSED.load(Ordering::Relaxed)
+    );
     if let Some(log) = access_log {
         let _ = write!(
             out,

@@ -14,6 +14,7 @@ use super::request::{self, Reject};
 use super::response::{self, Connection};
 use super::router::Body;
 use super::{access_log, HttpHandler};
+use crate::net::proxy_header::{self, Origin};
 use crate::net::{linger, Linger, Stream};
 
 /// First read buffer; grown to [`request::MAX_HEAD`] only for a head that needs it.
@@ -100,9 +101,16 @@ enum Wake {
 impl HttpHandler {
     /// Serves one connection until it closes.
     pub(super) async fn serve(&self, stream: &mut Stream) -> io::Result<()> {
+        let origin = match proxy_header::receive(stream, &self.shared.settings.trusted).await {
+            Ok(origin) => origin,
+            Err(why) => {
+                crate::debug!("closing a connection from a trusted balancer: {why}");
+                return Ok(());
+            }
+        };
         let mut conn = Conn::default();
         if self.log.is_some() {
-            conn.client = crate::sys::peer_text(stream.as_raw_fd());
+            conn.client = client_text(origin, stream);
         }
         loop {
             if let Answered::Close = self.answer_buffered(stream, &mut conn).await? {
@@ -313,6 +321,22 @@ impl HttpHandler {
         linger(stream, &AFTER_ERROR).await;
         Ok(())
     }
+}
+
+/// The client as the access log names it: the one a trusted balancer's PROXY header
+/// named, else the socket's peer; `unix:` for a Unix socket, as nginx.
+fn client_text(origin: Origin, stream: &Stream) -> Vec<u8> {
+    let ip = match origin {
+        Origin::Client(addr) => match addr.ip() {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6.into(), Into::into),
+            v4 => v4,
+        },
+        Origin::Direct | Origin::Balancer => match crate::sys::peer_ip(stream.as_raw_fd()) {
+            Some(ip) => ip,
+            None => return b"unix:".to_vec(),
+        },
+    };
+    ip.to_string().into_bytes()
 }
 
 /// The body bytes of the one answer in `answer` (a head and, maybe, a body in the buffer).

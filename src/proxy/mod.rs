@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::log::RateLimit;
+use crate::net::proxy_header::{self, TrustedPeers};
 use crate::net::{is_disconnect, Duplex, Stream};
 use crate::runtime::limit::Limiter;
 use crate::runtime::{Handler, Worker};
@@ -45,6 +46,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// `None`: a half-closed connection may stay idle forever.
     pub half_close_timeout: Option<Duration>,
+    /// `--proxy-protocol-from`: whose connections start with a PROXY header.
+    pub trusted: Arc<TrustedPeers>,
 }
 
 pub struct ProxyHandler {
@@ -136,6 +139,12 @@ impl Handler for ProxyHandler {
 
 impl ProxyHandler {
     async fn forward(&self, client: Stream) {
+        // The header is taken off before any byte is forwarded; the client it names is
+        // for the PROXY header ringsock will send (issue 13).
+        if let Err(why) = proxy_header::receive(&client, &self.settings.trusted).await {
+            crate::debug!("closing a connection from a trusted balancer: {why}");
+            return;
+        }
         let target = &self.settings.target;
         let upstream = match self.connect().await {
             Ok(upstream) => upstream,
