@@ -876,6 +876,18 @@ fn metrics_count_connections_requests_and_bytes() {
         assert_eq!(value("ringsock_http_responses_total{code=\"2xx\"}"), 3);
         assert_eq!(value("ringsock_http_responses_total{code=\"4xx\"}"), 1);
         assert!(value("ringsock_http_response_bytes_total") > 30);
+        // Four requests answered before this one: the histogram counts them, its
+        // buckets never decrease, and +Inf equals the count.
+        assert_eq!(value("ringsock_http_request_duration_seconds_count"), 4);
+        let buckets: Vec<u64> = text
+            .lines()
+            .filter(|l| l.starts_with("ringsock_http_request_duration_seconds_bucket{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(buckets.len(), 15, "{text}");
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+        assert_eq!(buckets.last(), Some(&4));
+        assert!(text.contains("ringsock_http_request_duration_seconds_bucket{le=\"+Inf\"} 4\n"));
         server.ringsock.stop();
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use super::access_log::AccessLog;
-use super::metrics::Totals;
+use super::metrics::{Totals, DURATION_BOUNDS};
 use crate::runtime::blocking::PoolStats;
 
 /// aptly answers `{"Version":"1.5.0+ds1-1+b4"}` with no trailing newline; clients parse it.
@@ -79,6 +79,7 @@ pub fn render_metrics(
         pool.busy,
         pool.queued
     );
+    render_durations(out, totals);
     let _ = write!(
         out,
         "# HELP ringsock_proxy_protocol_refused_total Connections from --proxy-protocol-from \
@@ -103,6 +104,33 @@ pub fn render_metrics(
     }
 }
 
+/// `ringsock_http_request_duration_seconds` as a Prometheus histogram (cumulative).
+fn render_durations(out: &mut String, totals: &Totals) {
+    let _ = write!(
+        out,
+        "# HELP ringsock_http_request_duration_seconds Time from a request head's first byte \
+         to its answer (the body sent, for files).\n\
+         # TYPE ringsock_http_request_duration_seconds histogram\n"
+    );
+    let mut cumulative = 0;
+    for (bound, n) in DURATION_BOUNDS.iter().zip(&totals.durations) {
+        cumulative += n;
+        let _ = writeln!(
+            out,
+            "ringsock_http_request_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1e6
+        );
+    }
+    let count = cumulative + totals.durations[DURATION_BOUNDS.len()];
+    let _ = write!(
+        out,
+        "ringsock_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n\
+         ringsock_http_request_duration_seconds_sum {}\n\
+         ringsock_http_request_duration_seconds_count {count}\n",
+        totals.duration_sum_micros as f64 / 1e6
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +152,8 @@ mod tests {
             disk_opens: 4,
             disk_sends: 5,
             disk_bytes: 6,
+            durations: [1, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            duration_sum_micros: 1_500_000,
         };
         let pool = PoolStats {
             threads: 3,
@@ -143,5 +173,11 @@ mod tests {
         assert!(out.contains("ringsock_io_threads 3\n"));
         assert!(out.contains("ringsock_io_threads_busy 2\n"));
         assert!(out.contains("ringsock_io_queue_length 1\n"));
+        assert!(out.contains("ringsock_http_request_duration_seconds_bucket{le=\"0.0001\"} 1\n"));
+        assert!(out.contains("ringsock_http_request_duration_seconds_bucket{le=\"0.001\"} 3\n"));
+        assert!(out.contains("ringsock_http_request_duration_seconds_bucket{le=\"60\"} 3\n"));
+        assert!(out.contains("ringsock_http_request_duration_seconds_bucket{le=\"+Inf\"} 4\n"));
+        assert!(out.contains("ringsock_http_request_duration_seconds_sum 1.5\n"));
+        assert!(out.contains("ringsock_http_request_duration_seconds_count 4\n"));
     }
 }

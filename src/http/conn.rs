@@ -169,6 +169,8 @@ impl HttpHandler {
                 Some(body) => self.add_body(stream, &mut conn.out, body).await,
                 None => (buffered_body_len(&conn.out[before..]), Ok(())),
             };
+            let started = conn.head_started.unwrap_or_else(Instant::now);
+            self.counters.count_duration(started.elapsed());
             if let Some(log) = &self.log {
                 log.line(&access_log::Entry {
                     client: &conn.client,
@@ -177,7 +179,7 @@ impl HttpHandler {
                     body_bytes: sent,
                     referer: req.referer,
                     user_agent: req.user_agent,
-                    started: conn.head_started.unwrap_or_else(Instant::now),
+                    started,
                 });
             }
             result?;

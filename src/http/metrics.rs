@@ -15,7 +15,17 @@ pub struct WorkerCounters {
     responses: [AtomicU64; 5],
     bytes_sent: AtomicU64,
     disk: DiskCounters,
+    /// Request durations by [`DURATION_BOUNDS`] bucket (not cumulative; the last is +Inf).
+    durations: [AtomicU64; DURATION_BOUNDS.len() + 1],
+    duration_sum_micros: AtomicU64,
 }
+
+/// Upper bounds of `ringsock_http_request_duration_seconds`' buckets, in microseconds:
+/// from a cached answer (tens of µs) to a download that takes minutes.
+pub const DURATION_BOUNDS: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 250_000, 1_000_000, 2_500_000,
+    10_000_000, 60_000_000,
+];
 
 /// File work moved to I/O threads because it would have waited for the disk.
 #[derive(Default)]
@@ -35,6 +45,14 @@ impl WorkerCounters {
 
     pub fn count_bytes(&self, n: u64) {
         bump(&self.bytes_sent, n);
+    }
+
+    /// One request took `took`, from its head's first byte to its answer.
+    pub fn count_duration(&self, took: std::time::Duration) {
+        let micros = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let bucket = DURATION_BOUNDS.partition_point(|&bound| bound < micros);
+        bump(&self.durations[bucket], 1);
+        bump(&self.duration_sum_micros, micros);
     }
 
     pub fn count_disk_open(&self) {
@@ -66,6 +84,9 @@ pub struct Totals {
     pub disk_opens: u64,
     pub disk_sends: u64,
     pub disk_bytes: u64,
+    /// Per bucket, not cumulative.
+    pub durations: [u64; DURATION_BOUNDS.len() + 1],
+    pub duration_sum_micros: u64,
 }
 
 impl Metrics {
@@ -86,6 +107,10 @@ impl Metrics {
             totals.disk_opens += worker.disk.opens.load(Ordering::Relaxed);
             totals.disk_sends += worker.disk.sends.load(Ordering::Relaxed);
             totals.disk_bytes += worker.disk.bytes.load(Ordering::Relaxed);
+            for (sum, bucket) in totals.durations.iter_mut().zip(&worker.durations) {
+                *sum += bucket.load(Ordering::Relaxed);
+            }
+            totals.duration_sum_micros += worker.duration_sum_micros.load(Ordering::Relaxed);
         }
         totals
     }
@@ -107,6 +132,9 @@ mod tests {
         b.count_bytes(5);
         a.count_disk_open();
         b.count_disk_sends(2, 300);
+        a.count_duration(std::time::Duration::from_micros(40));
+        b.count_duration(std::time::Duration::from_micros(100));
+        b.count_duration(std::time::Duration::from_secs(3600));
         assert_eq!(
             metrics.totals(),
             Totals {
@@ -115,6 +143,8 @@ mod tests {
                 disk_opens: 1,
                 disk_sends: 2,
                 disk_bytes: 300,
+                durations: [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                duration_sum_micros: 3_600_000_140,
             }
         );
     }
