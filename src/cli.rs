@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::activation::ListenAddr;
 use crate::log::Level;
+use crate::net::client::{ClientRules, PerClient};
 use crate::net::proxy_header::TrustedPeers;
 use crate::proxy::Target;
 use crate::runtime::{ConnectionsMax, Lifecycle};
@@ -69,6 +70,19 @@ pub struct CommonArgs {
     /// (repeatable)
     #[arg(long, value_name = "CIDR")]
     pub proxy_protocol_from: Vec<String>,
+
+    /// At most N connections at once from one client address range (the client a PROXY
+    /// header names, if any); more are closed as soon as they are accepted [default: no limit]
+    #[arg(long, value_name = "N")]
+    pub per_client_connections: Option<u32>,
+
+    /// The IPv4 prefix length that makes one client for --per-client-connections (e.g. 29)
+    #[arg(long, value_name = "LEN", default_value_t = 32)]
+    pub per_client_ipv4_prefix: u8,
+
+    /// The IPv6 prefix length that makes one client for --per-client-connections (e.g. 64)
+    #[arg(long, value_name = "LEN", default_value_t = 128)]
+    pub per_client_ipv6_prefix: u8,
 }
 
 #[derive(Args, Debug)]
@@ -132,8 +146,8 @@ pub struct Common {
     pub listen: Vec<ListenAddr>,
     pub lifecycle: Lifecycle,
     pub log_level: Option<Level>,
-    /// `--proxy-protocol-from`.
-    pub trusted: Arc<TrustedPeers>,
+    /// `--proxy-protocol-from` and `--per-client-*`.
+    pub clients: Arc<ClientRules>,
 }
 
 pub type ProxyConfig = crate::proxy::Settings;
@@ -166,7 +180,7 @@ impl Cli {
                     target: Target::parse(&args.target)?,
                     connect_timeout: finite("--connect-timeout", &args.connect_timeout)?,
                     half_close_timeout: timespan("--half-close-timeout", &args.half_close_timeout)?,
-                    trusted: common.trusted.clone(),
+                    clients: common.clients.clone(),
                 };
                 Config::Proxy(common, proxy)
             }
@@ -208,6 +222,7 @@ fn io_threads(n: usize) -> Result<usize, String> {
 
 impl CommonArgs {
     fn validate(self, fds_per_connection: usize, io_threads: usize) -> Result<Common, String> {
+        let per_client = self.per_client()?;
         let connections_max = match self.connections_max {
             Some(0) => return Err("--connections-max must be at least 1".into()),
             Some(n) => ConnectionsMax::Given(n),
@@ -229,9 +244,12 @@ impl CommonArgs {
                 format!("--log-level {text:?}: use error, warning, info or debug")
             })?),
         };
-        let trusted = Arc::new(TrustedPeers::parse(&self.proxy_protocol_from)?);
+        let clients = Arc::new(ClientRules {
+            trusted: TrustedPeers::parse(&self.proxy_protocol_from)?,
+            per_client,
+        });
         Ok(Common {
-            trusted,
+            clients,
             listen,
             lifecycle: Lifecycle {
                 threads,
@@ -242,6 +260,31 @@ impl CommonArgs {
                 io_threads,
             },
             log_level,
+        })
+    }
+}
+
+impl CommonArgs {
+    fn per_client(&self) -> Result<Option<PerClient>, String> {
+        if self.per_client_ipv4_prefix > 32 {
+            return Err("--per-client-ipv4-prefix must be 0 to 32".into());
+        }
+        if self.per_client_ipv6_prefix > 128 {
+            return Err("--per-client-ipv6-prefix must be 0 to 128".into());
+        }
+        Ok(match self.per_client_connections {
+            None => None,
+            Some(0) => {
+                return Err(
+                    "--per-client-connections must be at least 1 (leave it out for no limit)"
+                        .into(),
+                )
+            }
+            Some(max) => Some(PerClient::new(
+                max,
+                self.per_client_ipv4_prefix,
+                self.per_client_ipv6_prefix,
+            )),
         })
     }
 }

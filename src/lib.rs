@@ -77,7 +77,7 @@ fn run_serve(common: &Common, serve: cli::ServeConfig, notifier: &Notifier) -> R
         .map(http::access_log::AccessLog::open);
     let reopen_log = access_log.clone().map(|log| move || log.reopen());
     let shared = http::Shared::new(http::Settings {
-        trusted: common.trusted.clone(),
+        clients: common.clients.clone(),
         access_log,
         root,
         header_timeout: serve.header_timeout,

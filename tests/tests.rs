@@ -11,6 +11,7 @@ mod proxy_faults;
 mod proxy_protocol;
 
 mod packaging;
+mod per_client;
 mod properties;
 mod serve;
 mod serve_cold;

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::access_log::AccessLog;
 use super::metrics::{Totals, DURATION_BOUNDS};
+use crate::net::client::PerClient;
 use crate::runtime::blocking::PoolStats;
 
 /// aptly answers `{"Version":"1.5.0+ds1-1+b4"}` with no trailing newline; clients parse it.
@@ -23,6 +24,7 @@ pub fn render_metrics(
     totals: &Totals,
     pool: &PoolStats,
     access_log: Option<&AccessLog>,
+    per_client: Option<&PerClient>,
 ) {
     // Writing into a String cannot fail.
     let _ = write!(
@@ -88,6 +90,20 @@ pub fn render_metrics(
          ringsock_proxy_protocol_refused_total {}\n",
         crate::net::proxy_header::REFUSED.load(Ordering::Relaxed)
     );
+    if let Some(limit) = per_client {
+        let _ = write!(
+            out,
+            "# HELP ringsock_per_client_refused_total Connections closed at accept: their \
+             client's address range had --per-client-connections open.\n\
+             # TYPE ringsock_per_client_refused_total counter\n\
+             ringsock_per_client_refused_total {}\n\
+             # HELP ringsock_per_client_ranges Client address ranges with a connection open.\n\
+             # TYPE ringsock_per_client_ranges gauge\n\
+             ringsock_per_client_ranges {}\n",
+            limit.refused.load(Ordering::Relaxed),
+            limit.tracked()
+        );
+    }
     if let Some(log) = access_log {
         let _ = write!(
             out,
@@ -161,7 +177,7 @@ mod tests {
             queued: 1,
             ran: 8,
         };
-        render_metrics(&mut out, 7, 2, &totals, &pool, None);
+        render_metrics(&mut out, 7, 2, &totals, &pool, None, None);
         assert!(out.contains("ringsock_connections_accepted_total 7\n"));
         assert!(out.contains("ringsock_connections_open 2\n"));
         assert!(out.contains("ringsock_http_responses_total{code=\"2xx\"} 3\n"));

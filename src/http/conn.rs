@@ -14,7 +14,7 @@ use super::request::{self, Reject};
 use super::response::{self, Connection};
 use super::router::Body;
 use super::{access_log, HttpHandler};
-use crate::net::proxy_header::{self, Origin};
+use crate::net::proxy_header::Origin;
 use crate::net::{linger, Linger, Stream};
 
 /// First read buffer; grown to [`request::MAX_HEAD`] only for a head that needs it.
@@ -101,13 +101,14 @@ enum Wake {
 impl HttpHandler {
     /// Serves one connection until it closes.
     pub(super) async fn serve(&self, stream: &mut Stream) -> io::Result<()> {
-        let origin = match proxy_header::receive(stream, &self.shared.settings.trusted).await {
-            Ok(origin) => origin,
+        let client = match self.shared.settings.clients.admit(stream).await {
+            Ok(client) => client,
             Err(why) => {
-                crate::debug!("closing a connection from a trusted balancer: {why}");
+                crate::debug!("closing a connection: {why}");
                 return Ok(());
             }
         };
+        let origin = client.origin;
         let mut conn = Conn::default();
         if self.log.is_some() {
             conn.client = client_text(origin, stream);

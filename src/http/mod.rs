@@ -34,8 +34,8 @@ pub struct Settings {
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub access_log: Option<Arc<access_log::AccessLog>>,
-    /// `--proxy-protocol-from`.
-    pub trusted: Arc<crate::net::proxy_header::TrustedPeers>,
+    /// `--proxy-protocol-from` and `--per-client-*`.
+    pub clients: Arc<crate::net::client::ClientRules>,
 }
 
 /// Built once; every worker's handler holds it.

@@ -115,6 +115,7 @@ impl HttpHandler {
                     &self.shared.metrics.totals(),
                     &self.worker.pool.stats(),
                     self.shared.settings.access_log.as_deref(),
+                    self.shared.settings.clients.per_client.as_ref(),
                 );
                 self.count(response::OK);
                 let date = self.date.now();

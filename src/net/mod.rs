@@ -2,6 +2,7 @@
 //! owned halves two directions of a proxied connection use at once ([`Duplex`]), and
 //! the lingering close, and the PROXY header a trusted load balancer puts before them.
 
+pub mod client;
 mod duplex;
 mod linger;
 pub mod proxy_header;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::log::RateLimit;
-use crate::net::proxy_header::{self, TrustedPeers};
+use crate::net::client::ClientRules;
 use crate::net::{is_disconnect, Duplex, Stream};
 use crate::runtime::limit::Limiter;
 use crate::runtime::{Handler, Worker};
@@ -46,8 +46,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// `None`: a half-closed connection may stay idle forever.
     pub half_close_timeout: Option<Duration>,
-    /// `--proxy-protocol-from`: whose connections start with a PROXY header.
-    pub trusted: Arc<TrustedPeers>,
+    /// `--proxy-protocol-from` and `--per-client-*`.
+    pub clients: Arc<ClientRules>,
 }
 
 pub struct ProxyHandler {
@@ -141,10 +141,13 @@ impl ProxyHandler {
     async fn forward(&self, client: Stream) {
         // The header is taken off before any byte is forwarded; the client it names is
         // for the PROXY header ringsock will send (issue 13).
-        if let Err(why) = proxy_header::receive(&client, &self.settings.trusted).await {
-            crate::debug!("closing a connection from a trusted balancer: {why}");
-            return;
-        }
+        let _client = match self.settings.clients.admit(&client).await {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                crate::debug!("closing a connection: {why}");
+                return;
+            }
+        };
         let target = &self.settings.target;
         let upstream = match self.connect().await {
             Ok(upstream) => upstream,
