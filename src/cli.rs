@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::activation::ListenAddr;
 use crate::log::Level;
-use crate::net::client::{ClientRules, PerClient};
+use crate::net::client::{ClientRules, PerClient, Prefixes, RateLimit};
 use crate::net::proxy_header::TrustedPeers;
 use crate::proxy::Target;
 use crate::runtime::{ConnectionsMax, Lifecycle};
@@ -131,6 +131,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub io_threads: usize,
 
+    /// At most R requests a second from one client address range (prefixes as for
+    /// --per-client-connections); more are answered 429 with Retry-After [default: no limit]
+    #[arg(long, value_name = "R")]
+    pub per_client_rate: Option<String>,
+
+    /// Requests a client may make at once above --per-client-rate [default: R]
+    #[arg(long, value_name = "N")]
+    pub per_client_burst: Option<u32>,
+
     /// Write an access log line per response (nginx's combined format plus the request
     /// time) to PATH, or `-` for standard error; SIGUSR1 reopens it (logrotate)
     #[arg(long, value_name = "PATH")]
@@ -173,9 +182,9 @@ impl Cli {
     pub fn validate(self) -> Result<Config, String> {
         Ok(match self.command {
             Command::Proxy(args) => {
-                let common = args
-                    .common
-                    .validate(FDS_PER_PROXIED_CONNECTION, PROXY_IO_THREADS)?;
+                let common =
+                    args.common
+                        .validate(FDS_PER_PROXIED_CONNECTION, PROXY_IO_THREADS, None)?;
                 let proxy = ProxyConfig {
                     target: Target::parse(&args.target)?,
                     connect_timeout: finite("--connect-timeout", &args.connect_timeout)?,
@@ -185,8 +194,11 @@ impl Cli {
                 Config::Proxy(common, proxy)
             }
             Command::Serve(args) => Config::Serve(
-                args.common
-                    .validate(FDS_PER_HTTP_CONNECTION, io_threads(args.io_threads)?)?,
+                args.common.validate(
+                    FDS_PER_HTTP_CONNECTION,
+                    io_threads(args.io_threads)?,
+                    rate_limit(args.per_client_rate.as_deref(), args.per_client_burst)?,
+                )?,
                 ServeConfig {
                     root: args.root,
                     header_timeout: finite("--header-timeout", &args.header_timeout)?,
@@ -209,6 +221,31 @@ const FDS_PER_HTTP_CONNECTION: usize = 3;
 /// The proxy's only blocking calls are host-name lookups of TARGET.
 const PROXY_IO_THREADS: usize = 4;
 
+/// `--per-client-rate R` (or `R/s`) and `--per-client-burst N`.
+fn rate_limit(rate: Option<&str>, burst: Option<u32>) -> Result<Option<RateLimit>, String> {
+    let Some(text) = rate else {
+        return match burst {
+            Some(_) => Err("--per-client-burst needs --per-client-rate".into()),
+            None => Ok(None),
+        };
+    };
+    let per_second = match text.strip_suffix("/s").unwrap_or(text).parse::<u32>() {
+        Ok(n) if n > 0 => n,
+        _ => {
+            return Err(format!(
+                "--per-client-rate {text:?}: give requests per second as a whole number, e.g. 40 or 40/s"
+            ))
+        }
+    };
+    match burst {
+        Some(0) => Err("--per-client-burst must be at least 1".into()),
+        burst => Ok(Some(RateLimit::new(
+            per_second,
+            burst.unwrap_or(per_second),
+        ))),
+    }
+}
+
 fn io_threads(n: usize) -> Result<usize, String> {
     match n {
         0 => Err(
@@ -221,7 +258,12 @@ fn io_threads(n: usize) -> Result<usize, String> {
 }
 
 impl CommonArgs {
-    fn validate(self, fds_per_connection: usize, io_threads: usize) -> Result<Common, String> {
+    fn validate(
+        self,
+        fds_per_connection: usize,
+        io_threads: usize,
+        rate: Option<RateLimit>,
+    ) -> Result<Common, String> {
         let per_client = self.per_client()?;
         let connections_max = match self.connections_max {
             Some(0) => return Err("--connections-max must be at least 1".into()),
@@ -246,7 +288,12 @@ impl CommonArgs {
         };
         let clients = Arc::new(ClientRules {
             trusted: TrustedPeers::parse(&self.proxy_protocol_from)?,
+            prefixes: Prefixes {
+                ipv4: self.per_client_ipv4_prefix,
+                ipv6: self.per_client_ipv6_prefix,
+            },
             per_client,
+            rate,
         });
         Ok(Common {
             clients,
@@ -280,11 +327,7 @@ impl CommonArgs {
                         .into(),
                 )
             }
-            Some(max) => Some(PerClient::new(
-                max,
-                self.per_client_ipv4_prefix,
-                self.per_client_ipv6_prefix,
-            )),
+            Some(max) => Some(PerClient::new(max)),
         })
     }
 }

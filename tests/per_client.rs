@@ -174,3 +174,37 @@ fn proxy_limits_each_client_too() {
         ringsock.stop();
     }
 }
+
+#[test]
+fn serve_answers_429_over_the_request_rate_and_keeps_the_connection() {
+    for driver in DRIVERS {
+        let server = serve(
+            driver,
+            &["--per-client-rate", "5/s", "--per-client-burst", "5"],
+        );
+        server.file("f.txt", b"hello\n");
+        let mut conn = crate::serve::Conn::new(connect_from("127.0.0.1", server.addr));
+        let mut statuses = Vec::new();
+        for _ in 0..12 {
+            conn.send(crate::serve::get("/f.txt").as_bytes());
+            let resp = conn.response(false);
+            if resp.status == 429 {
+                assert_eq!(resp.header("Retry-After"), Some("1"), "{driver:?}");
+            }
+            statuses.push(resp.status);
+        }
+        assert!(
+            statuses[..5].iter().all(|&s| s == 200),
+            "{driver:?}: {statuses:?}"
+        );
+        let limited = statuses.iter().filter(|&&s| s == 429).count();
+        assert!(limited >= 5, "{driver:?}: {statuses:?}");
+        // Another address has its own bucket; this one refills at 5 a second.
+        let mut other = connect_from("127.0.0.2", server.addr);
+        assert!(served(&mut other, b""), "{driver:?}");
+        std::thread::sleep(Duration::from_millis(1200));
+        conn.send(crate::serve::get("/f.txt").as_bytes());
+        assert_eq!(conn.response(false).status, 200, "{driver:?}: no refill");
+        server.ringsock.stop();
+    }
+}

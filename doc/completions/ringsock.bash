@@ -109,7 +109,7 @@ _ringsock() {
             return 0
             ;;
         ringsock__subcmd__serve)
-            opts="-c -h -V --root --header-timeout --keepalive-timeout --follow-symlinks --autoindex --io-threads --access-log --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --proxy-protocol-from --per-client-connections --per-client-ipv4-prefix --per-client-ipv6-prefix --help --version"
+            opts="-c -h -V --root --header-timeout --keepalive-timeout --follow-symlinks --autoindex --io-threads --per-client-rate --per-client-burst --access-log --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --proxy-protocol-from --per-client-connections --per-client-ipv4-prefix --per-client-ipv6-prefix --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -128,6 +128,14 @@ _ringsock() {
                     return 0
                     ;;
                 --io-threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --per-client-rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --per-client-burst)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

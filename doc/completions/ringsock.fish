@@ -46,6 +46,8 @@ complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l root -d 'Dir
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l header-timeout -d 'Close a client that has not sent a full request head within this long (408)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l keepalive-timeout -d 'Close an idle keep-alive connection after this long' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l io-threads -d 'Most threads opening and reading files that are not in the page cache (nginx\'s `aio threads`); cached files never wait for one' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l per-client-rate -d 'At most R requests a second from one client address range (prefixes as for --per-client-connections); more are answered 429 with Retry-After [default: no limit]' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l per-client-burst -d 'Requests a client may make at once above --per-client-rate [default: R]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l access-log -d 'Write an access log line per response (nginx\'s combined format plus the request time) to PATH, or `-` for standard error; SIGUSR1 reopens it (logrotate)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l listen -d 'Listen on ADDR when not socket-activated: HOST:PORT, [V6]:PORT, PORT, /path or @name (repeatable)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l threads -d 'Worker threads [default: the CPUs this process may use]' -r

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::access_log::AccessLog;
 use super::metrics::{Totals, DURATION_BOUNDS};
-use crate::net::client::PerClient;
+use crate::net::client::ClientRules;
 use crate::runtime::blocking::PoolStats;
 
 /// aptly answers `{"Version":"1.5.0+ds1-1+b4"}` with no trailing newline; clients parse it.
@@ -24,7 +24,7 @@ pub fn render_metrics(
     totals: &Totals,
     pool: &PoolStats,
     access_log: Option<&AccessLog>,
-    per_client: Option<&PerClient>,
+    clients: &ClientRules,
 ) {
     // Writing into a String cannot fail.
     let _ = write!(
@@ -90,7 +90,7 @@ pub fn render_metrics(
          ringsock_proxy_protocol_refused_total {}\n",
         crate::net::proxy_header::REFUSED.load(Ordering::Relaxed)
     );
-    if let Some(limit) = per_client {
+    if let Some(limit) = &clients.per_client {
         let _ = write!(
             out,
             "# HELP ringsock_per_client_refused_total Connections closed at accept: their \
@@ -102,6 +102,16 @@ pub fn render_metrics(
              ringsock_per_client_ranges {}\n",
             limit.refused.load(Ordering::Relaxed),
             limit.tracked()
+        );
+    }
+    if let Some(rate) = &clients.rate {
+        let _ = write!(
+            out,
+            "# HELP ringsock_per_client_rate_limited_total Requests answered 429: their \
+             client was over --per-client-rate.\n\
+             # TYPE ringsock_per_client_rate_limited_total counter\n\
+             ringsock_per_client_rate_limited_total {}\n",
+            rate.limited.load(Ordering::Relaxed)
         );
     }
     if let Some(log) = access_log {
@@ -177,7 +187,15 @@ mod tests {
             queued: 1,
             ran: 8,
         };
-        render_metrics(&mut out, 7, 2, &totals, &pool, None, None);
+        render_metrics(
+            &mut out,
+            7,
+            2,
+            &totals,
+            &pool,
+            None,
+            &ClientRules::default(),
+        );
         assert!(out.contains("ringsock_connections_accepted_total 7\n"));
         assert!(out.contains("ringsock_connections_open 2\n"));
         assert!(out.contains("ringsock_http_responses_total{code=\"2xx\"} 3\n"));

@@ -14,6 +14,7 @@ use super::request::{self, Reject};
 use super::response::{self, Connection};
 use super::router::Body;
 use super::{access_log, HttpHandler};
+use crate::net::client::Client;
 use crate::net::proxy_header::Origin;
 use crate::net::{linger, Linger, Stream};
 
@@ -114,7 +115,7 @@ impl HttpHandler {
             conn.client = client_text(origin, stream);
         }
         loop {
-            if let Answered::Close = self.answer_buffered(stream, &mut conn).await? {
+            if let Answered::Close = self.answer_buffered(stream, &mut conn, &client).await? {
                 return self.finish_closing(stream, &mut conn.out).await;
             }
             match self.wait_for_input(stream, &mut conn).await? {
@@ -137,7 +138,12 @@ impl HttpHandler {
 
     /// Answers every complete request in the input buffer, in order, and sends the
     /// answers; keeps only the unanswered rest.
-    async fn answer_buffered(&self, stream: &Stream, conn: &mut Conn) -> io::Result<Answered> {
+    async fn answer_buffered(
+        &self,
+        stream: &Stream,
+        conn: &mut Conn,
+        client: &Client,
+    ) -> io::Result<Answered> {
         let mut start = 0;
         while start < conn.input.len() {
             let req = match request::parse_head(&mut conn.input[start..]) {
@@ -163,9 +169,16 @@ impl HttpHandler {
                 Connection::KeepAlive
             };
             let before = conn.out.len();
-            let (body, connection) = self
-                .respond(&req, connection, &mut conn.out, &mut conn.rel)
-                .await;
+            let (body, connection) = match self.shared.settings.clients.allow_request(client) {
+                Ok(()) => {
+                    self.respond(&req, connection, &mut conn.out, &mut conn.rel)
+                        .await
+                }
+                Err(retry_after) => {
+                    self.too_many(&mut conn.out, retry_after, connection, &req);
+                    (None, connection)
+                }
+            };
             let (sent, result) = match body {
                 Some(body) => self.add_body(stream, &mut conn.out, body).await,
                 None => (buffered_body_len(&conn.out[before..]), Ok(())),

@@ -36,6 +36,7 @@ pub const REQUEST_TIMEOUT: Status = Status::new(408, "Request Timeout");
 pub const PRECONDITION_FAILED: Status = Status::new(412, "Precondition Failed");
 pub const URI_TOO_LONG: Status = Status::new(414, "URI Too Long");
 pub const RANGE_NOT_SATISFIABLE: Status = Status::new(416, "Range Not Satisfiable");
+pub const TOO_MANY_REQUESTS: Status = Status::new(429, "Too Many Requests");
 pub const HEADER_FIELDS_TOO_LARGE: Status = Status::new(431, "Request Header Fields Too Large");
 pub const INTERNAL_SERVER_ERROR: Status = Status::new(500, "Internal Server Error");
 pub const NOT_IMPLEMENTED: Status = Status::new(501, "Not Implemented");

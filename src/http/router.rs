@@ -115,7 +115,7 @@ impl HttpHandler {
                     &self.shared.metrics.totals(),
                     &self.worker.pool.stats(),
                     self.shared.settings.access_log.as_deref(),
-                    self.shared.settings.clients.per_client.as_ref(),
+                    &self.shared.settings.clients,
                 );
                 self.count(response::OK);
                 let date = self.date.now();
@@ -273,6 +273,29 @@ impl HttpHandler {
             out.extend_from_slice(&html);
         }
         Ok(())
+    }
+
+    /// 429 for a client over `--per-client-rate`, with when to come back; the
+    /// connection stays as it was (nginx's limit_req does not close either).
+    pub(super) fn too_many(
+        &self,
+        out: &mut Vec<u8>,
+        retry_after: u64,
+        connection: Connection,
+        req: &Request<'_>,
+    ) {
+        self.count(response::TOO_MANY_REQUESTS);
+        let date = self.date.now();
+        let mut head = HeadWriter::start(out, response::TOO_MANY_REQUESTS, &date);
+        let mut seconds = Vec::new();
+        response::push_u64(&mut seconds, retry_after);
+        head.header("Retry-After", &seconds);
+        error_body(
+            head,
+            response::TOO_MANY_REQUESTS,
+            connection,
+            req.method == Method::Head,
+        );
     }
 
     /// A status with a one-line text body, e.g. `404 Not Found`.

@@ -1,7 +1,8 @@
 //! Who a connection is from and whether it may stay: the PROXY header of a trusted
 //! balancer first (so the real client is the one limited), then `--per-client-connections`,
 //! at most N connections at once per client prefix (/32 and /128 by default; USTC's
-//! mirror uses /29 and /64). Shared by `proxy` and `serve`.
+//! mirror uses /29 and /64). Shared by `proxy` and `serve`; `serve` also limits each
+//! prefix's request rate (`--per-client-rate`, a token bucket).
 //!
 //! One table for the whole process, sharded by prefix so workers rarely meet on a lock:
 //! a limit is exact however the kernel spreads a client's connections over workers. A
@@ -13,6 +14,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::proxy_header::{self, Origin, TrustedPeers};
 use super::Stream;
@@ -24,12 +26,46 @@ const SHARDS: usize = 16;
 #[derive(Debug, Default)]
 pub struct ClientRules {
     pub trusted: TrustedPeers,
+    pub prefixes: Prefixes,
     pub per_client: Option<PerClient>,
+    pub rate: Option<RateLimit>,
+}
+
+/// What makes one client: an address masked to these lengths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefixes {
+    pub ipv4: u8,
+    pub ipv6: u8,
+}
+
+impl Default for Prefixes {
+    fn default() -> Prefixes {
+        Prefixes {
+            ipv4: 32,
+            ipv6: 128,
+        }
+    }
+}
+
+impl Prefixes {
+    /// The client's prefix as one number: IPv4 as its IPv4-mapped IPv6 form, masked.
+    fn key(self, ip: IpAddr) -> u128 {
+        let (bits, keep) = match ip {
+            IpAddr::V4(v4) => (u128::from(v4.to_ipv6_mapped()), 96 + u32::from(self.ipv4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => (u128::from(v4.to_ipv6_mapped()), 96 + u32::from(self.ipv4)),
+                None => (u128::from(v6), u32::from(self.ipv6)),
+            },
+        };
+        bits & u128::MAX.checked_shl(128 - keep).unwrap_or(0)
+    }
 }
 
 /// An admitted connection: who it is from, and its place in the per-client count.
 pub struct Client {
     pub origin: Origin,
+    /// Its prefix, when it has an address and some per-client rule applies.
+    key: Option<u128>,
     _slot: Option<ClientSlot>,
 }
 
@@ -38,49 +74,124 @@ impl ClientRules {
     /// the connection is to be closed (already counted).
     pub async fn admit(self: &Arc<Self>, stream: &Stream) -> Result<Client, &'static str> {
         let origin = proxy_header::receive(stream, &self.trusted).await?;
-        let Some(limit) = &self.per_client else {
-            return Ok(Client {
-                origin,
-                _slot: None,
-            });
+        let unlimited = Client {
+            origin,
+            key: None,
+            _slot: None,
         };
+        if self.per_client.is_none() && self.rate.is_none() {
+            return Ok(unlimited);
+        }
         let ip = match origin {
             Origin::Client(addr) => Some(addr.ip()),
             Origin::Direct | Origin::Balancer => crate::sys::peer_ip(stream.as_raw_fd()),
         };
         // A Unix-socket client has no address to limit.
         let Some(ip) = ip else {
-            return Ok(Client {
-                origin,
-                _slot: None,
-            });
+            return Ok(unlimited);
         };
-        match limit.take(self, ip) {
-            Some(slot) => Ok(Client {
-                origin,
-                _slot: Some(slot),
-            }),
-            None => Err("too many connections from its address range (--per-client-connections)"),
+        let key = self.prefixes.key(ip);
+        let slot =
+            match &self.per_client {
+                None => None,
+                Some(limit) => Some(limit.take(self, key).ok_or(
+                    "too many connections from its address range (--per-client-connections)",
+                )?),
+            };
+        Ok(Client {
+            origin,
+            key: Some(key),
+            _slot: slot,
+        })
+    }
+
+    /// Whether `client` may have one more request answered now; else how many seconds
+    /// until it may (for `Retry-After`).
+    pub fn allow_request(&self, client: &Client) -> Result<(), u64> {
+        match (&self.rate, client.key) {
+            (Some(rate), Some(key)) => rate.allow(key),
+            _ => Ok(()),
         }
     }
+}
+
+/// `--per-client-rate` with `--per-client-burst`: a token bucket per client prefix.
+#[derive(Debug)]
+pub struct RateLimit {
+    per_second: f64,
+    burst: f64,
+    shards: [Mutex<HashMap<u128, Bucket>>; SHARDS],
+    pub limited: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Buckets kept per shard; past it, full buckets (clients that have been quiet long
+/// enough to be owed nothing) are dropped, and if none is, a new client goes unlimited
+/// rather than the table growing: a flood of addresses cannot take the memory.
+const BUCKETS_PER_SHARD: usize = 4096;
+
+impl RateLimit {
+    pub fn new(per_second: u32, burst: u32) -> RateLimit {
+        RateLimit {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst.max(1)),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            limited: AtomicU64::new(0),
+        }
+    }
+
+    fn allow(&self, key: u128) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut shard = lock(&self.shards[shard_of(key)]);
+        if shard.len() >= BUCKETS_PER_SHARD && !shard.contains_key(&key) {
+            shard.retain(|_, b| self.refilled(b, now) < self.burst);
+            if shard.len() >= BUCKETS_PER_SHARD {
+                return Ok(());
+            }
+        }
+        let bucket = shard.entry(key).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
+        bucket.tokens = self.refilled(bucket, now);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        drop(shard);
+        self.limited.fetch_add(1, Ordering::Relaxed);
+        Err(1)
+    }
+
+    fn refilled(&self, bucket: &Bucket, now: Instant) -> f64 {
+        let earned = now.duration_since(bucket.at).as_secs_f64() * self.per_second;
+        (bucket.tokens + earned).min(self.burst)
+    }
+}
+
+fn shard_of(key: u128) -> usize {
+    let hash = (key ^ (key >> 64)) as u64;
+    (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS
 }
 
 /// `--per-client-connections` and its table.
 #[derive(Debug)]
 pub struct PerClient {
     max: u32,
-    ipv4_prefix: u8,
-    ipv6_prefix: u8,
     shards: [Mutex<HashMap<u128, u32>>; SHARDS],
     pub refused: AtomicU64,
 }
 
 impl PerClient {
-    pub fn new(max: u32, ipv4_prefix: u8, ipv6_prefix: u8) -> PerClient {
+    pub fn new(max: u32) -> PerClient {
         PerClient {
             max,
-            ipv4_prefix,
-            ipv6_prefix,
             shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             refused: AtomicU64::new(0),
         }
@@ -91,31 +202,11 @@ impl PerClient {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
-    /// The client's prefix as one number: IPv4 as its IPv4-mapped IPv6 form, masked.
-    fn key(&self, ip: IpAddr) -> u128 {
-        let (bits, keep) = match ip {
-            IpAddr::V4(v4) => (
-                u128::from(v4.to_ipv6_mapped()),
-                96 + u32::from(self.ipv4_prefix),
-            ),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => (
-                    u128::from(v4.to_ipv6_mapped()),
-                    96 + u32::from(self.ipv4_prefix),
-                ),
-                None => (u128::from(v6), u32::from(self.ipv6_prefix)),
-            },
-        };
-        bits & u128::MAX.checked_shl(128 - keep).unwrap_or(0)
-    }
-
     fn shard(&self, key: u128) -> &Mutex<HashMap<u128, u32>> {
-        let hash = (key ^ (key >> 64)) as u64;
-        &self.shards[(hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS]
+        &self.shards[shard_of(key)]
     }
 
-    fn take(&self, rules: &Arc<ClientRules>, ip: IpAddr) -> Option<ClientSlot> {
-        let key = self.key(ip);
+    fn take(&self, rules: &Arc<ClientRules>, key: u128) -> Option<ClientSlot> {
         let mut shard = lock(self.shard(key));
         let open = shard.entry(key).or_insert(0);
         if *open >= self.max {
@@ -159,19 +250,45 @@ impl Drop for ClientSlot {
 mod tests {
     use super::*;
 
-    fn rules(max: u32, v4: u8, v6: u8) -> Arc<ClientRules> {
+    fn rules(max: u32, ipv4: u8, ipv6: u8) -> Arc<ClientRules> {
         Arc::new(ClientRules {
-            trusted: TrustedPeers::default(),
-            per_client: Some(PerClient::new(max, v4, v6)),
+            prefixes: Prefixes { ipv4, ipv6 },
+            per_client: Some(PerClient::new(max)),
+            ..ClientRules::default()
         })
     }
 
     fn take(rules: &Arc<ClientRules>, ip: &str) -> Option<ClientSlot> {
-        rules
-            .per_client
-            .as_ref()
-            .unwrap()
-            .take(rules, ip.parse().unwrap())
+        let key = rules.prefixes.key(ip.parse().unwrap());
+        rules.per_client.as_ref().unwrap().take(rules, key)
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let rate = RateLimit::new(1000, 5);
+        let key = Prefixes::default().key("192.0.2.1".parse().unwrap());
+        for _ in 0..5 {
+            assert_eq!(rate.allow(key), Ok(()));
+        }
+        assert_eq!(rate.allow(key), Err(1), "the burst is spent");
+        assert_eq!(
+            rate.allow(key + 1),
+            Ok(()),
+            "another client has its own bucket"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(rate.allow(key), Ok(()), "1,000/s earns a token in 1 ms");
+        assert_eq!(rate.limited.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn rate_buckets_are_bounded() {
+        let rate = RateLimit::new(1, 1);
+        for i in 0..(BUCKETS_PER_SHARD * SHARDS * 2) as u128 {
+            let _ = rate.allow(i << 64);
+        }
+        let kept: usize = rate.shards.iter().map(|s| lock(s).len()).sum();
+        assert!(kept <= BUCKETS_PER_SHARD * SHARDS, "{kept}");
     }
 
     #[test]
