@@ -71,6 +71,11 @@ pub struct CommonArgs {
     #[arg(long, value_name = "CIDR")]
     pub proxy_protocol_from: Vec<String>,
 
+    /// Every connection on the activated socket named NAME (FileDescriptorName=) starts
+    /// with a PROXY protocol header, whoever the peer (repeatable)
+    #[arg(long, value_name = "NAME")]
+    pub proxy_protocol_on: Vec<String>,
+
     /// At most N connections at once from one client address range (the client a PROXY
     /// header names, if any); more are closed as soon as they are accepted [default: no limit]
     #[arg(long, value_name = "N")]
@@ -288,6 +293,7 @@ impl CommonArgs {
         };
         let clients = Arc::new(ClientRules {
             trusted: TrustedPeers::parse(&self.proxy_protocol_from)?,
+            header_listeners: self.proxy_protocol_on.clone(),
             prefixes: Prefixes {
                 ipv4: self.per_client_ipv4_prefix,
                 ipv6: self.per_client_ipv6_prefix,

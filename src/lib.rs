@@ -116,7 +116,24 @@ fn listeners(common: &Common, default: Option<ListenAddr>) -> Result<Vec<Listene
                 .into(),
         );
     }
+    check_names(&common.clients.header_listeners, &listeners)?;
     Ok(listeners)
+}
+
+/// Every `--proxy-protocol-on NAME` must name a socket: a typo would silently leave a
+/// balancer's headers to be read as requests.
+fn check_names(wanted: &[String], listeners: &[Listener]) -> Result<(), String> {
+    for name in wanted {
+        if !listeners.iter().any(|l| &l.name == name) {
+            let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+            return Err(format!(
+                "--proxy-protocol-on {name}: no listening socket has that name; the sockets \
+                 are named {} (FileDescriptorName= in the .socket unit, or the --listen text)",
+                names.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What to do about the usual reasons a `--listen` address cannot be bound.

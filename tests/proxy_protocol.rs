@@ -324,3 +324,53 @@ impl Drop for HaProxy {
         self.stop();
     }
 }
+
+/// `--proxy-protocol-on NAME`: every connection on the socket systemd named NAME carries
+/// a header, whoever the peer; a name no socket has is an error that lists the names.
+#[test]
+fn a_listener_chosen_by_name_requires_the_header() {
+    for driver in DRIVERS {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("f.txt"), b"hello\n").unwrap();
+        let (listen, addr) = Listen::tcp();
+        let ringsock = Spawn::new(&[
+            "serve",
+            "--root",
+            root.path().to_str().unwrap(),
+            "--proxy-protocol-on",
+            "lb",
+            "--access-log",
+            "-",
+        ])
+        .listen(listen)
+        .names("lb")
+        .driver(driver)
+        .start();
+        let header = b"PROXY TCP4 198.51.100.4 127.0.0.1 1000 80\r\n";
+        assert_eq!(
+            get_after(addr, header, "/f.txt?named"),
+            Some(200),
+            "{driver:?}"
+        );
+        assert_eq!(get_after(addr, b"", "/f.txt?bare"), None, "{driver:?}");
+        let stderr = ringsock.stop();
+        assert!(
+            stderr.contains("198.51.100.4 - - ["),
+            "{driver:?}:\n{stderr}"
+        );
+    }
+    let (listen, _) = Listen::tcp();
+    let (status, stderr) = {
+        let mut ringsock = Spawn::new(&["serve", "--proxy-protocol-on", "nope"])
+            .listen(listen)
+            .names("web")
+            .start();
+        let status = ringsock.wait_exit(Duration::from_secs(10));
+        (status, ringsock.stderr())
+    };
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--proxy-protocol-on nope: no listening socket has that name; the sockets are named web"),
+        "{stderr}"
+    );
+}

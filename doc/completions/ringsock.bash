@@ -43,7 +43,7 @@ _ringsock() {
             return 0
             ;;
         ringsock__subcmd__proxy)
-            opts="-c -h -V --connect-timeout --half-close-timeout --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --proxy-protocol-from --per-client-connections --per-client-ipv4-prefix --per-client-ipv6-prefix --help --version"
+            opts="-c -h -V --connect-timeout --half-close-timeout --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --proxy-protocol-from --proxy-protocol-on --per-client-connections --per-client-ipv4-prefix --per-client-ipv6-prefix --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -89,6 +89,10 @@ _ringsock() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --proxy-protocol-on)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --per-client-connections)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -109,7 +113,7 @@ _ringsock() {
             return 0
             ;;
         ringsock__subcmd__serve)
-            opts="-c -h -V --root --header-timeout --keepalive-timeout --follow-symlinks --autoindex --io-threads --per-client-rate --per-client-burst --access-log --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --proxy-protocol-from --per-client-connections --per-client-ipv4-prefix --per-client-ipv6-prefix --help --version"
+            opts="-c -h -V --root --header-timeout --keepalive-timeout --follow-symlinks --autoindex --io-threads --per-client-rate --per-client-burst --access-log --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --proxy-protocol-from --proxy-protocol-on --per-client-connections --per-client-ipv4-prefix --per-client-ipv6-prefix --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -172,6 +176,10 @@ _ringsock() {
                     return 0
                     ;;
                 --proxy-protocol-from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --proxy-protocol-on)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

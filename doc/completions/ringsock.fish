@@ -37,6 +37,7 @@ complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l exit-idle-ti
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l shutdown-timeout -d 'On SIGTERM/SIGINT, how long open connections may take to finish' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l log-level -d 'error, warning, info or debug [default: $RINGSOCK_LOG_LEVEL, $SYSTEMD_LOG_LEVEL, info]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l proxy-protocol-from -d 'Connections from ADDR[/LEN] (a load balancer) start with a PROXY protocol v1 or v2 header naming the real client; one without a valid header within 3 s is closed (repeatable)' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l proxy-protocol-on -d 'Every connection on the activated socket named NAME (FileDescriptorName=) starts with a PROXY protocol header, whoever the peer (repeatable)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l per-client-connections -d 'At most N connections at once from one client address range (the client a PROXY header names, if any); more are closed as soon as they are accepted [default: no limit]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l per-client-ipv4-prefix -d 'The IPv4 prefix length that makes one client for --per-client-connections (e.g. 29)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l per-client-ipv6-prefix -d 'The IPv6 prefix length that makes one client for --per-client-connections (e.g. 64)' -r
@@ -56,6 +57,7 @@ complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l exit-idle-ti
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l shutdown-timeout -d 'On SIGTERM/SIGINT, how long open connections may take to finish' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l log-level -d 'error, warning, info or debug [default: $RINGSOCK_LOG_LEVEL, $SYSTEMD_LOG_LEVEL, info]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l proxy-protocol-from -d 'Connections from ADDR[/LEN] (a load balancer) start with a PROXY protocol v1 or v2 header naming the real client; one without a valid header within 3 s is closed (repeatable)' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l proxy-protocol-on -d 'Every connection on the activated socket named NAME (FileDescriptorName=) starts with a PROXY protocol header, whoever the peer (repeatable)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l per-client-connections -d 'At most N connections at once from one client address range (the client a PROXY header names, if any); more are closed as soon as they are accepted [default: no limit]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l per-client-ipv4-prefix -d 'The IPv4 prefix length that makes one client for --per-client-connections (e.g. 29)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l per-client-ipv6-prefix -d 'The IPv6 prefix length that makes one client for --per-client-connections (e.g. 64)' -r

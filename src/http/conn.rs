@@ -101,8 +101,8 @@ enum Wake {
 
 impl HttpHandler {
     /// Serves one connection until it closes.
-    pub(super) async fn serve(&self, stream: &mut Stream) -> io::Result<()> {
-        let client = match self.shared.settings.clients.admit(stream).await {
+    pub(super) async fn serve(&self, stream: &mut Stream, listener: &str) -> io::Result<()> {
+        let client = match self.shared.settings.clients.admit(stream, listener).await {
             Ok(client) => client,
             Err(why) => {
                 crate::debug!("closing a connection: {why}");

@@ -82,8 +82,8 @@ impl HttpHandler {
 }
 
 impl Handler for HttpHandler {
-    async fn handle(self: Rc<Self>, mut stream: Stream) {
-        if let Err(e) = self.serve(&mut stream).await {
+    async fn handle(self: Rc<Self>, mut stream: Stream, listener: Rc<str>) {
+        if let Err(e) = self.serve(&mut stream, &listener).await {
             if !is_disconnect(&e) {
                 crate::debug!("failed to serve a connection: {e}");
             }

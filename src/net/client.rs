@@ -26,6 +26,8 @@ const SHARDS: usize = 16;
 #[derive(Debug, Default)]
 pub struct ClientRules {
     pub trusted: TrustedPeers,
+    /// Listeners (by name) whose every connection starts with a PROXY header.
+    pub header_listeners: Vec<String>,
     pub prefixes: Prefixes,
     pub per_client: Option<PerClient>,
     pub rate: Option<RateLimit>,
@@ -72,8 +74,16 @@ pub struct Client {
 impl ClientRules {
     /// Reads a trusted balancer's header, then takes a per-client slot. `Err` says why
     /// the connection is to be closed (already counted).
-    pub async fn admit(self: &Arc<Self>, stream: &Stream) -> Result<Client, &'static str> {
-        let origin = proxy_header::receive(stream, &self.trusted).await?;
+    pub async fn admit(
+        self: &Arc<Self>,
+        stream: &Stream,
+        listener: &str,
+    ) -> Result<Client, &'static str> {
+        let origin = if self.header_listeners.iter().any(|name| name == listener) {
+            proxy_header::read_counted(stream).await?
+        } else {
+            proxy_header::receive(stream, &self.trusted).await?
+        };
         let unlimited = Client {
             origin,
             key: None,

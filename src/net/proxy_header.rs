@@ -112,6 +112,11 @@ pub async fn receive(stream: &Stream, trusted: &TrustedPeers) -> Result<Origin, 
     if !trusted.contains(peer) {
         return Ok(Origin::Direct);
     }
+    read_counted(stream).await
+}
+
+/// Reads the header a connection must start with, counting a refusal in [`REFUSED`].
+pub async fn read_counted(stream: &Stream) -> Result<Origin, &'static str> {
     let result = read_header(stream).await;
     if result.is_err() {
         REFUSED.fetch_add(1, Ordering::Relaxed);

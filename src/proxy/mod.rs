@@ -128,8 +128,8 @@ fn spare_fd() -> Option<OwnedFd> {
 }
 
 impl Handler for ProxyHandler {
-    async fn handle(self: Rc<Self>, client: Stream) {
-        self.forward(client).await;
+    async fn handle(self: Rc<Self>, client: Stream, listener: Rc<str>) {
+        self.forward(client, &listener).await;
         let mut spare = self.spare_fd.borrow_mut();
         if spare.is_none() {
             *spare = spare_fd();
@@ -138,10 +138,10 @@ impl Handler for ProxyHandler {
 }
 
 impl ProxyHandler {
-    async fn forward(&self, client: Stream) {
+    async fn forward(&self, client: Stream, listener: &str) {
         // The header is taken off before any byte is forwarded; the client it names is
         // for the PROXY header ringsock will send (issue 13).
-        let _client = match self.settings.clients.admit(&client).await {
+        let _client = match self.settings.clients.admit(&client, listener).await {
             Ok(admitted) => admitted,
             Err(why) => {
                 crate::debug!("closing a connection: {why}");

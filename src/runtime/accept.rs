@@ -18,6 +18,7 @@ pub struct WorkerListener {
     inner: Inner,
     family: Family,
     address: String,
+    name: Rc<str>,
 }
 
 enum Inner {
@@ -40,6 +41,7 @@ impl WorkerListener {
             inner,
             family: listener.family,
             address: listener.address.clone(),
+            name: listener.name.as_str().into(),
         })
     }
 
@@ -182,9 +184,10 @@ fn accept_one<H: Handler>(
             worker.limiter.note_accepted();
             let handler = handler.clone();
             let admitted = worker.admit(permit);
+            let name = listener.name.clone();
             monoio::spawn(async move {
                 let _admitted = admitted;
-                handler.handle(stream).await;
+                handler.handle(stream, name).await;
             });
             Accepted::Next
         }

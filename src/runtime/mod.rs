@@ -33,7 +33,9 @@ pub use worker::Worker;
 
 /// What a subcommand does with each accepted connection. One instance per worker.
 pub trait Handler: 'static {
-    fn handle(self: Rc<Self>, stream: Stream) -> impl Future<Output = ()>;
+    /// `listener`: the name of the socket it arrived on (`FileDescriptorName=`, or the
+    /// `--listen` text).
+    fn handle(self: Rc<Self>, stream: Stream, listener: Rc<str>) -> impl Future<Output = ()>;
 }
 
 /// Settings shared by every subcommand: how many workers, how many connections, when to stop.
