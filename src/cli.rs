@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::activation::ListenAddr;
 use crate::log::Level;
 use crate::net::client::{ClientRules, PerClient, Prefixes, RateLimit};
-use crate::net::proxy_header::TrustedPeers;
+use crate::net::proxy_header::{self, TrustedPeers};
 use crate::proxy::Target;
 use crate::runtime::{ConnectionsMax, Lifecycle};
 
@@ -105,6 +105,18 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "TIMESPAN", default_value = "10min")]
     pub half_close_timeout: String,
 
+    /// Send a PROXY protocol header (v1, as systemd-socket-proxyd's -p, or v2) naming the
+    /// client to TARGET before any of its bytes
+    #[arg(
+        short = 'p',
+        long,
+        value_name = "VERSION",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "v1"
+    )]
+    pub proxy_protocol: Option<String>,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -195,6 +207,11 @@ impl Cli {
                     connect_timeout: finite("--connect-timeout", &args.connect_timeout)?,
                     half_close_timeout: timespan("--half-close-timeout", &args.half_close_timeout)?,
                     clients: common.clients.clone(),
+                    send_header: args
+                        .proxy_protocol
+                        .as_deref()
+                        .map(proxy_header::Version::parse)
+                        .transpose()?,
                 };
                 Config::Proxy(common, proxy)
             }

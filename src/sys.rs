@@ -286,6 +286,27 @@ pub fn blocks_read_by_this_thread() -> i64 {
     }
 }
 
+/// A connected socket's peer and local addresses as IP socket addresses (`None` for
+/// what is not IP), and its local path when it is a Unix socket.
+pub fn socket_ends(
+    fd: RawFd,
+) -> (
+    Option<std::net::SocketAddr>,
+    Option<std::net::SocketAddr>,
+    Option<Vec<u8>>,
+) {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: the caller's fd stays open for the duration of this call.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let socket = socket2::SockRef::from(&borrowed);
+    let peer = socket.peer_addr().ok().and_then(|a| a.as_socket());
+    let local = socket.local_addr().ok();
+    let path = local
+        .as_ref()
+        .and_then(|a| a.as_pathname().map(|p| p.as_os_str().as_bytes().to_vec()));
+    (peer, local.and_then(|a| a.as_socket()), path)
+}
+
 /// The IP address of a connected socket's peer (an IPv4-mapped IPv6 address as IPv4);
 /// `None` for a Unix socket or a peer already gone.
 pub fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {

@@ -374,3 +374,122 @@ fn a_listener_chosen_by_name_requires_the_header() {
         "{stderr}"
     );
 }
+
+/// Accepts one connection on `listener` and returns its first `len` bytes.
+fn first_bytes(listener: &std::net::TcpListener, len: usize) -> Vec<u8> {
+    let mut conn = accept_within(listener, Duration::from_secs(10));
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = vec![0u8; len];
+    conn.read_exact(&mut buf).expect("the header and payload");
+    buf
+}
+
+/// `proxy -p` (systemd-socket-proxyd's flag) sends `PROXY TCP4|TCP6 CLIENT LISTENER
+/// CPORT LPORT` first, `PROXY UNKNOWN` for a Unix-socket client; `-p=v2` the binary form.
+#[test]
+fn proxy_p_sends_the_header_first() {
+    for driver in DRIVERS {
+        let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = backend.local_addr().unwrap().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("front.sock");
+        let (v4, v4_addr) = Listen::tcp();
+        let (v6, v6_addr) = Listen::tcp6();
+        let ringsock = Spawn::new(&["proxy", "-p", &target])
+            .listen(v4)
+            .listen(v6)
+            .listen(Listen::unix(&path))
+            .driver(driver)
+            .start();
+        for (addr, family, ip) in [(v4_addr, "TCP4", "127.0.0.1"), (v6_addr, "TCP6", "::1")] {
+            let mut client = connect_tcp(addr);
+            let port = client.local_addr().unwrap().port();
+            client.write_all(b"hello").unwrap();
+            let expected = format!("PROXY {family} {ip} {ip} {port} {}\r\nhello", addr.port());
+            let got = first_bytes(&backend, expected.len());
+            assert_eq!(String::from_utf8_lossy(&got), expected, "{driver:?}");
+        }
+        let mut unix = connect_unix(&path);
+        unix.write_all(b"hello").unwrap();
+        assert_eq!(
+            first_bytes(&backend, 20),
+            b"PROXY UNKNOWN\r\nhello",
+            "{driver:?}"
+        );
+        drop(unix);
+        ringsock.stop();
+
+        let (listen, addr) = Listen::tcp();
+        let ringsock = Spawn::new(&["proxy", "--proxy-protocol=v2", &target])
+            .listen(listen)
+            .driver(driver)
+            .start();
+        let mut client = connect_tcp(addr);
+        let port = client.local_addr().unwrap().port();
+        client.write_all(b"hello").unwrap();
+        let got = first_bytes(&backend, 16 + 12 + 5);
+        let mut expected = SIG.to_vec();
+        expected.extend_from_slice(&[0x21, 0x11, 0, 12, 127, 0, 0, 1, 127, 0, 0, 1]);
+        expected.extend_from_slice(&port.to_be_bytes());
+        expected.extend_from_slice(&addr.port().to_be_bytes());
+        expected.extend_from_slice(b"hello");
+        assert_eq!(got, expected, "{driver:?}");
+        drop(client);
+        ringsock.stop();
+    }
+}
+
+/// A real HAProxy with `accept-proxy` behind `ringsock proxy -p` (v1 and v2) answers
+/// with the address curl connected from, 127.0.0.5, not ringsock's.
+#[test]
+fn haproxy_accept_proxy_behind_proxy_p() {
+    if Command::new("haproxy").arg("-v").output().is_err() {
+        eprintln!("SKIPPED haproxy_accept_proxy_behind_proxy_p: haproxy is not installed");
+        return;
+    }
+    let port = free_port("127.0.0.1");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend f\n  bind 127.0.0.1:{port} accept-proxy\n\
+             \x20 http-request return status 200 content-type text/plain lf-string \"%[src]\"\n"
+        ),
+    )
+    .unwrap();
+    let mut haproxy = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("haproxy");
+    wait_until(
+        Duration::from_secs(10),
+        || TcpStream::connect(("127.0.0.1", port)).ok(),
+        || "haproxy did not listen".into(),
+    );
+    let target = format!("127.0.0.1:{port}");
+    for driver in DRIVERS {
+        for flag in ["-p", "--proxy-protocol=v2"] {
+            let (ringsock, addr) = crate::proxy::proxy(driver, &[flag], &target);
+            let out = Command::new("curl")
+                .args(["-s", "--max-time", "10", "--interface", "127.0.0.5"])
+                .arg(format!("http://{addr}/"))
+                .output()
+                .expect("curl");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "127.0.0.5",
+                "{driver:?} {flag}: {out:?}"
+            );
+            ringsock.stop();
+        }
+    }
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+}

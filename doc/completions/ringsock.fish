@@ -30,6 +30,7 @@ complete -c ringsock -n "__fish_ringsock_needs_command" -f -a "proxy" -d 'Forwar
 complete -c ringsock -n "__fish_ringsock_needs_command" -f -a "serve" -d 'Serve the aptly-compatible API, metrics and a mirror tree over HTTP/1.1'
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l connect-timeout -d 'Give up connecting to TARGET after this long and close the client' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l half-close-timeout -d 'Cut a connection that one side half-closed once nothing moved on it for this long (infinity: never)' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s p -l proxy-protocol -d 'Send a PROXY protocol header (v1, as systemd-socket-proxyd\'s -p, or v2) naming the client to TARGET before any of its bytes' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l listen -d 'Listen on ADDR when not socket-activated: HOST:PORT, [V6]:PORT, PORT, /path or @name (repeatable)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l threads -d 'Worker threads [default: the CPUs this process may use]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s c -l connections-max -d 'Maximum simultaneous connections; more wait in the listen backlog [default: 16384, or fewer if the open file limit cannot hold that many]' -r

@@ -88,6 +88,104 @@ fn in_range(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     }
 }
 
+/// Which PROXY header `proxy -p` sends to the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// Text, what systemd-socket-proxyd's `-p` sends.
+    V1,
+    /// Binary, with the Unix-stream family for a Unix-socket client.
+    V2,
+}
+
+impl Version {
+    pub fn parse(text: &str) -> Result<Version, String> {
+        match text {
+            "v1" | "1" => Ok(Version::V1),
+            "v2" | "2" => Ok(Version::V2),
+            _ => Err(format!(
+                "--proxy-protocol={text}: use v1 (the default) or v2"
+            )),
+        }
+    }
+}
+
+/// The header naming `client` (as it reached us, or as a trusted balancer named it)
+/// and `local` (the address it connected to): v1 `PROXY TCP4|TCP6 SRC DST SPORT DPORT`
+/// or `PROXY UNKNOWN` when either is not IP or the families differ; v2 PROXY with
+/// TCP4/TCP6, or the Unix-stream family with `local_path` for a Unix-socket client.
+pub fn encode(
+    version: Version,
+    client: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    local_path: Option<&[u8]>,
+) -> Vec<u8> {
+    let pair = match (client.map(unmapped), local.map(unmapped)) {
+        (Some(c), Some(l)) if c.is_ipv4() == l.is_ipv4() => Some((c, l)),
+        _ => None,
+    };
+    match version {
+        Version::V1 => match pair {
+            Some((c, l)) => format!(
+                "PROXY {} {} {} {} {}\r\n",
+                if c.is_ipv4() { "TCP4" } else { "TCP6" },
+                c.ip(),
+                l.ip(),
+                c.port(),
+                l.port()
+            )
+            .into_bytes(),
+            None => b"PROXY UNKNOWN\r\n".to_vec(),
+        },
+        Version::V2 => encode_v2(pair, local_path),
+    }
+}
+
+fn encode_v2(pair: Option<(SocketAddr, SocketAddr)>, local_path: Option<&[u8]>) -> Vec<u8> {
+    let (family, body) = match pair {
+        Some((SocketAddr::V4(c), SocketAddr::V4(l))) => {
+            let mut b = Vec::with_capacity(12);
+            b.extend_from_slice(&c.ip().octets());
+            b.extend_from_slice(&l.ip().octets());
+            b.extend_from_slice(&c.port().to_be_bytes());
+            b.extend_from_slice(&l.port().to_be_bytes());
+            (0x11, b)
+        }
+        Some((SocketAddr::V6(c), SocketAddr::V6(l))) => {
+            let mut b = Vec::with_capacity(36);
+            b.extend_from_slice(&c.ip().octets());
+            b.extend_from_slice(&l.ip().octets());
+            b.extend_from_slice(&c.port().to_be_bytes());
+            b.extend_from_slice(&l.port().to_be_bytes());
+            (0x21, b)
+        }
+        _ => match local_path {
+            // A Unix-socket client: its own name (usually none) and the listener's path.
+            Some(path) => {
+                let mut b = vec![0u8; 216];
+                let n = path.len().min(107);
+                b[108..108 + n].copy_from_slice(&path[..n]);
+                (0x31, b)
+            }
+            None => (0x00, Vec::new()),
+        },
+    };
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, family]);
+    h.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    h.extend_from_slice(&body);
+    h
+}
+
+fn unmapped(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
 /// Who the connection is really from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -208,6 +306,46 @@ fn consume(stream: &Stream, len: usize) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sent_headers_are_what_receivers_parse() {
+        let c4: SocketAddr = "192.0.2.7:56324".parse().unwrap();
+        let l4: SocketAddr = "198.51.100.1:443".parse().unwrap();
+        assert_eq!(
+            encode(Version::V1, Some(c4), Some(l4), None),
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 56324 443\r\n"
+        );
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:56324".parse().unwrap();
+        assert_eq!(
+            encode(Version::V1, Some(mapped), Some(l4), None),
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 56324 443\r\n"
+        );
+        let c6: SocketAddr = "[2001:db8::7]:4000".parse().unwrap();
+        let l6: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
+        assert_eq!(
+            encode(Version::V1, Some(c6), Some(l6), None),
+            b"PROXY TCP6 2001:db8::7 2001:db8::1 4000 80\r\n"
+        );
+        assert_eq!(
+            encode(Version::V1, None, None, Some(b"/run/x")),
+            b"PROXY UNKNOWN\r\n"
+        );
+        for (client, local) in [(c4, l4), (c6, l6)] {
+            let bytes = encode(Version::V2, Some(client), Some(local), None);
+            let header = HeaderResult::parse(&bytes);
+            assert_eq!(
+                origin_of(&header),
+                Ok((Origin::Client(client), bytes.len()))
+            );
+        }
+        let unix = encode(Version::V2, None, None, Some(b"/run/front.sock"));
+        assert_eq!(unix.len(), 16 + 216);
+        assert_eq!(unix[13], 0x31);
+        assert_eq!(
+            origin_of(&HeaderResult::parse(&unix)),
+            Ok((Origin::Balancer, 232))
+        );
+    }
 
     fn parse(bytes: &[u8]) -> Result<(Origin, usize), &'static str> {
         let header = HeaderResult::parse(bytes);

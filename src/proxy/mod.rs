@@ -9,13 +9,14 @@ pub mod target;
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::log::RateLimit;
 use crate::net::client::ClientRules;
+use crate::net::proxy_header;
 use crate::net::{is_disconnect, Duplex, Stream};
 use crate::runtime::limit::Limiter;
 use crate::runtime::{Handler, Worker};
@@ -48,6 +49,8 @@ pub struct Settings {
     pub half_close_timeout: Option<Duration>,
     /// `--proxy-protocol-from` and `--per-client-*`.
     pub clients: Arc<ClientRules>,
+    /// `-p/--proxy-protocol`: the header sent to the target first.
+    pub send_header: Option<proxy_header::Version>,
 }
 
 pub struct ProxyHandler {
@@ -137,11 +140,38 @@ impl Handler for ProxyHandler {
     }
 }
 
+/// Writes the PROXY header naming `client` (or the client a trusted balancer named) to
+/// the freshly connected `upstream`, before any byte of the client's.
+async fn send_header(
+    version: proxy_header::Version,
+    client: &Stream,
+    origin: proxy_header::Origin,
+    upstream: &Stream,
+) -> io::Result<()> {
+    let (peer, local, local_path) = crate::sys::socket_ends(client.as_raw_fd());
+    let named = match origin {
+        proxy_header::Origin::Client(addr) => Some(addr),
+        _ => peer,
+    };
+    let header = proxy_header::encode(version, named, local, local_path.as_deref());
+    let mut sent = 0;
+    while sent < header.len() {
+        // No MSG_MORE: with a server-speaks-first protocol no client byte may follow soon.
+        match crate::sys::send_now(upstream.as_raw_fd(), &header[sent..], false) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => upstream.writable(true).await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl ProxyHandler {
     async fn forward(&self, client: Stream, listener: &str) {
         // The header is taken off before any byte is forwarded; the client it names is
         // for the PROXY header ringsock will send (issue 13).
-        let _client = match self.settings.clients.admit(&client, listener).await {
+        let admitted = match self.settings.clients.admit(&client, listener).await {
             Ok(admitted) => admitted,
             Err(why) => {
                 crate::debug!("closing a connection: {why}");
@@ -158,6 +188,13 @@ impl ProxyHandler {
                 return;
             }
         };
+        if let Some(version) = self.settings.send_header {
+            if let Err(e) = send_header(version, &client, admitted.origin, &upstream).await {
+                crate::debug!("failed to send the PROXY header to {target}: {e}");
+                client.reset_on_close();
+                return;
+            }
+        }
         let (client, upstream) = (Duplex::new(client), Duplex::new(upstream));
         let result = forward(
             &client,
