@@ -13,7 +13,7 @@ use crate::activation::ListenAddr;
 use crate::log::Level;
 use crate::net::client::{ClientRules, PerClient, Prefixes, RateLimit};
 use crate::net::proxy_header::{self, TrustedPeers};
-use crate::proxy::Target;
+use crate::proxy::Targets;
 use crate::runtime::{ConnectionsMax, Lifecycle};
 
 #[derive(Parser, Debug)]
@@ -92,9 +92,10 @@ pub struct CommonArgs {
 
 #[derive(Args, Debug)]
 pub struct ProxyArgs {
-    /// Where to forward: HOST:PORT, HOST (port 80), [V6]:PORT, /path/to.sock or @abstract
-    #[arg(value_name = "TARGET")]
-    pub target: String,
+    /// Where to forward: HOST:PORT, HOST (port 80), [V6]:PORT, /path/to.sock or @abstract;
+    /// or NAME=TARGET per activated socket (FileDescriptorName=), several of them
+    #[arg(value_name = "TARGET", num_args = 1.., required = true)]
+    pub target: Vec<String>,
 
     /// Give up connecting to TARGET after this long and close the client
     #[arg(long, value_name = "TIMESPAN", default_value = "10s")]
@@ -203,7 +204,7 @@ impl Cli {
                     args.common
                         .validate(FDS_PER_PROXIED_CONNECTION, PROXY_IO_THREADS, None)?;
                 let proxy = ProxyConfig {
-                    target: Target::parse(&args.target)?,
+                    target: Targets::parse(&args.target)?,
                     connect_timeout: finite("--connect-timeout", &args.connect_timeout)?,
                     half_close_timeout: timespan("--half-close-timeout", &args.half_close_timeout)?,
                     clients: common.clients.clone(),
@@ -390,7 +391,10 @@ mod tests {
             common.lifecycle.exit_idle_time,
             Some(Duration::from_secs(300))
         );
-        assert_eq!(proxy.target, Target::Path("/run/aptly.sock".into()));
+        assert_eq!(
+            proxy.target,
+            Targets::Single(crate::proxy::Target::Path("/run/aptly.sock".into()))
+        );
         assert_eq!(proxy.connect_timeout, Duration::from_secs(10));
         assert_eq!(proxy.half_close_timeout, Some(Duration::from_secs(600)));
     }

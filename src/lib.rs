@@ -33,6 +33,7 @@ pub fn run(config: Config) -> Result<(), String> {
 
 fn run_proxy(common: &Common, proxy: cli::ProxyConfig, notifier: &Notifier) -> Result<(), String> {
     let listeners = listeners(common, None)?;
+    proxy.target.check(&listeners)?;
     let status = format!(
         "Forwarding to {} on {} sockets",
         proxy.target,

@@ -502,3 +502,52 @@ fn exit_frees_listen_addresses_at_once() {
         }
     }
 }
+
+/// `proxy NAME=TARGET...`: under systemd-socket-activate with `--fdname=api:admin` each
+/// socket forwards to its own backend; a name no socket has, or a socket with no target,
+/// is an error at start naming the sockets received.
+#[test]
+fn each_named_socket_forwards_to_its_own_target() {
+    let (api, admin) = (Backend::unix(Reply::Echo), Backend::unix(Reply::Echo));
+    for driver in DRIVERS {
+        let (hold_api, hold_admin) = (PortHold::new("127.0.0.1"), PortHold::new("127.0.0.1"));
+        let (api_addr, admin_addr) = (hold_api.addr, hold_admin.addr);
+        let (api_before, admin_before) = (api.accepted(), admin.accepted());
+        drop((hold_api, hold_admin));
+        let ringsock = Activate::new(&[
+            "proxy",
+            &format!("api={}", api.target),
+            &format!("admin={}", admin.target),
+        ])
+        .listen(&api_addr.to_string())
+        .listen(&admin_addr.to_string())
+        .fdnames("api:admin")
+        .driver(driver)
+        .start();
+        ringsock.wait_for_log("as 4.", LOG);
+        for _ in 0..2 {
+            echo_transfer(connect_tcp(api_addr), 4096, 1, None).expect("api");
+        }
+        echo_transfer(connect_tcp(admin_addr), 4096, 2, None).expect("admin");
+        api.wait_accepted(api_before + 2, LOG);
+        admin.wait_accepted(admin_before + 1, LOG);
+        assert_eq!(api.accepted(), api_before + 2, "{driver:?}");
+        assert_eq!(admin.accepted(), admin_before + 1, "{driver:?}");
+        ringsock.stop();
+    }
+    let (listen_a, _) = Listen::tcp();
+    let (listen_b, _) = Listen::tcp();
+    let misnamed = Spawn::new(&[
+        "proxy",
+        &format!("api={}", api.target),
+        &format!("admn={}", admin.target),
+    ])
+    .listen(listen_a)
+    .listen(listen_b)
+    .names("api:admin")
+    .start();
+    fails_with(
+        misnamed,
+        &["admn=...: no listening socket has that name; the sockets are named api, admin"],
+    );
+}

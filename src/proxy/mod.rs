@@ -6,6 +6,7 @@ mod pipe;
 mod pump;
 mod resolve;
 pub mod target;
+mod targets;
 
 use std::cell::RefCell;
 use std::io;
@@ -24,6 +25,7 @@ pub use forward::forward;
 pub use pipe::{PipeBudget, PipePool};
 use resolve::Resolver;
 pub use target::Target;
+pub use targets::Targets;
 
 /// Empty pipes each worker keeps for reuse...
 const PIPES_KEPT: usize = 256;
@@ -43,7 +45,7 @@ static NO_FD_ERRORS: RateLimit = RateLimit::new(Duration::from_secs(5));
 /// What every worker's handler is configured with.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub target: Target,
+    pub target: Targets,
     pub connect_timeout: Duration,
     /// `None`: a half-closed connection may stay idle forever.
     pub half_close_timeout: Option<Duration>,
@@ -55,7 +57,8 @@ pub struct Settings {
 
 pub struct ProxyHandler {
     settings: Settings,
-    resolver: Resolver,
+    /// One per target, index-aligned with [`Targets`]: each caches its own host lookup.
+    resolvers: Vec<Resolver>,
     pipes: Rc<PipePool>,
     limiter: Arc<Limiter>,
     /// An fd held in reserve: when the accepted clients have taken every fd, closing it
@@ -81,8 +84,10 @@ impl ProxyHandler {
             }
         });
         ProxyHandler {
+            resolvers: (0..settings.target.len())
+                .map(|_| Resolver::default())
+                .collect(),
             settings,
-            resolver: Resolver::default(),
             pipes,
             limiter: worker.limiter.clone(),
             spare_fd: RefCell::new(spare_fd()),
@@ -91,13 +96,13 @@ impl ProxyHandler {
 
     /// Connects to the target within --connect-timeout. Out of fds, the client is kept
     /// (not reset) while accepting is held, and the connect retried as fds come back.
-    async fn connect(&self) -> io::Result<Stream> {
+    async fn connect(&self, index: usize, target: &Target) -> io::Result<Stream> {
         let deadline = Instant::now() + self.settings.connect_timeout;
         let mut wait = NO_FD_FIRST_WAIT;
         let mut waiting = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.settings.target.connect(left, &self.resolver).await {
+            match target.connect(left, &self.resolvers[index]).await {
                 Err(e) if is_out_of_fds(&e) && Instant::now() + wait < deadline => {
                     let (_, first) = waiting.get_or_insert_with(|| self.limiter.wait_for_fds());
                     if std::mem::take(first) {
@@ -106,7 +111,7 @@ impl ProxyHandler {
                             "out of file descriptors connecting to {} ({e}); new clients wait \
                              in the listen backlog until a connection closes (raise \
                              LimitNOFILE= or lower --connections-max)",
-                            self.settings.target
+                            target
                         );
                     }
                     if self.spare_fd.borrow_mut().take().is_some() {
@@ -178,8 +183,11 @@ impl ProxyHandler {
                 return;
             }
         };
-        let target = &self.settings.target;
-        let upstream = match self.connect().await {
+        // Every listener has a target: checked at start.
+        let Some((index, target)) = self.settings.target.for_listener(listener) else {
+            return;
+        };
+        let upstream = match self.connect(index, target).await {
             Ok(upstream) => upstream,
             Err(e) => {
                 crate::warn_limited!(CONNECT_ERRORS, "failed to connect to {target}: {e}");
