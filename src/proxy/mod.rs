@@ -84,7 +84,7 @@ impl ProxyHandler {
             }
         });
         ProxyHandler {
-            resolvers: (0..settings.target.len())
+            resolvers: (0..settings.target.count())
                 .map(|_| Resolver::default())
                 .collect(),
             settings,

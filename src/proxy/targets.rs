@@ -53,7 +53,8 @@ impl Targets {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// How many targets (never 0: clap requires one).
+    pub fn count(&self) -> usize {
         match self {
             Targets::Single(_) => 1,
             Targets::Named(named) => named.len(),
@@ -130,7 +131,7 @@ mod tests {
         let named = parse(&["api=/run/aptly.sock", "admin=127.0.0.1:9100"]).unwrap();
         assert_eq!(named.for_listener("admin").map(|(i, _)| i), Some(1));
         assert!(named.for_listener("other").is_none());
-        assert_eq!(named.len(), 2);
+        assert_eq!(named.count(), 2);
         assert!(parse(&["/run/a.sock", "b=/run/b.sock"])
             .unwrap_err()
             .contains("NAME=TARGET"));
