@@ -39,6 +39,7 @@ fn pump(c: &mut Criterion) {
                 &Duplex::new(proxy_out),
                 &pipes,
                 None,
+                None,
             )
             .await;
         });

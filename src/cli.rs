@@ -106,6 +106,15 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "TIMESPAN", default_value = "10min")]
     pub half_close_timeout: String,
 
+    /// Cut (RST both sides) a connection on which no byte moved either way for this long
+    #[arg(long, value_name = "TIMESPAN", default_value = "infinity")]
+    pub idle_timeout: String,
+
+    /// Turn on TCP keepalive (probes after 60 s idle, every 10 s, 6 of them) on client and
+    /// TCP target sockets, so a peer that vanished is noticed
+    #[arg(long)]
+    pub keepalive: bool,
+
     /// Send a PROXY protocol header (v1, as systemd-socket-proxyd's -p, or v2) naming the
     /// client to TARGET before any of its bytes
     #[arg(
@@ -207,6 +216,8 @@ impl Cli {
                     target: Targets::parse(&args.target)?,
                     connect_timeout: finite("--connect-timeout", &args.connect_timeout)?,
                     half_close_timeout: timespan("--half-close-timeout", &args.half_close_timeout)?,
+                    idle_timeout: timespan("--idle-timeout", &args.idle_timeout)?,
+                    keepalive: args.keepalive,
                     clients: common.clients.clone(),
                     send_header: args
                         .proxy_protocol

@@ -1077,3 +1077,75 @@ fn journal_stream_gets_syslog_priorities() {
         );
     }
 }
+
+/// `--idle-timeout`: a connection on which nothing moves is cut; one that keeps talking
+/// is left alone.
+#[test]
+fn idle_timeout_cuts_a_silent_connection_and_spares_a_busy_one() {
+    let backend = EchoBackend::unix();
+    for driver in DRIVERS {
+        let (ringsock, addr) = proxy(
+            driver,
+            &["--idle-timeout", "1s"],
+            backend.path.to_str().unwrap(),
+        );
+        let mut silent = connect_tcp(addr);
+        let mut busy = connect_tcp(addr);
+        busy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let start = Instant::now();
+        for _ in 0..12 {
+            busy.write_all(b"ping").unwrap();
+            let mut reply = [0u8; 4];
+            busy.read_exact(&mut reply)
+                .expect("the busy connection was cut");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(start.elapsed() >= Duration::from_millis(2400));
+        silent
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let ended = match silent.read(&mut [0u8; 8]) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        };
+        assert!(
+            ended,
+            "{driver:?}: a silent connection outlived --idle-timeout 1s"
+        );
+        drop(busy);
+        ringsock.stop();
+    }
+}
+
+/// The TCP timer /proc/net/tcp shows for the established socket whose local port is
+/// `port` ("02": keepalive), if there is one.
+fn tcp_timer(port: u16) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let local_port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+        (local_port == port && f[3] == "01").then(|| f[5].split(':').next().unwrap().to_string())
+    })
+}
+
+#[test]
+fn keepalive_is_set_on_the_client_socket_only_when_asked() {
+    let backend = EchoBackend::unix();
+    for driver in DRIVERS {
+        for (flag, timer) in [(None, "00"), (Some("--keepalive"), "02")] {
+            let args: Vec<&str> = flag.into_iter().collect();
+            let (ringsock, addr) = proxy(driver, &args, backend.path.to_str().unwrap());
+            let mut client = connect_tcp(addr);
+            client.write_all(b"x").unwrap();
+            let mut reply = [0u8; 1];
+            client.read_exact(&mut reply).unwrap();
+            assert_eq!(
+                tcp_timer(addr.port()).as_deref(),
+                Some(timer),
+                "{driver:?} {flag:?}"
+            );
+            drop(client);
+            ringsock.stop();
+        }
+    }
+}

@@ -30,6 +30,7 @@ complete -c ringsock -n "__fish_ringsock_needs_command" -f -a "proxy" -d 'Forwar
 complete -c ringsock -n "__fish_ringsock_needs_command" -f -a "serve" -d 'Serve the aptly-compatible API, metrics and a mirror tree over HTTP/1.1'
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l connect-timeout -d 'Give up connecting to TARGET after this long and close the client' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l half-close-timeout -d 'Cut a connection that one side half-closed once nothing moved on it for this long (infinity: never)' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l idle-timeout -d 'Cut (RST both sides) a connection on which no byte moved either way for this long' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s p -l proxy-protocol -d 'Send a PROXY protocol header (v1, as systemd-socket-proxyd\'s -p, or v2) naming the client to TARGET before any of its bytes' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l listen -d 'Listen on ADDR when not socket-activated: HOST:PORT, [V6]:PORT, PORT, /path or @name (repeatable)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l threads -d 'Worker threads [default: the CPUs this process may use]' -r
@@ -42,6 +43,7 @@ complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l proxy-protoc
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l per-client-connections -d 'At most N connections at once from one client address range (the client a PROXY header names, if any); more are closed as soon as they are accepted [default: no limit]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l per-client-ipv4-prefix -d 'The IPv4 prefix length that makes one client for --per-client-connections (e.g. 29)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l per-client-ipv6-prefix -d 'The IPv6 prefix length that makes one client for --per-client-connections (e.g. 64)' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l keepalive -d 'Turn on TCP keepalive (probes after 60 s idle, every 10 s, 6 of them) on client and TCP target sockets, so a peer that vanished is noticed'
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s h -l help -d 'Print help'
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s V -l version -d 'Print version'
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l root -d 'Directory to serve (e.g. aptly\'s rootDir/public); without it only the API answers' -r -F

@@ -178,6 +178,7 @@ pub async fn forward(
     upstream: &Duplex,
     pipes: &PipePool,
     half_close_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
 ) -> io::Result<()> {
     let (Some((from_client, to_client)), Some((from_upstream, to_upstream))) =
         (client.split(), upstream.split())
@@ -197,7 +198,14 @@ pub async fn forward(
         fin_sent: [false, false],
     };
     let mut watch = None;
+    // Only with --idle-timeout: the default (infinity) costs no timer.
+    let mut idle_watch = idle_timeout.map(|t| Box::pin(idle(&progress, t)));
     std::future::poll_fn(|cx| {
+        if let Some(idle) = idle_watch.as_mut() {
+            if let Poll::Ready(result) = idle.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+        }
         let mut results = [None, None];
         for (src, pump) in [(Side::Client, up.as_mut()), (Side::Upstream, down.as_mut())] {
             if !ends.done[src.index()] {
@@ -241,6 +249,31 @@ pub async fn forward(
 /// direction, which delivers to it. Ends normally once `ended` closed completely with
 /// nothing in flight to it; with an error once it closed with bytes in flight (they
 /// cannot arrive), or once nothing moved for `timeout`.
+/// `--idle-timeout`: fails once no byte was received or delivered in either direction
+/// for `timeout`, so a vanished client cannot hold a backend (and its locks) forever.
+async fn idle(progress: &[Progress; 2], timeout: Duration) -> io::Result<()> {
+    let check = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let moved = || progress.iter().map(Progress::activity).sum::<u64>();
+    let mut last = moved();
+    let mut since = Instant::now();
+    loop {
+        monoio::time::sleep(check).await;
+        if moved() != last {
+            last = moved();
+            since = Instant::now();
+        } else if since.elapsed() >= timeout {
+            IDLE_TIMEOUTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "nothing moved either way for --idle-timeout",
+            ));
+        }
+    }
+}
+
+/// Connections cut by `--idle-timeout`, for the proxy's metrics.
+pub static IDLE_TIMEOUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 async fn half_closed(
     ended: &Duplex,
     toward: &Progress,

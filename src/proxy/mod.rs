@@ -49,6 +49,10 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// `None`: a half-closed connection may stay idle forever.
     pub half_close_timeout: Option<Duration>,
+    /// `--idle-timeout`; `None`: a silent connection may stay forever (the default).
+    pub idle_timeout: Option<Duration>,
+    /// `--keepalive`: TCP keepalive on the client and TCP target sockets.
+    pub keepalive: bool,
     /// `--proxy-protocol-from` and `--per-client-*`.
     pub clients: Arc<ClientRules>,
     /// `-p/--proxy-protocol`: the header sent to the target first.
@@ -196,6 +200,10 @@ impl ProxyHandler {
                 return;
             }
         };
+        if self.settings.keepalive {
+            crate::sys::keep_alive(client.as_raw_fd());
+            crate::sys::keep_alive(upstream.as_raw_fd());
+        }
         if let Some(version) = self.settings.send_header {
             if let Err(e) = send_header(version, &client, admitted.origin, &upstream).await {
                 crate::debug!("failed to send the PROXY header to {target}: {e}");
@@ -209,6 +217,7 @@ impl ProxyHandler {
             &upstream,
             &self.pipes,
             self.settings.half_close_timeout,
+            self.settings.idle_timeout,
         )
         .await;
         if let Err(e) = result {

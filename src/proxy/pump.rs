@@ -50,6 +50,11 @@ impl Progress {
         self.delivered.get()
     }
 
+    /// Bytes received plus bytes delivered: changes whenever anything moves.
+    pub fn activity(&self) -> u64 {
+        self.received.get() + self.delivered.get()
+    }
+
     pub fn in_flight(&self) -> bool {
         self.received.get() != self.delivered.get()
     }
