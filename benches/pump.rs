@@ -40,6 +40,7 @@ fn pump(c: &mut Criterion) {
                 &pipes,
                 None,
                 None,
+                &mut Default::default(),
             )
             .await;
         });

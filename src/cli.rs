@@ -127,6 +127,11 @@ pub struct ProxyArgs {
     )]
     pub proxy_protocol: Option<String>,
 
+    /// Answer Prometheus metrics on ADDR (HOST:PORT, /path, @name); an activated socket
+    /// named `metrics` does the same
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -219,6 +224,12 @@ impl Cli {
                     idle_timeout: timespan("--idle-timeout", &args.idle_timeout)?,
                     keepalive: args.keepalive,
                     clients: common.clients.clone(),
+                    counters: Arc::default(),
+                    metrics_listen: args
+                        .metrics
+                        .as_deref()
+                        .map(|text| ListenAddr::parse(text).map_err(|e| format!("--metrics: {e}")))
+                        .transpose()?,
                     send_header: args
                         .proxy_protocol
                         .as_deref()

@@ -32,13 +32,23 @@ pub fn run(config: Config) -> Result<(), String> {
 }
 
 fn run_proxy(common: &Common, proxy: cli::ProxyConfig, notifier: &Notifier) -> Result<(), String> {
-    let listeners = listeners(common, None)?;
+    let mut listeners = listeners(common, None)?;
+    if let Some(addr) = &proxy.metrics_listen {
+        let mut metrics = addr
+            .bind()
+            .map_err(|e| format!("failed to listen on --metrics {addr}: {e}{}", bind_hint(&e)))?;
+        metrics.name = proxy::metrics::METRICS_LISTENER.into();
+        listeners.push(metrics);
+    }
     proxy.target.check(&listeners)?;
     let status = format!(
         "Forwarding to {} on {} sockets",
         proxy.target,
         listeners.len()
     );
+    let (counters, target_text) = (proxy.counters.clone(), proxy.target.to_string());
+    let live_status =
+        move |limiter: &runtime::limit::Limiter| counters.status(limiter, &target_text);
     let pipes = proxy::PipeBudget::from_system();
     runtime::run(
         listeners,
@@ -47,6 +57,7 @@ fn run_proxy(common: &Common, proxy: cli::ProxyConfig, notifier: &Notifier) -> R
         &runtime::Service {
             status: &status,
             reopen_logs: None,
+            live_status: Some(&live_status),
         },
         move |worker| proxy::ProxyHandler::new(proxy.clone(), pipes.clone(), worker),
     )
@@ -91,6 +102,7 @@ fn run_serve(common: &Common, serve: cli::ServeConfig, notifier: &Notifier) -> R
         &runtime::Service {
             status: &status,
             reopen_logs: reopen_log.as_ref().map(|f| f as &(dyn Fn() + Sync)),
+            live_status: None,
         },
         move |worker| http::HttpHandler::new(&shared, worker),
     )

@@ -1149,3 +1149,98 @@ fn keepalive_is_set_on_the_client_socket_only_when_asked() {
         }
     }
 }
+
+/// GETs the proxy's metrics from `addr` (as Prometheus would) and returns the body.
+fn scrape(addr: SocketAddr) -> String {
+    let mut s = connect_tcp(addr);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    text.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+fn metric_value(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// `--metrics ADDR` and an activated socket named `metrics` answer Prometheus text whose
+/// counts match a known workload, and STATUS= follows them.
+#[test]
+fn metrics_count_a_known_workload() {
+    let backend = EchoBackend::unix();
+    for driver in DRIVERS {
+        let notify = NotifySocket::new();
+        let metrics_port = free_port("127.0.0.1");
+        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], metrics_port));
+        let (listen, addr) = Listen::tcp();
+        let ringsock = Spawn::new(&[
+            "proxy",
+            "--metrics",
+            &metrics_addr.to_string(),
+            backend.path.to_str().unwrap(),
+        ])
+        .listen(listen)
+        .env("NOTIFY_SOCKET", notify.env_value())
+        .driver(driver)
+        .start();
+        ringsock.wait_for_log("listening on 127.0.0.1", LOG);
+        for seed in 0..3 {
+            echo_transfer(connect_tcp(addr), 1000, seed, None).expect("echo");
+        }
+        let text = wait_until(
+            LOG,
+            || {
+                let text = scrape(metrics_addr);
+                (metric_value(&text, "ringsock_connections_open") == 1).then_some(text)
+            },
+            || "the three connections never closed".into(),
+        );
+        // Three forwarded connections, and this scrape (open while it renders).
+        assert_eq!(
+            metric_value(&text, "ringsock_connections_accepted_total"),
+            4,
+            "{driver:?}"
+        );
+        assert_eq!(
+            metric_value(&text, "ringsock_proxy_bytes_total{direction=\"to_target\"}"),
+            3000
+        );
+        assert_eq!(
+            metric_value(&text, "ringsock_proxy_bytes_total{direction=\"to_client\"}"),
+            3000
+        );
+        assert_eq!(metric_value(&text, "ringsock_proxy_resets_total"), 0);
+        notify.expect("STATUS=Forwarding to", LOG);
+        notify.expect("accepted, 0 connect failures, 0 resets", LOG);
+        ringsock.stop();
+    }
+    // A target that refuses: counted by cause; a socket named `metrics` serves them.
+    let closed = ClosedPort::new();
+    let (web, web_addr) = Listen::tcp();
+    let (metrics, metrics_addr) = Listen::tcp();
+    let ringsock = Spawn::new(&["proxy", &closed.addr.to_string()])
+        .listen(web)
+        .listen(metrics)
+        .names("web:metrics")
+        .start();
+    for _ in 0..2 {
+        let mut c = connect_tcp(web_addr);
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = c.read(&mut [0u8; 8]);
+    }
+    let text = scrape(metrics_addr);
+    assert_eq!(
+        metric_value(
+            &text,
+            "ringsock_proxy_connect_failures_total{cause=\"refused\"}"
+        ),
+        2,
+        "{text}"
+    );
+    ringsock.stop();
+}

@@ -43,7 +43,7 @@ _ringsock() {
             return 0
             ;;
         ringsock__subcmd__proxy)
-            opts="-p -c -h -V --connect-timeout --half-close-timeout --idle-timeout --keepalive --proxy-protocol --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --proxy-protocol-from --proxy-protocol-on --per-client-connections --per-client-ipv4-prefix --per-client-ipv6-prefix --help --version"
+            opts="-p -c -h -V --connect-timeout --half-close-timeout --idle-timeout --keepalive --proxy-protocol --metrics --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --proxy-protocol-from --proxy-protocol-on --per-client-connections --per-client-ipv4-prefix --per-client-ipv6-prefix --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -66,6 +66,10 @@ _ringsock() {
                     return 0
                     ;;
                 -p)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

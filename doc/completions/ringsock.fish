@@ -32,6 +32,7 @@ complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l connect-time
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l half-close-timeout -d 'Cut a connection that one side half-closed once nothing moved on it for this long (infinity: never)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l idle-timeout -d 'Cut (RST both sides) a connection on which no byte moved either way for this long' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s p -l proxy-protocol -d 'Send a PROXY protocol header (v1, as systemd-socket-proxyd\'s -p, or v2) naming the client to TARGET before any of its bytes' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l metrics -d 'Answer Prometheus metrics on ADDR (HOST:PORT, /path, @name); an activated socket named `metrics` does the same' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l listen -d 'Listen on ADDR when not socket-activated: HOST:PORT, [V6]:PORT, PORT, /path or @name (repeatable)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l threads -d 'Worker threads [default: the CPUs this process may use]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s c -l connections-max -d 'Maximum simultaneous connections; more wait in the listen backlog [default: 16384, or fewer if the open file limit cannot hold that many]' -r

@@ -179,6 +179,7 @@ pub async fn forward(
     pipes: &PipePool,
     half_close_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
+    moved: &mut Moved,
 ) -> io::Result<()> {
     let (Some((from_client, to_client)), Some((from_upstream, to_upstream))) =
         (client.split(), upstream.split())
@@ -200,7 +201,7 @@ pub async fn forward(
     let mut watch = None;
     // Only with --idle-timeout: the default (infinity) costs no timer.
     let mut idle_watch = idle_timeout.map(|t| Box::pin(idle(&progress, t)));
-    std::future::poll_fn(|cx| {
+    let result = std::future::poll_fn(|cx| {
         if let Some(idle) = idle_watch.as_mut() {
             if let Poll::Ready(result) = idle.as_mut().poll(cx) {
                 return Poll::Ready(result);
@@ -235,7 +236,13 @@ pub async fn forward(
             .as_mut()
             .poll(cx)
     })
-    .await?;
+    .await;
+    *moved = Moved {
+        to_upstream: progress[0].total(),
+        to_client: progress[1].total(),
+        spliced: progress[0].spliced() + progress[1].spliced(),
+    };
+    result?;
     match ends.gone {
         None => Ok(()),
         Some((side, e)) => {
@@ -249,6 +256,15 @@ pub async fn forward(
 /// direction, which delivers to it. Ends normally once `ended` closed completely with
 /// nothing in flight to it; with an error once it closed with bytes in flight (they
 /// cannot arrive), or once nothing moved for `timeout`.
+/// What one connection moved, for the proxy's metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Moved {
+    pub to_upstream: u64,
+    pub to_client: u64,
+    /// Of both, the bytes spliced rather than copied.
+    pub spliced: u64,
+}
+
 /// `--idle-timeout`: fails once no byte was received or delivered in either direction
 /// for `timeout`, so a vanished client cannot hold a backend (and its locks) forever.
 async fn idle(progress: &[Progress; 2], timeout: Duration) -> io::Result<()> {

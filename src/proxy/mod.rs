@@ -2,6 +2,7 @@
 //! at once, with splice(2) and half-close kept.
 
 mod forward;
+pub mod metrics;
 mod pipe;
 mod pump;
 mod resolve;
@@ -22,6 +23,7 @@ use crate::net::{is_disconnect, Duplex, Stream};
 use crate::runtime::limit::Limiter;
 use crate::runtime::{Handler, Worker};
 pub use forward::forward;
+use forward::Moved;
 pub use pipe::{PipeBudget, PipePool};
 use resolve::Resolver;
 pub use target::Target;
@@ -57,6 +59,10 @@ pub struct Settings {
     pub clients: Arc<ClientRules>,
     /// `-p/--proxy-protocol`: the header sent to the target first.
     pub send_header: Option<proxy_header::Version>,
+    /// Shared by every worker's handler.
+    pub counters: Arc<metrics::ProxyCounters>,
+    /// `--metrics ADDR`: one more socket, named `metrics`.
+    pub metrics_listen: Option<crate::activation::ListenAddr>,
 }
 
 pub struct ProxyHandler {
@@ -139,8 +145,19 @@ fn spare_fd() -> Option<OwnedFd> {
     std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
 }
 
+/// After a metrics answer: let the scraper read it before the close.
+const METRICS_LINGER: crate::net::Linger = crate::net::Linger {
+    limit: Duration::from_secs(2),
+    stall: Duration::from_secs(2),
+    max_dropped: 64 * 1024,
+};
+
 impl Handler for ProxyHandler {
     async fn handle(self: Rc<Self>, client: Stream, listener: Rc<str>) {
+        if &*listener == metrics::METRICS_LISTENER && !self.settings.target.names(&listener) {
+            self.answer_metrics(&client).await;
+            return;
+        }
         self.forward(client, &listener).await;
         let mut spare = self.spare_fd.borrow_mut();
         if spare.is_none() {
@@ -177,6 +194,49 @@ async fn send_header(
 }
 
 impl ProxyHandler {
+    /// A connection on the `metrics` socket: read the request head (whatever it asks),
+    /// answer the Prometheus text, close. Bounded: 4 KiB and 5 s.
+    async fn answer_metrics(&self, client: &Stream) {
+        let mut head = Vec::with_capacity(512);
+        let mut buf = [0u8; 1024];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 4096 {
+            match crate::sys::recv_now(client.as_raw_fd(), &mut buf) {
+                Ok(0) | Err(_) if Instant::now() >= deadline => return,
+                Ok(0) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    monoio::select! {
+                        _ = client.readable() => {}
+                        _ = monoio::time::sleep(left) => return,
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        let body = self.settings.counters.render(&self.limiter);
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut sent = 0;
+        while sent < answer.len() {
+            match crate::sys::send_now(client.as_raw_fd(), &answer.as_bytes()[sent..], false) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if client.writable(true).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = client.shutdown_write();
+        crate::net::linger(client, &METRICS_LINGER).await;
+    }
+
     async fn forward(&self, client: Stream, listener: &str) {
         // The header is taken off before any byte is forwarded; the client it names is
         // for the PROXY header ringsock will send (issue 13).
@@ -194,6 +254,7 @@ impl ProxyHandler {
         let upstream = match self.connect(index, target).await {
             Ok(upstream) => upstream,
             Err(e) => {
+                self.settings.counters.connect_failed(&e);
                 crate::warn_limited!(CONNECT_ERRORS, "failed to connect to {target}: {e}");
                 // RST, not FIN: the client must not mistake "no backend" for an empty reply.
                 client.reset_on_close();
@@ -212,14 +273,17 @@ impl ProxyHandler {
             }
         }
         let (client, upstream) = (Duplex::new(client), Duplex::new(upstream));
+        let mut moved = Moved::default();
         let result = forward(
             &client,
             &upstream,
             &self.pipes,
             self.settings.half_close_timeout,
             self.settings.idle_timeout,
+            &mut moved,
         )
         .await;
+        self.settings.counters.ended(&moved, result.is_err());
         if let Err(e) = result {
             if !is_disconnect(&e) && e.kind() != io::ErrorKind::TimedOut {
                 crate::warn_limited!(

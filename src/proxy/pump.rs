@@ -34,6 +34,8 @@ const BULK_BURST: usize = 16 * 1024;
 pub struct Progress {
     received: Cell<u64>,
     delivered: Cell<u64>,
+    /// Of the delivered bytes, those that went through a pipe (zero-copy).
+    spliced: Cell<u64>,
 }
 
 impl Progress {
@@ -48,6 +50,11 @@ impl Progress {
     /// Bytes delivered so far: what an idle check compares.
     pub fn total(&self) -> u64 {
         self.delivered.get()
+    }
+
+    /// Bytes delivered through a pipe with splice(2).
+    pub fn spliced(&self) -> u64 {
+        self.spliced.get()
     }
 
     /// Bytes received plus bytes delivered: changes whenever anything moves.
@@ -157,6 +164,7 @@ async fn splice_through(
                 Ok(sent) => {
                     in_pipe -= sent;
                     progress.delivered(sent);
+                    progress.spliced.set(progress.spliced.get() + sent as u64);
                     again = false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

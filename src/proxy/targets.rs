@@ -53,6 +53,11 @@ impl Targets {
         }
     }
 
+    /// Whether a `NAME=TARGET` names this socket (the single TARGET names none).
+    pub fn names(&self, name: &str) -> bool {
+        matches!(self, Targets::Named(named) if named.iter().any(|(n, _)| n == name))
+    }
+
     /// How many targets (never 0: clap requires one).
     pub fn count(&self) -> usize {
         match self {
@@ -81,7 +86,11 @@ impl Targets {
                 received()
             ));
         }
-        if let Some(orphan) = names.iter().find(|n| !named.iter().any(|(m, _)| m == *n)) {
+        // A socket named `metrics` answers metrics unless a target claims the name.
+        let orphan = names.iter().find(|n| {
+            **n != super::metrics::METRICS_LISTENER && !named.iter().any(|(m, _)| m == *n)
+        });
+        if let Some(orphan) = orphan {
             return Err(format!(
                 "the socket named {orphan} has no NAME=TARGET; {}",
                 received()

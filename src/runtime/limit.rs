@@ -190,6 +190,16 @@ impl Limiter {
         self.open.load(Ordering::SeqCst)
     }
 
+    /// `--connections-max` as in force.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Connections waiting for a file descriptor now (accepting pauses meanwhile).
+    pub fn waiting_for_fds(&self) -> usize {
+        self.waiting_for_fds.load(Ordering::SeqCst)
+    }
+
     /// How long no connection has been open; `None` while one is.
     pub fn idle_for(&self) -> Option<std::time::Duration> {
         if self.open() > 0 {

@@ -60,6 +60,8 @@ pub struct Service<'a> {
     pub status: &'a str,
     /// Reopens its log files (logrotate); without it SIGUSR1 is logged and ignored.
     pub reopen_logs: Option<&'a (dyn Fn() + Sync)>,
+    /// A `STATUS=` line to send when it changes, checked at most once a second.
+    pub live_status: Option<&'a (dyn Fn(&Limiter) -> String + Sync)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +124,7 @@ where
         limiter: &limiter,
         signals: &signals,
         reopen_logs: service.reopen_logs,
+        live_status: service.live_status,
     };
     let reason = supervisor.wait_for_stop(&done_rx)?;
     shut_down(&reason, &shutdown, listeners, &limiter, notifier);

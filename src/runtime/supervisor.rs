@@ -17,13 +17,23 @@ pub struct Supervisor<'a> {
     pub limiter: &'a Limiter,
     pub signals: &'a libc::sigset_t,
     pub reopen_logs: Option<&'a (dyn Fn() + Sync)>,
+    pub live_status: Option<&'a (dyn Fn(&Limiter) -> String + Sync)>,
 }
 
 impl Supervisor<'_> {
     /// Sleeps in sigtimedwait, waking for watchdog pings and idle checks; returns why to stop.
     pub fn wait_for_stop(&self, done: &mpsc::Receiver<()>) -> io::Result<String> {
         let mut watchdog = Watchdog::new(self.notifier);
+        let mut status = String::new();
         loop {
+            // The loop wakes at least once a second: the live status is never older.
+            if let Some(live) = self.live_status {
+                let now = live(self.limiter);
+                if now != status {
+                    self.notifier.send(&format!("STATUS={now}"));
+                    status = now;
+                }
+            }
             // A worker that ends on its own has crashed; let the service manager restart us.
             if !matches!(done.try_recv(), Err(mpsc::TryRecvError::Empty)) {
                 return Err(io::Error::other("a worker thread stopped unexpectedly"));
