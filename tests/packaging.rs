@@ -579,7 +579,9 @@ fn help_flags(args: &[&str]) -> Vec<String> {
         .filter(|l| l.starts_with('-'))
     {
         for word in line.split_whitespace() {
+            // `--proxy-protocol[=<VERSION>]`: a flag whose value is optional.
             let word = word.trim_end_matches(',');
+            let word = word.split_once("[=").map_or(word, |(flag, _)| flag);
             if word.starts_with('-') && word.len() > 1 {
                 flags.push(word.to_string());
             } else {

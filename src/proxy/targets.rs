@@ -24,14 +24,23 @@ impl Targets {
                 return Target::parse(only).map(Targets::Single);
             }
         }
+        let unnamed: Vec<String> = args
+            .iter()
+            .filter(|a| split_name(a).is_none())
+            .map(|a| format!("{a:?}"))
+            .collect();
+        if !unnamed.is_empty() {
+            return Err(format!(
+                "one TARGET, or NAME=TARGET for each socket (NAME its FileDescriptorName=, e.g. \
+                 api=/run/aptly.sock admin=127.0.0.1:9100); not so: {}",
+                unnamed.join(", ")
+            ));
+        }
         let mut named: Vec<(String, Target)> = Vec::new();
         for arg in args {
-            let (name, target) = split_name(arg).ok_or_else(|| {
-                format!(
-                    "{arg:?}: with several targets each is NAME=TARGET, NAME the socket's \
-                     FileDescriptorName= (e.g. api=/run/aptly.sock admin=127.0.0.1:9100)"
-                )
-            })?;
+            let Some((name, target)) = split_name(arg) else {
+                continue;
+            };
             if named.iter().any(|(n, _)| n == name) {
                 return Err(format!("{name}: named twice; each socket gets one TARGET"));
             }
