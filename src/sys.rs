@@ -313,10 +313,7 @@ pub fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {
     // SAFETY: the caller's fd stays open for the duration of this call.
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let peer = socket2::SockRef::from(&borrowed).peer_addr().ok()?;
-    Some(match peer.as_socket()?.ip() {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6.into(), Into::into),
-        v4 => v4,
-    })
+    Some(peer.as_socket()?.ip().to_canonical())
 }
 
 /// One non-blocking recv(2) with MSG_PEEK: the bytes stay queued for the next read.

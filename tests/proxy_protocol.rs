@@ -259,7 +259,14 @@ fn haproxy_in_front_of_serve() {
         server.file("f.txt", b"hello\n");
         for (mode, tag) in [("send-proxy", "v1"), ("send-proxy-v2", "v2")] {
             let front = free_port("127.0.0.2");
-            let mut haproxy = HaProxy::start(front, server.addr, mode);
+            let listen = SocketAddr::from(([127, 0, 0, 2], front));
+            let mut haproxy = HaProxy::start(
+                listen,
+                &format!(
+                    "  bind {listen}\n  default_backend b\nbackend b\n  server s {} {mode}\n",
+                    server.addr
+                ),
+            );
             let out = Command::new("curl")
                 .args(["-s", "--max-time", "10", "--interface", "127.0.0.3"])
                 .arg(format!("http://127.0.0.2:{front}/f.txt?haproxy-{tag}"))
@@ -285,15 +292,16 @@ struct HaProxy {
 }
 
 impl HaProxy {
-    fn start(front: u16, backend: SocketAddr, mode: &str) -> HaProxy {
+    /// HAProxy in HTTP mode with `frontend` (its `bind` on `listen` included) after the
+    /// usual defaults; returns once it listens.
+    fn start(listen: SocketAddr, frontend: &str) -> HaProxy {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("haproxy.cfg");
         std::fs::write(
             &config,
             format!(
                 "defaults\n  mode http\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n\
-                 frontend f\n  bind 127.0.0.2:{front}\n  default_backend b\n\
-                 backend b\n  server s {backend} {mode}\n"
+                 frontend f\n{frontend}"
             ),
         )
         .unwrap();
@@ -307,7 +315,7 @@ impl HaProxy {
             .expect("haproxy");
         wait_until(
             Duration::from_secs(10),
-            || TcpStream::connect(("127.0.0.2", front)).ok(),
+            || TcpStream::connect(listen).ok(),
             || "haproxy did not listen".into(),
         );
         HaProxy { child, _dir: dir }
@@ -448,32 +456,15 @@ fn haproxy_accept_proxy_behind_proxy_p() {
         eprintln!("SKIPPED haproxy_accept_proxy_behind_proxy_p: haproxy is not installed");
         return;
     }
-    let port = free_port("127.0.0.1");
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("haproxy.cfg");
-    std::fs::write(
-        &config,
-        format!(
-            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n\
-             frontend f\n  bind 127.0.0.1:{port} accept-proxy\n\
-             \x20 http-request return status 200 content-type text/plain lf-string \"%[src]\"\n"
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let _haproxy = HaProxy::start(
+        listen,
+        &format!(
+            "  bind {listen} accept-proxy\n  \
+             http-request return status 200 content-type text/plain lf-string \"%[src]\"\n"
         ),
-    )
-    .unwrap();
-    let mut haproxy = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy");
-    wait_until(
-        Duration::from_secs(10),
-        || TcpStream::connect(("127.0.0.1", port)).ok(),
-        || "haproxy did not listen".into(),
     );
-    let target = format!("127.0.0.1:{port}");
+    let target = listen.to_string();
     for driver in DRIVERS {
         for flag in ["-p", "--proxy-protocol=v2"] {
             let (ringsock, addr) = crate::proxy::proxy(driver, &[flag], &target);
@@ -490,6 +481,4 @@ fn haproxy_accept_proxy_behind_proxy_p() {
             ringsock.stop();
         }
     }
-    let _ = haproxy.kill();
-    let _ = haproxy.wait();
 }

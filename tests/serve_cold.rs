@@ -25,19 +25,6 @@ fn serve_on_disk(driver: Driver, extra: &[&str]) -> Server {
     serve_root(driver, disk_root(), extra)
 }
 
-/// Deterministic, incompressible-enough content of `len` bytes.
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Writes `data` to `rel` under the server's root, durably, so its pages are clean and
 /// can be evicted.
 fn disk_file(server: &Server, rel: &str, data: &[u8]) -> std::path::PathBuf {
@@ -96,7 +83,7 @@ fn metric(server: &Server, name: &str) -> u64 {
 fn an_evicted_file_is_sent_from_the_disk_byte_exact() {
     for driver in DRIVERS {
         let server = serve_on_disk(driver, &[]);
-        let data = content(12 << 20, 1);
+        let data = pattern(12 << 20, 1);
         let path = disk_file(&server, "pool/cold.deb", &data);
 
         evict(&path);
@@ -118,7 +105,7 @@ fn an_evicted_file_is_sent_from_the_disk_byte_exact() {
             resp.body == data[first..=last],
             "{driver:?}: the cold range differs"
         );
-        let small = content(3000, 2);
+        let small = pattern(3000, 2);
         let path = disk_file(&server, "dists/InRelease", &small);
         evict(&path);
         let resp = server.get(&get("/dists/InRelease"));
@@ -180,7 +167,7 @@ fn a_file_shorter_than_its_stat_ends_the_connection() {
         for cold in [false, true] {
             let server = serve_on_disk(driver, &[]);
             let len = 48 << 20;
-            let path = disk_file(&server, "pool/shrinks.deb", &content(len, 3));
+            let path = disk_file(&server, "pool/shrinks.deb", &pattern(len, 3));
             if cold {
                 evict(&path);
             }
@@ -214,7 +201,7 @@ fn a_file_shorter_than_its_stat_ends_the_connection() {
 fn slow_clients_of_cold_files_hold_no_io_thread() {
     for driver in DRIVERS {
         let server = serve_on_disk(driver, &["--threads", "1", "--io-threads", "2"]);
-        let path = disk_file(&server, "pool/big.deb", &content(32 << 20, 4));
+        let path = disk_file(&server, "pool/big.deb", &pattern(32 << 20, 4));
         evict(&path);
         let mut clients: Vec<_> = (0..16)
             .map(|_| {

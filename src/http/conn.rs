@@ -122,6 +122,7 @@ impl HttpHandler {
                 Input::More => {}
                 Input::End => return Ok(()),
                 Input::HeadTimedOut => {
+                    let before = conn.out.len();
                     self.simple(
                         &mut conn.out,
                         response::REQUEST_TIMEOUT,
@@ -129,7 +130,14 @@ impl HttpHandler {
                         false,
                     );
                     let started = conn.head_started.unwrap_or_else(Instant::now);
-                    self.log_raw(&conn.client, b"", response::REQUEST_TIMEOUT, started);
+                    let answer = &conn.out[before..];
+                    self.log_raw(
+                        &conn.client,
+                        b"",
+                        response::REQUEST_TIMEOUT,
+                        answer,
+                        started,
+                    );
                     return self.finish_closing(stream, &mut conn.out).await;
                 }
             }
@@ -153,10 +161,12 @@ impl HttpHandler {
                     crate::debug!("rejecting a request with {}: {why}", status.code);
                     // Even a rejected HEAD gets no body: the client reads none.
                     let head_only = conn.input[start..].starts_with(b"HEAD ");
+                    let before = conn.out.len();
                     self.simple(&mut conn.out, status, Connection::Close, head_only);
                     let started = conn.head_started.unwrap_or_else(Instant::now);
                     let line = request::request_line(&conn.input[start..]);
-                    self.log_raw(&conn.client, line, status, started);
+                    let answer = &conn.out[before..];
+                    self.log_raw(&conn.client, line, status, answer, started);
                     return Ok(Answered::Close);
                 }
             };
@@ -179,9 +189,12 @@ impl HttpHandler {
                     (None, connection)
                 }
             };
-            let (sent, result) = match body {
-                Some(body) => self.add_body(stream, &mut conn.out, body).await,
-                None => (buffered_body_len(&conn.out[before..]), Ok(())),
+            let (file_bytes, result) = match body {
+                Some(body) => {
+                    let (sent, result) = self.add_body(stream, &mut conn.out, body).await;
+                    (Some(sent), result)
+                }
+                None => (None, Ok(())),
             };
             let started = conn.head_started.unwrap_or_else(Instant::now);
             self.counters.count_duration(started.elapsed());
@@ -190,7 +203,9 @@ impl HttpHandler {
                     client: &conn.client,
                     request: req.line,
                     status: self.last_status.get(),
-                    body_bytes: sent,
+                    // Looked for only with a log: the answer is still in the buffer.
+                    body_bytes: file_bytes
+                        .unwrap_or_else(|| buffered_body_len(&conn.out[before..])),
                     referer: req.referer,
                     user_agent: req.user_agent,
                     started,
@@ -229,14 +244,22 @@ impl HttpHandler {
         self.send_body(stream, body).await
     }
 
-    /// A log line for an answer written without a parsed request (a rejected head, a 408).
-    fn log_raw(&self, client: &[u8], line: &[u8], status: response::Status, started: Instant) {
+    /// A log line for an answer written without a parsed request (a rejected head, a 408);
+    /// `answer` is what was written for it.
+    fn log_raw(
+        &self,
+        client: &[u8],
+        line: &[u8],
+        status: response::Status,
+        answer: &[u8],
+        started: Instant,
+    ) {
         if let Some(log) = &self.log {
             log.line(&access_log::Entry {
                 client,
                 request: line,
                 status: status.code,
-                body_bytes: (4 + status.reason.len() + 1) as u64,
+                body_bytes: buffered_body_len(answer),
                 referer: None,
                 user_agent: None,
                 started,
@@ -311,14 +334,9 @@ impl HttpHandler {
             return Ok(());
         }
         let mut sent = 0;
-        let result = write_all(
-            stream,
-            out,
-            more,
-            self.shared.settings.keepalive_timeout,
-            &mut sent,
-        )
-        .await;
+        let result = stream
+            .write_all_within(out, more, self.shared.settings.keepalive_timeout, &mut sent)
+            .await;
         // What went out, also when the client went away midway.
         self.counters.count_bytes(sent as u64);
         out.clear();
@@ -343,10 +361,7 @@ impl HttpHandler {
 /// named, else the socket's peer; `unix:` for a Unix socket, as nginx.
 fn client_text(origin: Origin, stream: &Stream) -> Vec<u8> {
     let ip = match origin {
-        Origin::Client(addr) => match addr.ip() {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6.into(), Into::into),
-            v4 => v4,
-        },
+        Origin::Client(addr) => addr.ip().to_canonical(),
         Origin::Direct | Origin::Balancer => match crate::sys::peer_ip(stream.as_raw_fd()) {
             Some(ip) => ip,
             None => return b"unix:".to_vec(),
@@ -371,44 +386,4 @@ async fn read_more(stream: &mut Stream, buf: Vec<u8>) -> (io::Result<usize>, Vec
     let len = buf.len();
     let (result, slice) = stream.recv(buf.slice_mut(len..)).await;
     (result, slice.into_inner())
-}
-
-/// Waits until the socket takes more bytes; a client that has read nothing for `stall`
-/// is given up on (nginx's send_timeout), so it cannot hold a connection slot forever.
-/// `again`: as for [`Stream::writable`].
-pub async fn writable_within(stream: &Stream, stall: Duration, again: bool) -> io::Result<()> {
-    monoio::select! {
-        ready = stream.writable(again) => ready,
-        _ = monoio::time::sleep(stall) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "client stopped reading",
-        )),
-    }
-}
-
-/// Writes all of `data` with non-blocking send(2), waiting for write readiness only
-/// when the socket buffer is full. `sent` counts what went out, also on failure.
-async fn write_all(
-    stream: &Stream,
-    data: &[u8],
-    more: bool,
-    stall: Duration,
-    sent: &mut usize,
-) -> io::Result<()> {
-    let mut again = false;
-    while *sent < data.len() {
-        match crate::sys::send_now(stream.as_raw_fd(), &data[*sent..], more) {
-            Ok(n) => {
-                *sent += n;
-                again = false;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                writable_within(stream, stall, again).await?;
-                again = true;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

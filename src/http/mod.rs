@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use crate::net::{is_disconnect, Stream};
 use crate::runtime::{Handler, Worker};
-pub use conn::writable_within;
 use files::Root;
 use metrics::{Metrics, WorkerCounters};
 use response::DateCache;

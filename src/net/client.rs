@@ -52,12 +52,9 @@ impl Default for Prefixes {
 impl Prefixes {
     /// The client's prefix as one number: IPv4 as its IPv4-mapped IPv6 form, masked.
     fn key(self, ip: IpAddr) -> u128 {
-        let (bits, keep) = match ip {
+        let (bits, keep) = match ip.to_canonical() {
             IpAddr::V4(v4) => (u128::from(v4.to_ipv6_mapped()), 96 + u32::from(self.ipv4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => (u128::from(v4.to_ipv6_mapped()), 96 + u32::from(self.ipv4)),
-                None => (u128::from(v6), u32::from(self.ipv6)),
-            },
+            IpAddr::V6(v6) => (u128::from(v6), u32::from(self.ipv6)),
         };
         bits & u128::MAX.checked_shl(128 - keep).unwrap_or(0)
     }

@@ -43,10 +43,7 @@ impl TrustedPeers {
 
     /// Whether `ip` (an IPv4-mapped IPv6 address counts as IPv4) is in a range.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         self.0.iter().any(|&(net, len)| in_range(ip, net, len))
     }
 }
@@ -177,13 +174,7 @@ fn encode_v2(pair: Option<(SocketAddr, SocketAddr)>, local_path: Option<&[u8]>) 
 }
 
 fn unmapped(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
-    }
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Who the connection is really from.

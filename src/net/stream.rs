@@ -89,6 +89,47 @@ impl Stream {
         }
     }
 
+    /// Waits until the socket takes more bytes; a peer that has read nothing for `stall`
+    /// is given up on (nginx's send_timeout), so it cannot hold a connection slot forever.
+    /// `again`: as for [`Stream::writable`].
+    pub async fn writable_within(&self, stall: Duration, again: bool) -> io::Result<()> {
+        monoio::select! {
+            ready = self.writable(again) => ready,
+            _ = monoio::time::sleep(stall) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "peer stopped reading",
+            )),
+        }
+    }
+
+    /// Writes all of `data` with non-blocking send(2), waiting for write readiness only
+    /// when the socket buffer is full (at most `stall` each time). `more`: more follows
+    /// at once (MSG_MORE). `sent` counts what went out, also on failure.
+    pub async fn write_all_within(
+        &self,
+        data: &[u8],
+        more: bool,
+        stall: Duration,
+        sent: &mut usize,
+    ) -> io::Result<()> {
+        let mut again = false;
+        while *sent < data.len() {
+            match sys::send_now(self.as_raw_fd(), &data[*sent..], more) {
+                Ok(n) => {
+                    *sent += n;
+                    again = false;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable_within(stall, again).await?;
+                    again = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Sends FIN: the peer reads EOF but may still send to us (half-close).
     pub fn shutdown_write(&self) -> io::Result<()> {
         match sys::shutdown_write(self.as_raw_fd()) {

@@ -145,6 +145,9 @@ fn spare_fd() -> Option<OwnedFd> {
     std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
 }
 
+/// How long a scraper has to send its request, and to take each part of the answer.
+const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// After a metrics answer: let the scraper read it before the close.
 const METRICS_LINGER: crate::net::Linger = crate::net::Linger {
     limit: Duration::from_secs(2),
@@ -173,6 +176,7 @@ async fn send_header(
     client: &Stream,
     origin: proxy_header::Origin,
     upstream: &Stream,
+    stall: Duration,
 ) -> io::Result<()> {
     let (peer, local, local_path) = crate::sys::socket_ends(client.as_raw_fd());
     let named = match origin {
@@ -180,17 +184,10 @@ async fn send_header(
         _ => peer,
     };
     let header = proxy_header::encode(version, named, local, local_path.as_deref());
-    let mut sent = 0;
-    while sent < header.len() {
-        // No MSG_MORE: with a server-speaks-first protocol no client byte may follow soon.
-        match crate::sys::send_now(upstream.as_raw_fd(), &header[sent..], false) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => upstream.writable(true).await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    // No MSG_MORE: with a server-speaks-first protocol no client byte may follow soon.
+    upstream
+        .write_all_within(&header, false, stall, &mut 0)
+        .await
 }
 
 impl ProxyHandler {
@@ -199,12 +196,10 @@ impl ProxyHandler {
     async fn answer_metrics(&self, client: &Stream) {
         let mut head = Vec::with_capacity(512);
         let mut buf = [0u8; 1024];
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + METRICS_TIMEOUT;
         while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 4096 {
             match crate::sys::recv_now(client.as_raw_fd(), &mut buf) {
-                Ok(0) | Err(_) if Instant::now() >= deadline => return,
-                Ok(0) => return,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
+                Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     monoio::select! {
@@ -212,7 +207,8 @@ impl ProxyHandler {
                         _ = monoio::time::sleep(left) => return,
                     }
                 }
-                Err(_) => return,
+                // EOF or an error before a whole head: nobody to answer.
+                _ => return,
             }
         }
         let body = self.settings.counters.render(&self.limiter);
@@ -222,24 +218,17 @@ impl ProxyHandler {
             body.len()
         );
         let mut sent = 0;
-        while sent < answer.len() {
-            match crate::sys::send_now(client.as_raw_fd(), &answer.as_bytes()[sent..], false) {
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if client.writable(true).await.is_err() {
-                        return;
-                    }
-                }
-                Err(_) => return,
-            }
+        let written = client.write_all_within(answer.as_bytes(), false, METRICS_TIMEOUT, &mut sent);
+        if written.await.is_err() {
+            return;
         }
         let _ = client.shutdown_write();
         crate::net::linger(client, &METRICS_LINGER).await;
     }
 
     async fn forward(&self, client: Stream, listener: &str) {
-        // The header is taken off before any byte is forwarded; the client it names is
-        // for the PROXY header ringsock will send (issue 13).
+        // A received PROXY header is taken off before any byte is forwarded; the client
+        // it names is the one a sent header (-p) names.
         let admitted = match self.settings.clients.admit(&client, listener).await {
             Ok(admitted) => admitted,
             Err(why) => {
@@ -266,7 +255,15 @@ impl ProxyHandler {
             crate::sys::keep_alive(upstream.as_raw_fd());
         }
         if let Some(version) = self.settings.send_header {
-            if let Err(e) = send_header(version, &client, admitted.origin, &upstream).await {
+            if let Err(e) = send_header(
+                version,
+                &client,
+                admitted.origin,
+                &upstream,
+                self.settings.connect_timeout,
+            )
+            .await
+            {
                 crate::debug!("failed to send the PROXY header to {target}: {e}");
                 client.reset_on_close();
                 return;

@@ -37,10 +37,7 @@ impl Targets {
             ));
         }
         let mut named: Vec<(String, Target)> = Vec::new();
-        for arg in args {
-            let Some((name, target)) = split_name(arg) else {
-                continue;
-            };
+        for (name, target) in args.iter().filter_map(|arg| split_name(arg)) {
             if named.iter().any(|(n, _)| n == name) {
                 return Err(format!("{name}: named twice; each socket gets one TARGET"));
             }

@@ -63,7 +63,7 @@ pub async fn send_file(
                         again = false;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        crate::http::writable_within(stream, stall, again).await?;
+                        stream.writable_within(stall, again).await?;
                         again = true;
                     }
                     Err(e) => return Err(e),
@@ -80,12 +80,12 @@ pub async fn send_file(
                 again = false;
                 if since_yield >= FAIR_SHARE {
                     since_yield = 0;
-                    crate::http::writable_within(stream, stall, false).await?;
+                    stream.writable_within(stall, false).await?;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 since_yield = 0;
-                crate::http::writable_within(stream, stall, again).await?;
+                stream.writable_within(stall, again).await?;
                 again = true;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
