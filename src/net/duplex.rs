@@ -48,12 +48,18 @@ impl Duplex {
 }
 
 impl ReadHalf<'_> {
-    /// [`Stream::recv`]; `&mut self`: one receive at a time.
-    pub async fn recv(&mut self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+    /// [`Stream::recv`], or [`Stream::recv_poll_first`] when `expect_empty`; `&mut self`:
+    /// one receive at a time.
+    pub async fn recv(&mut self, buf: Vec<u8>, expect_empty: bool) -> BufResult<usize, Vec<u8>> {
         // SAFETY: this half is the only one that receives, and only one receive runs at a
         // time (`&mut self`); a send from the write half may run alongside, which monoio's
         // Split contract allows for TCP and Unix streams.
-        unsafe { &mut *self.0.stream.get() }.recv(buf).await
+        let stream = unsafe { &mut *self.0.stream.get() };
+        if expect_empty {
+            stream.recv_poll_first(buf).await
+        } else {
+            stream.recv(buf).await
+        }
     }
 
     pub fn stream(&self) -> &Stream {

@@ -81,6 +81,17 @@ impl Stream {
         }
     }
 
+    /// [`Stream::recv`] on a socket expected to be empty, its last receive having come up
+    /// short: on io_uring the RECV arms its poll at once rather than first trying a recv
+    /// that would fail with EAGAIN (IORING_RECVSEND_POLL_FIRST, a patch of ours to
+    /// monoio: vendor/monoio/PATCHES.md). The same as `recv` on epoll.
+    pub async fn recv_poll_first<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Tcp(s) => s.read_poll_first(buf).await,
+            Stream::Unix(s) => s.read_poll_first(buf).await,
+        }
+    }
+
     /// Sends all of `buf` with the runtime's own send, as many submissions as it takes.
     pub async fn send_all<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {

@@ -85,8 +85,12 @@ pub async fn pump(
     progress: &Progress,
 ) -> Result<(), Failure> {
     let mut buf = Vec::with_capacity(RECV_SIZE);
+    // Every receive but the first follows one that came up short or a splice burst that
+    // did: the socket is most likely empty, and the receive had better wait for data
+    // before trying. The first may find bytes sent before the connection was accepted.
+    let mut drained = false;
     loop {
-        let (received, returned) = src.recv(buf).await;
+        let (received, returned) = src.recv(buf, drained).await;
         let n = received.map_err(Failure::Read)?;
         if n == 0 {
             return Ok(());
@@ -97,6 +101,7 @@ pub async fn pump(
         progress.delivered(n);
         returned.clear();
         buf = returned;
+        drained = true;
         if n == RECV_SIZE {
             splice_while_bulk(src.stream(), dst.stream(), pipes, progress).await?;
         }

@@ -33,7 +33,7 @@ scoped_thread_local!(pub(crate) static BUILD_THREAD_ID: usize);
 
 impl<T> Default for RuntimeBuilder<T> {
     /// Create a default runtime builder
-    #[must_use]
+    // ringsock patch: no #[must_use] here (a trait method in an impl block).
     fn default() -> Self {
         RuntimeBuilder::<T>::new()
     }

@@ -528,7 +528,17 @@ impl Drop for Inner {
         match state {
             #[cfg(all(target_os = "linux", feature = "iouring"))]
             State::Uring(UringState::Init) | State::Uring(UringState::Waiting(..)) => {
-                if super::op::Op::close(fd).is_err() {
+                // ringsock patch: a detached CLOSE, not an `Op<Close>` dropped at once
+                // (which queues an ASYNC_CANCEL as well).
+                let queued = CURRENT.is_set()
+                    && CURRENT.with(|inner| match inner {
+                        super::Inner::Uring(this) => {
+                            super::uring::UringInner::close_detached(this, fd).is_ok()
+                        }
+                        #[allow(unreachable_patterns)]
+                        _ => false,
+                    });
+                if !queued {
                     let _ = unsafe { std::fs::File::from_raw_fd(fd) };
                 };
             }

@@ -49,11 +49,30 @@ pub(crate) struct Recv<T> {
 
     /// Reference to the in-flight buffer.
     pub(crate) buf: T,
+
+    /// ringsock patch: wait for readiness before the first attempt (see `recv_poll_first`).
+    poll_first: bool,
 }
 
 impl<T: IoBufMut> Op<Recv<T>> {
     pub(crate) fn recv(fd: SharedFd, buf: T) -> io::Result<Self> {
-        Op::submit_with(Recv { fd, buf })
+        Op::submit_with(Recv {
+            fd,
+            buf,
+            poll_first: false,
+        })
+    }
+
+    /// ringsock patch: a receive the caller expects to find the socket empty (its last
+    /// receive came up short), so io_uring arms its poll at once instead of trying a
+    /// recv that fails with EAGAIN first (IORING_RECVSEND_POLL_FIRST, Linux 5.19; older
+    /// kernels ignore the hint). The epoll driver waits for readiness either way.
+    pub(crate) fn recv_poll_first(fd: SharedFd, buf: T) -> io::Result<Self> {
+        Op::submit_with(Recv {
+            fd,
+            buf,
+            poll_first: true,
+        })
     }
 
     #[allow(unused)]
@@ -61,6 +80,7 @@ impl<T: IoBufMut> Op<Recv<T>> {
         Recv {
             fd: fd.clone(),
             buf,
+            poll_first: false,
         }
     }
 
@@ -79,15 +99,38 @@ impl<T: IoBufMut> Op<Recv<T>> {
     }
 }
 
+/// `sqe->ioprio` flag of RECV/SEND: arm the poll before the first attempt.
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+const IORING_RECVSEND_POLL_FIRST: u16 = 1;
+
+/// ringsock patch: io-uring 0.6's `opcode::Recv` has no setter for `ioprio`, which is
+/// where RECV takes its flags; sets it on the built entry.
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+fn with_ioprio(entry: io_uring::squeue::Entry, ioprio: u16) -> io_uring::squeue::Entry {
+    // SAFETY: `Entry` is `#[repr(C)]` around the 64-byte `io_uring_sqe`, whose `ioprio`
+    // (u16) sits at byte 2 after `opcode` and `flags` (u8 each); every bit pattern of the
+    // struct is valid.
+    unsafe {
+        let mut raw: [u8; 64] = std::mem::transmute(entry);
+        raw[2..4].copy_from_slice(&ioprio.to_ne_bytes());
+        std::mem::transmute(raw)
+    }
+}
+
 impl<T: IoBufMut> OpAble for Recv<T> {
     #[cfg(all(target_os = "linux", feature = "iouring"))]
     fn uring_op(&mut self) -> io_uring::squeue::Entry {
-        opcode::Recv::new(
+        let entry = opcode::Recv::new(
             types::Fd(self.fd.raw_fd()),
             self.buf.write_ptr(),
             self.buf.bytes_total() as _,
         )
-        .build()
+        .build();
+        if self.poll_first {
+            with_ioprio(entry, IORING_RECVSEND_POLL_FIRST)
+        } else {
+            entry
+        }
     }
 
     #[cfg(any(feature = "legacy", feature = "poll-io"))]

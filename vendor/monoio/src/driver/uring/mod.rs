@@ -38,7 +38,11 @@ pub(crate) const EVENTFD_USERDATA: u64 = u64::MAX - 2;
 #[cfg(feature = "poll-io")]
 pub(crate) const POLLER_USERDATA: u64 = u64::MAX - 3;
 
-pub(crate) const MIN_REVERSED_USERDATA: u64 = u64::MAX - 3;
+/// ringsock patch: a close nobody waits for (see `UringInner::close_detached`); its
+/// completion is dropped.
+pub(crate) const DETACHED_CLOSE_USERDATA: u64 = u64::MAX - 4;
+
+pub(crate) const MIN_REVERSED_USERDATA: u64 = u64::MAX - 4;
 
 /// Driver with uring.
 pub struct IoUringDriver {
@@ -543,6 +547,22 @@ impl UringInner {
             let _ = inner.submit();
             let _ = inner.uring.submission().push(&cancel);
         }
+    }
+
+    /// ringsock patch: queues a CLOSE whose completion nobody waits for: no slab entry, no boxed state,
+    /// and no ASYNC_CANCEL, which dropping an `Op<Close>` at once would queue.
+    pub(crate) fn close_detached(this: &Rc<UnsafeCell<UringInner>>, fd: RawFd) -> io::Result<()> {
+        let inner = unsafe { &mut *this.get() };
+        if inner.uring.submission().is_full() {
+            inner.submit()?;
+        }
+        let sqe = opcode::Close::new(io_uring::types::Fd(fd))
+            .build()
+            .user_data(DETACHED_CLOSE_USERDATA);
+        if unsafe { inner.uring.submission().push(&sqe) }.is_err() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(())
     }
 
     #[cfg(feature = "sync")]

@@ -257,6 +257,19 @@ impl CancelableAsyncWriteRent for UnixStream {
     }
 }
 
+impl UnixStream {
+    /// ringsock patch: [`AsyncReadRent::read`] for a socket the caller expects to be
+    /// empty (its last read came up short): on io_uring the receive waits for data
+    /// before its first attempt instead of failing one first.
+    pub fn read_poll_first<T: IoBufMut>(
+        &mut self,
+        buf: T,
+    ) -> impl Future<Output = BufResult<usize, T>> {
+        let op = Op::recv_poll_first(self.fd.clone(), buf).unwrap();
+        op.read()
+    }
+}
+
 impl AsyncReadRent for UnixStream {
     #[inline]
     fn read<T: IoBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
