@@ -2,12 +2,14 @@
 //! socket pairs on one io_uring worker, without perf/'s processes and loopback TCP.
 //!
 //! client ⇄ [proxy_in | forward() | proxy_out] ⇄ backend, all non-blocking socketpairs.
+//! `connection_64B` sets up, uses and closes a whole connection per iteration, so it
+//! includes what opening and closing the proxy's two sockets costs on the ring.
 
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use monoio::io::{AsyncReadRentExt, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRentExt, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::UnixStream;
 use ringsock::activation::Family;
 use ringsock::net::{Duplex, Stream};
@@ -106,5 +108,62 @@ fn pump(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pump);
+/// One whole connection per iteration: two fresh socket pairs, a 64-byte request and
+/// reply through `forward`, half-closes both ways, and the close of every socket.
+fn connection(c: &mut Criterion) {
+    let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("runtime");
+    let pipes = PipePool::new(PipeBudget::from_system(), 16);
+    let mut group = c.benchmark_group("pump");
+    group.measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("connection_64B", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    one_connection(&pipes).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+async fn one_connection(pipes: &PipePool) {
+    let (mut client, proxy_in) = pair();
+    let (mut backend, proxy_out) = pair();
+    let proxied = async {
+        let (client, upstream) = (Duplex::new(proxy_in), Duplex::new(proxy_out));
+        forward(
+            &client,
+            &upstream,
+            pipes,
+            None,
+            None,
+            &mut Default::default(),
+        )
+        .await
+        .expect("forward");
+    };
+    let peers = async {
+        let (r, request) = client.write_all(vec![7u8; 64]).await;
+        r.expect("client write");
+        client.shutdown().await.expect("client half-close");
+        let (r, request) = backend.read_exact(request).await;
+        r.expect("backend read");
+        let (r, _) = backend.write_all(request).await;
+        r.expect("backend write");
+        backend.shutdown().await.expect("backend half-close");
+        let (r, reply) = client.read_exact(vec![0u8; 64]).await;
+        r.expect("client read");
+        criterion::black_box(reply);
+    };
+    monoio::join!(proxied, peers);
+}
+
+criterion_group!(benches, pump, connection);
 criterion_main!(benches);

@@ -15,7 +15,7 @@
 # ROUNDS > 1 repeats the whole comparison and reports the spread of the ratios.
 # RINGSOCK_BASE=/path/to/an/older/ringsock adds it as `ringsock-base`, measured in the
 # same run, for before/after comparisons; FORWARDERS="..." runs only those.
-# Writes perf/results/proxy-YYYY-MM-DD.md (with perf/report_proxy.py). Traffic stays on loopback.
+# Writes perf/results/proxy-YYYY-MM-DD.md (or $RESULT) with perf/report_proxy.py. Traffic stays on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
@@ -149,7 +149,7 @@ for fwd in $forwarders; do
     # systemd-socket-activate execs the forwarder on the first connection.
     "$loadgen" pingpong "$addr" 1 1 >/dev/null 2>&1 || true
   fi
-  run pingpong "$addr" 1 "$secs"
+  run pingpong "$addr" 1 "$secs" 10
   run pingpong "$addr" 32 "$secs"
   run bulk "$addr" 4 "$bulk_mib"
   run churn "$addr" 4 "$secs"
@@ -159,6 +159,6 @@ done
 done
 
 date=$(date -u +%Y-%m-%d)
-result=perf/results/proxy-$date.md
+result=${RESULT:-perf/results/proxy-$date.md}
 python3 perf/report_proxy.py "$out" "$secs" "$bulk_mib" > "$result"
 cat "$result"

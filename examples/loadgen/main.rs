@@ -35,7 +35,7 @@ use churn::CHURN_IN_FLIGHT;
 fn usage() -> ! {
     eprintln!(
         "usage:\n  loadgen backend UNIX_PATH [THREADS]  echo backend; a connection starting with 'SINK' gets a checksum reply\n  \
-         loadgen pingpong ADDR CONNS SECS     64-byte request/response; ADDR is host:port or /unix/path\n  \
+         loadgen pingpong ADDR CONNS SECS [SESSIONS]\n                                       64-byte request/response; ADDR is host:port or /unix/path;\n                                       SESSIONS consecutive sets of fresh connections (default 1)\n  \
          loadgen bulk ADDR CONNS MIB          each conn sends MIB, half-closes, verifies the checksum reply\n  \
          loadgen churn ADDR THREADS SECS [IN_FLIGHT]\n                                       connect, send 64 B, half-close, read echo, close;\n                                       IN_FLIGHT connections per thread (default {CHURN_IN_FLIGHT})\n  \
          loadgen idle ADDR CONNS PID          hold CONNS open connections, print PID's RSS and threads"
@@ -50,7 +50,7 @@ fn main() {
     let opt = |i: usize, default: u64| if i < args.len() { num(i) } else { default };
     let result = match arg(0).as_str() {
         "backend" => backend::backend(&arg(1), opt(2, 2) as usize),
-        "pingpong" => pingpong::pingpong(&arg(1), num(2) as usize, num(3)),
+        "pingpong" => pingpong::pingpong(&arg(1), num(2) as usize, num(3), opt(4, 1)),
         "bulk" => bulk::bulk(&arg(1), num(2) as usize, num(3)),
         "churn" => churn::churn(
             &arg(1),

@@ -18,7 +18,40 @@ struct PingPong {
     latencies_us: Vec<u32>,
 }
 
-pub fn pingpong(addr: &str, conns: usize, secs: u64) -> io::Result<()> {
+/// Runs `sessions` consecutive sessions of `secs / sessions` each, every one on fresh
+/// connections, and reports their latencies pooled. With few connections the result
+/// depends on where the scheduler happens to put client, forwarder and backend threads
+/// for the life of a connection (on 2 vCPUs one arrangement answers in half the time of
+/// another), so a single long session is a coin flip; many short ones sample both.
+pub fn pingpong(addr: &str, conns: usize, secs: u64, sessions: u64) -> io::Result<()> {
+    let sessions = sessions.max(1);
+    let per_session = Duration::from_secs(secs) / sessions as u32;
+    let mut latencies_us = Vec::with_capacity(1 << 20);
+    let mut session_p50s = Vec::new();
+    let start = Instant::now();
+    for _ in 0..sessions {
+        let before = latencies_us.len();
+        latencies_us = session(addr, conns, per_session, latencies_us)?;
+        let mut this: Vec<u32> = latencies_us[before..].to_vec();
+        this.sort_unstable();
+        session_p50s.push(percentile(&this, 0.5));
+    }
+    report(
+        conns,
+        start.elapsed().as_secs_f64(),
+        latencies_us,
+        &session_p50s,
+    );
+    Ok(())
+}
+
+/// One session: `conns` new connections for `length`; appends to `latencies_us`.
+fn session(
+    addr: &str,
+    conns: usize,
+    length: Duration,
+    latencies_us: Vec<u32>,
+) -> io::Result<Vec<u32>> {
     let streams: Vec<Conn> = (0..conns)
         .map(|_| Conn::open(addr))
         .collect::<io::Result<_>>()?;
@@ -27,7 +60,7 @@ pub fn pingpong(addr: &str, conns: usize, secs: u64) -> io::Result<()> {
         streams,
         sent_at: vec![Instant::now(); conns],
         got: vec![0usize; conns],
-        latencies_us: Vec::with_capacity(1 << 20),
+        latencies_us,
     };
     for (i, s) in pp.streams.iter_mut().enumerate() {
         sys::epoll_ctl(
@@ -44,15 +77,37 @@ pub fn pingpong(addr: &str, conns: usize, secs: u64) -> io::Result<()> {
     // At least one entry: epoll_wait refuses an empty array.
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; conns.max(1)];
     let mut buf = [0u8; SIZE];
-    let start = Instant::now();
-    let end = start + Duration::from_secs(secs);
+    let end = Instant::now() + length;
     while Instant::now() < end {
         for ev in sys::epoll_wait(&ep, &mut events, 1000)? {
             pp.on_readable(ev.u64 as usize, &mut buf)?;
         }
     }
-    pp.report(conns, start.elapsed().as_secs_f64());
-    Ok(())
+    Ok(pp.latencies_us)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p) as usize)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Prints the pooled rate and percentiles, and the spread of the sessions' medians.
+fn report(conns: usize, elapsed: f64, mut latencies_us: Vec<u32>, session_p50s: &[u32]) {
+    latencies_us.sort_unstable();
+    let (low, high) = (
+        session_p50s.iter().min().copied().unwrap_or(0),
+        session_p50s.iter().max().copied().unwrap_or(0),
+    );
+    println!(
+        "pingpong conns={conns} req_per_s={:.0} p50_us={} p99_us={} sessions={} \
+         session_p50_us={low}-{high} failures=0",
+        latencies_us.len() as f64 / elapsed,
+        percentile(&latencies_us, 0.5),
+        percentile(&latencies_us, 0.99),
+        session_p50s.len(),
+    );
 }
 
 impl PingPong {
@@ -74,22 +129,5 @@ impl PingPong {
             self.sent_at[i] = Instant::now();
         }
         Ok(())
-    }
-
-    fn report(mut self, conns: usize, elapsed: f64) {
-        let latencies_us = &mut self.latencies_us;
-        latencies_us.sort_unstable();
-        let pct = |p: f64| {
-            latencies_us
-                .get(((latencies_us.len() as f64 - 1.0) * p) as usize)
-                .copied()
-                .unwrap_or(0)
-        };
-        println!(
-            "pingpong conns={conns} req_per_s={:.0} p50_us={} p99_us={} failures=0",
-            latencies_us.len() as f64 / elapsed,
-            pct(0.5),
-            pct(0.99)
-        );
     }
 }
