@@ -48,6 +48,42 @@ fn forwards_and_keeps_half_close_on_both_drivers() {
     }
 }
 
+/// Every proxied connection's two sockets are closed once it ends: on io_uring the close
+/// is a detached CLOSE submission (vendor/monoio patch 1), which must still run when the
+/// worker next enters the ring. 300 connections one after another, then the process
+/// holds no more sockets than before them.
+#[test]
+fn ended_connections_leave_no_socket_open_on_both_drivers() {
+    let backend = EchoBackend::unix();
+    for driver in DRIVERS {
+        let (listen, addr) = Listen::tcp();
+        let ringsock = Spawn::new(&["proxy", backend.path.to_str().unwrap()])
+            .listen(listen)
+            .driver(driver)
+            .start();
+        // The first connection starts the workers; count after it.
+        assert_eq!(send_half_close_read(connect_tcp(addr), b"warm"), b"warm");
+        let before = ringsock.open_fds("socket:");
+        for i in 0..300u32 {
+            let data = i.to_be_bytes();
+            let reply = send_half_close_read(connect_tcp(addr), &data);
+            assert_eq!(reply, data, "{driver:?}: connection {i}");
+        }
+        // The last close runs when its worker next enters the ring: bounded wait.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut open = ringsock.open_fds("socket:");
+        while open > before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            open = ringsock.open_fds("socket:");
+        }
+        assert!(
+            open <= before,
+            "{driver:?}: {open} sockets open after 300 ended connections, {before} before"
+        );
+        ringsock.stop();
+    }
+}
+
 #[test]
 fn logs_the_driver_in_use_once() {
     let backend = EchoBackend::unix();
