@@ -26,11 +26,19 @@ fn pair() -> (UnixStream, Stream) {
     )
 }
 
-fn pump(c: &mut Criterion) {
-    let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+/// The runtime every bench drives: io_uring when the kernel has it, as the workers use.
+fn runtime() -> monoio::FusionRuntime<
+    monoio::time::TimeDriver<monoio::IoUringDriver>,
+    monoio::time::TimeDriver<monoio::LegacyDriver>,
+> {
+    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+fn pump(c: &mut Criterion) {
+    let mut runtime = runtime();
     let (mut client, mut backend) = runtime.block_on(async {
         let (client, proxy_in) = pair();
         let (backend, proxy_out) = pair();
@@ -111,10 +119,7 @@ fn pump(c: &mut Criterion) {
 /// One whole connection per iteration: two fresh socket pairs, a 64-byte request and
 /// reply through `forward`, half-closes both ways, and the close of every socket.
 fn connection(c: &mut Criterion) {
-    let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("runtime");
+    let mut runtime = runtime();
     let pipes = PipePool::new(PipeBudget::from_system(), 16);
     let mut group = c.benchmark_group("pump");
     group.measurement_time(Duration::from_secs(5));

@@ -5,9 +5,10 @@
 # cores are, so they compare forwarders and builds where CPU times on 2 cores are noisy.
 #
 # Usage: perf/ops.sh FORWARDER WORKLOAD [SECS]
-#   FORWARDER: ringsock | nginx | haproxy | systemd-socket-proxyd | /path/to/a/ringsock
+#   FORWARDER: ringsock | nginx | haproxy | socat | systemd-socket-proxyd | /absolute/path/to/a/ringsock
 #   WORKLOAD:  pingpong1 | pingpong32 | churn | bulk   (units: request, request, connection, GiB)
 # Env: RINGSOCK_ARGS="..." extra `ringsock proxy` flags. Traffic stays on loopback.
+# The forwarders are started as perf/proxy.sh starts them (perf/forwarders.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fwd=$1; workload=$2; secs=${3:-5}
@@ -22,34 +23,15 @@ backend=$work/backend.sock
 "$loadgen" backend "$backend" & sleep 0.3
 port=$((18900 + RANDOM % 100))
 
-# Starts the forwarder on 127.0.0.1:$port; sets $comm, the thread-name prefix to count.
+ringsock=$PWD/target/release/ringsock
 case $fwd in
-  nginx)
-    need nginx nginx-light
-    cat > "$work/nginx.conf" <<CFG
-load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-daemon off; worker_processes 2; pid $work/nginx.pid; error_log $work/nginx.err warn; user root;
-worker_rlimit_nofile 19000;
-events { worker_connections 9000; }
-stream { server { listen 127.0.0.1:$port backlog=4096; proxy_pass unix:$backend; proxy_half_close on; proxy_timeout 1h; } }
-CFG
-    nginx -c "$work/nginx.conf" & comm=nginx ;;
-  haproxy)
-    need haproxy haproxy
-    printf 'global\n  nbthread 2\n  maxconn 6000\ndefaults\n  mode tcp\n  timeout connect 10s\n  timeout client 1h\n  timeout server 1h\n  option splice-auto\nlisten fwd\n  bind 127.0.0.1:%s\n  server backend unix@%s\n' \
-      "$port" "$backend" > "$work/haproxy.cfg"
-    haproxy -f "$work/haproxy.cfg" -db & comm=haproxy ;;
-  systemd-socket-proxyd)
-    systemd-socket-activate -l 127.0.0.1:$port /lib/systemd/systemd-socket-proxyd --connections-max=10000 "$backend" &
-    comm=systemd-socket- ;;
-  *)
-    bin=$PWD/target/release/ringsock
-    [ "$fwd" = ringsock ] || bin=$fwd
-    # shellcheck disable=SC2086
-    systemd-socket-activate -l 127.0.0.1:$port "$bin" proxy ${RINGSOCK_ARGS:-} --connections-max=10000 "$backend" &
-    comm=ringsock-w ;;
+  nginx) need nginx nginx-light ;;
+  haproxy) need haproxy haproxy ;;
 esac
-sleep 0.5
+# shellcheck source=perf/forwarders.sh
+source perf/forwarders.sh
+start_forwarder "$fwd"
+comm=$(forwarder_comm "$fwd")
 # systemd-socket-activate execs the forwarder on the first connection.
 "$loadgen" pingpong 127.0.0.1:$port 1 1 >/dev/null 2>&1 || true
 

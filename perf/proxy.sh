@@ -39,63 +39,9 @@ port=18500
 out=$work/raw.txt
 : > "$out"
 
-# Starts forwarder $1 listening on 127.0.0.1:$port; sets $fwd_pid.
-start_forwarder() {
-  case $1 in
-    direct) fwd_pid="" ;;
-    systemd-socket-proxyd)
-      systemd-socket-activate -l 127.0.0.1:$port /lib/systemd/systemd-socket-proxyd --connections-max=10000 "$backend" 2>>"$work/$1.log" &
-      fwd_pid=$! ;;
-    ringsock)
-      systemd-socket-activate -l 127.0.0.1:$port "$ringsock" proxy --connections-max=10000 "$backend" 2>>"$work/$1.log" &
-      fwd_pid=$! ;;
-    ringsock-base)
-      systemd-socket-activate -l 127.0.0.1:$port "$RINGSOCK_BASE" proxy --connections-max=10000 "$backend" 2>>"$work/$1.log" &
-      fwd_pid=$! ;;
-    haproxy)
-      cat > "$work/haproxy.cfg" <<CFG
-global
-  nbthread 2
-  maxconn 6000
-defaults
-  mode tcp
-  timeout connect 10s
-  timeout client 1h
-  timeout server 1h
-  option splice-auto
-listen fwd
-  bind 127.0.0.1:$port
-  server backend unix@$backend
-CFG
-      haproxy -f "$work/haproxy.cfg" -db 2>>"$work/$1.log" &
-      fwd_pid=$! ;;
-    nginx)
-      cat > "$work/nginx.conf" <<CFG
-load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-daemon off;
-worker_processes 2;
-pid $work/nginx.pid;
-error_log $work/nginx.err warn;
-user root;
-worker_rlimit_nofile 19000;
-events { worker_connections 9000; }
-stream {
-  server {
-    listen 127.0.0.1:$port backlog=4096;
-    proxy_pass unix:$backend;
-    proxy_half_close on;
-    proxy_timeout 1h;
-  }
-}
-CFG
-      nginx -c "$work/nginx.conf" 2>>"$work/$1.log" &
-      fwd_pid=$! ;;
-    socat)
-      socat TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr,backlog=4096 UNIX-CONNECT:"$backend" 2>>"$work/$1.log" &
-      fwd_pid=$! ;;
-  esac
-  sleep 0.5
-}
+# start_forwarder NAME: the forwarders compared here, shared with perf/ops.sh.
+# shellcheck source=perf/forwarders.sh
+source perf/forwarders.sh
 
 stop_forwarder() {
   [ -n "$fwd_pid" ] || return 0

@@ -56,11 +56,7 @@ fn forwards_and_keeps_half_close_on_both_drivers() {
 fn ended_connections_leave_no_socket_open_on_both_drivers() {
     let backend = EchoBackend::unix();
     for driver in DRIVERS {
-        let (listen, addr) = Listen::tcp();
-        let ringsock = Spawn::new(&["proxy", backend.path.to_str().unwrap()])
-            .listen(listen)
-            .driver(driver)
-            .start();
+        let (ringsock, addr) = proxy(driver, &[], backend.path.to_str().unwrap());
         // The first connection starts the workers; count after it.
         assert_eq!(send_half_close_read(connect_tcp(addr), b"warm"), b"warm");
         let before = ringsock.open_fds("socket:");
