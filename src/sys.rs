@@ -352,3 +352,54 @@ pub fn duplicate(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: fcntl just returned this new fd, which nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
 }
+
+/// openat(2) of one path component under `dir` as an `O_PATH` descriptor, never following
+/// a symlink it names: the descriptor then refers to the link itself. `O_PATH` opens
+/// nothing: no device driver, FIFO or file system `open` is called, and the file's
+/// permissions are not checked.
+pub fn open_path_nofollow(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a valid dirfd and NUL-terminated name; the returned fd is ours.
+    let fd = cvt(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+    // SAFETY: openat just returned this fd, which nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// openat(2) of one path component under `dir` with `flags`, plus O_NOFOLLOW and
+/// O_CLOEXEC: a name that is (or has just become) a symlink fails with ELOOP.
+pub fn open_nofollow(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    flags: libc::c_int,
+) -> io::Result<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a valid dirfd and NUL-terminated name; the returned fd is ours.
+    let fd = cvt(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+    // SAFETY: openat just returned this fd, which nothing else owns.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// The target of the symlink that `link` (an `O_PATH | O_NOFOLLOW` descriptor of it)
+/// refers to: readlinkat(2) with an empty path.
+pub fn read_link_fd(link: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    // PATH_MAX: the kernel never returns a longer target.
+    let mut target = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: an empty NUL-terminated path names the fd itself; target is writable for
+    // its length.
+    let n = cvt_size(unsafe {
+        libc::readlinkat(
+            link.as_raw_fd(),
+            b"\0".as_ptr().cast(),
+            target.as_mut_ptr().cast(),
+            target.len(),
+        )
+    })?;
+    target.truncate(n);
+    Ok(target)
+}

@@ -716,6 +716,64 @@ fn paths_never_leave_the_root() {
     }
 }
 
+/// A symlink leading out of the root (rsync -l copies them from an upstream as they are)
+/// must not let a client make the server open, stat or even look up anything outside:
+/// not a FIFO or a device (opening /dev/watchdog arms a reboot), and not whether a path
+/// exists (every escaping path gets the same 403).
+#[test]
+fn escaping_symlinks_open_nothing_outside_the_root() {
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, b"SECRET").unwrap();
+    let fifo = outside.path().join("fifo");
+    let c_fifo = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o644) }, 0);
+    let outside_name = outside.path().file_name().unwrap().to_str().unwrap();
+    let outside_abs = outside.path().to_str().unwrap().to_string();
+    for driver in DRIVERS {
+        let server = serve(driver, &[]);
+        let root = server.root.path();
+        std::os::unix::fs::symlink("/", root.join("to-slash")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("to-outside")).unwrap();
+        std::os::unix::fs::symlink(format!("../{outside_name}"), root.join("up")).unwrap();
+        std::os::unix::fs::symlink(&fifo, root.join("fifo-link")).unwrap();
+        std::fs::create_dir(root.join("pool")).unwrap();
+        std::os::unix::fs::symlink(format!("../../{outside_name}/fifo"), root.join("pool/deep"))
+            .unwrap();
+        let watch = OpenWatch::new(&[outside.path(), &secret, &fifo]);
+        let paths = [
+            format!("/to-slash{outside_abs}/secret"),
+            format!("/to-slash{outside_abs}/nope"),
+            format!("/to-slash{outside_abs}/fifo"),
+            "/to-slash/etc/passwd".into(),
+            "/to-slash/etc/no-such-file".into(),
+            "/to-slash".into(),
+            "/to-outside/secret".into(),
+            "/to-outside/nope".into(),
+            "/to-outside/fifo".into(),
+            "/up/secret".into(),
+            "/up/nope".into(),
+            "/fifo-link".into(),
+            "/pool/deep".into(),
+        ];
+        for path in &paths {
+            let resp = server.get(&get(path));
+            assert_eq!(
+                resp.status, 403,
+                "{driver:?} {path}: the same answer for every escape"
+            );
+            assert!(!resp.text().contains("SECRET"), "{driver:?} {path}");
+        }
+        assert_eq!(
+            watch.events(),
+            0,
+            "{driver:?}: the server opened or read something outside the root"
+        );
+        server.ringsock.stop();
+    }
+}
+
 #[test]
 fn files_over_4_gib() {
     for driver in DRIVERS {

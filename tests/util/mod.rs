@@ -9,12 +9,14 @@ mod sockets;
 mod spawn;
 mod transfer;
 mod wait;
+mod watch;
 
 pub use backends::*;
 pub use sockets::*;
 pub use spawn::*;
 pub use transfer::*;
 pub use wait::*;
+pub use watch::*;
 
 use std::process::Command;
 

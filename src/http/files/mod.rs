@@ -9,6 +9,7 @@ mod listing;
 mod mime;
 mod path;
 mod root;
+mod walk;
 
 pub use body::{append_if_cached, send_file, Sent};
 pub use conditional::{parse_range, plan, FileInfo, Plan, RangeSpec};

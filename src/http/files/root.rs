@@ -3,7 +3,7 @@
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,12 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::conditional::FileInfo;
 use super::disk::Pages;
 use super::path::RelPath;
+use super::walk;
 use crate::http::response::{self, Status};
 
 /// The served directory, opened once; files are opened relative to it.
 pub struct Root {
     dir: OwnedFd,
-    /// Where the root really is, to check where a symlink led.
+    /// Where the root really is, for absolute symlinks to be checked against.
     canonical: PathBuf,
     pub follow_symlinks: bool,
     pub autoindex: bool,
@@ -120,34 +121,39 @@ impl Root {
     }
 
     /// Opens `rel` under the root; may wait for the disk, so it runs on an I/O thread.
-    /// Symlinks that lead outside the root are refused (403) unless `--follow-symlinks`.
+    /// Symlinks that lead outside the root are refused (403) unless `--follow-symlinks`,
+    /// and what they lead to is never opened, stat'ed or looked up.
     pub fn open(&self, rel: &RelPath) -> Result<File, Status> {
-        let rel = rel.as_c_str().ok_or(response::BAD_REQUEST)?;
+        let c_rel = rel.as_c_str().ok_or(response::BAD_REQUEST)?;
         if self.follow_symlinks {
-            return self.openat(rel).map_err(open_status);
+            return self.openat(c_rel).map_err(open_status);
         }
         if self.openat2.load(Ordering::Relaxed) {
             // RESOLVE_BENEATH makes the kernel refuse any escape in the one open call.
-            let e = match self.openat2(rel, libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS) {
+            let e = match self.openat2(c_rel, libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS) {
                 Ok(file) => return Ok(file),
                 Err(e) => e,
             };
             match e.raw_os_error() {
-                // An absolute symlink is refused even when it points inside the root:
-                // decide that case below, by where the file really is.
+                // An absolute symlink is refused even when it points inside the root,
+                // and an escape is refused the same way: the walk tells them apart
+                // without opening anything outside.
                 Some(libc::EXDEV | libc::ELOOP) => {}
                 Some(libc::ENOSYS | libc::EPERM) => {
-                    crate::debug!("openat2 is unavailable ({e}); checking symlinks by path");
+                    crate::debug!("openat2 is unavailable ({e}); resolving symlinks by hand");
                     self.openat2.store(false, Ordering::Relaxed);
                 }
                 _ => return Err(open_status(e)),
             }
         }
-        let file = self.openat(rel).map_err(open_status)?;
-        match std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) {
-            Ok(real) if real.starts_with(&self.canonical) => Ok(file),
-            Ok(_) => Err(response::FORBIDDEN),
-            Err(_) => Err(response::INTERNAL_SERVER_ERROR),
+        match walk::open_beneath(
+            self.dir.as_fd(),
+            &self.canonical,
+            rel.as_bytes(),
+            OPEN_FLAGS,
+        )? {
+            walk::Found::File(file) => Ok(file),
+            walk::Found::Other => Err(response::FORBIDDEN),
         }
     }
 
@@ -161,7 +167,7 @@ impl Root {
     }
 }
 
-fn open_status(e: io::Error) -> Status {
+pub(super) fn open_status(e: io::Error) -> Status {
     match e.raw_os_error() {
         Some(libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) => response::NOT_FOUND,
         // ENXIO: a socket or a device with no driver; never served, like FIFOs.
