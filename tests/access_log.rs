@@ -151,7 +151,25 @@ fn a_dash_logs_to_standard_error_with_errors_and_timeouts() {
         let mut slow = server.connect();
         slow.send(b"GET /f.txt HTTP/1.1\r\n");
         assert_eq!(slow.response(false).status, 408);
+        // Read as HTTP/1.1, logged as received, also when the head arrives in two parts.
+        assert_eq!(
+            server
+                .get("GET /f.txt?one HTTP/1.7\r\nHost: t\r\n\r\n")
+                .status,
+            200
+        );
+        let mut split = server.connect();
+        split.send(b"GET /f.txt?two HTTP/1.8\r\nHost: t\r\n");
+        std::thread::sleep(Duration::from_millis(50));
+        split.send(b"\r\n");
+        assert_eq!(split.response(false).status, 200);
         let stderr = server.ringsock.stop();
+        for line in [
+            "\"GET /f.txt?one HTTP/1.7\" 200 ",
+            "\"GET /f.txt?two HTTP/1.8\" 200 ",
+        ] {
+            assert!(stderr.contains(line), "{driver:?}: no {line}:\n{stderr}");
+        }
         assert!(
             stderr.contains("\"GET /missing HTTP/1.1\" 404 "),
             "{driver:?}:\n{stderr}"

@@ -716,6 +716,51 @@ fn paths_never_leave_the_root() {
     }
 }
 
+/// Request targets and Host values at the edges of the grammar (RFC 9112 §3.2, RFC 9110
+/// §4.2), answered as nginx answers them where nginx is right: nothing but the path
+/// names a file, and what the RFCs call invalid is 400.
+#[test]
+fn request_targets_and_hosts_at_the_edges() {
+    for driver in DRIVERS {
+        let server = serve(driver, &[]);
+        server.file("small.txt", b"small\n");
+        server.file("a#b", b"hash\n");
+        let host = |value: &str| format!("GET /small.txt HTTP/1.1\r\nHost: {value}\r\n\r\n");
+        let cases: Vec<(String, u16)> = vec![
+            // The authority ends at `?` or `#`: the path is `/`, a directory (403).
+            (get("http://x?/small.txt"), 403),
+            (get("http://x#/small.txt"), 403),
+            (get("http://u:p@x/small.txt"), 400),
+            (get("http:///small.txt"), 400),
+            (get("http://x:80/small.txt?q"), 200),
+            ("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n".into(), 400),
+            (
+                "GET /small.txt HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n".into(),
+                400,
+            ),
+            (host(":::::"), 400),
+            (host("["), 400),
+            (host(".."), 400),
+            (host("a:80:80"), 400),
+            (host("[::1]:8080"), 200),
+            // A file is not a directory, however the slash or dot is spelt.
+            (get("/small.txt/."), 404),
+            (get("/small.txt/%2e"), 404),
+            (get("/small.txt%2f"), 404),
+            (get("/small.txt/"), 404),
+            // A fragment is cut off, never read as part of a name.
+            (get("/a#b"), 404),
+            (get("/small.txt#frag"), 200),
+            (get("/a%23b"), 200),
+        ];
+        for (request, want) in &cases {
+            let resp = server.get(request);
+            assert_eq!(resp.status, *want, "{driver:?} {request:?}");
+        }
+        server.ringsock.stop();
+    }
+}
+
 /// A symlink leading out of the root (rsync -l copies them from an upstream as they are)
 /// must not let a client make the server open, stat or even look up anything outside:
 /// not a FIFO or a device (opening /dev/watchdog arms a reboot), and not whether a path

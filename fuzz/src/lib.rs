@@ -23,7 +23,8 @@ pub fn head(bytes: &[u8]) {
             // A head that parses as sent needs no rewrite.
             if let Ok(Some(plain)) = &plain {
                 assert_eq!(plain.head_len, req.head_len);
-                assert_eq!(plain.target, req.target);
+                assert_eq!((plain.path, plain.query), (req.path, req.query));
+                assert_eq!(&*req.line_as_sent(), plain.line);
             }
             for info in [
                 FileInfo::new(0, 0, 0),
@@ -75,15 +76,12 @@ fn split_reads(head: &[u8]) {
 
 fn check_request(req: &Request<'_>, buf_len: usize) {
     assert!(req.head_len <= buf_len && req.head_len <= MAX_HEAD);
-    assert!(
-        req.target.len() <= MAX_URI,
-        "target of {}",
-        req.target.len()
-    );
-    let path = request::path_of(req.target);
-    assert!(req.target.starts_with(path));
+    assert!(req.path.len() <= MAX_URI, "path of {}", req.path.len());
+    // A fragment never reaches the path or the query.
+    assert!(!req.path.contains(&b'#') && !req.query.is_some_and(|q| q.contains(&b'#')));
+    assert!(!req.path.contains(&b'?'));
     // Only what is refused anyway (405) may carry a target that is not a path.
-    assert!(req.target.first() == Some(&b'/') || req.method == Method::NotAllowed);
+    assert!(req.path.first() == Some(&b'/') || req.method == Method::NotAllowed);
     if req.has_body {
         assert!(req.method == Method::NotAllowed && !req.keep_alive);
     }
@@ -128,7 +126,9 @@ pub fn plan(headers: &Conditionals, len: u64, mtime: i64, now: i64) {
         } else {
             Method::Get
         },
-        target: b"/f",
+        path: b"/f",
+        query: None,
+        minor_sent: None,
         keep_alive: true,
         http10: false,
         head_len: 0,

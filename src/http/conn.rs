@@ -201,7 +201,7 @@ impl HttpHandler {
             if let Some(log) = &self.log {
                 log.line(&access_log::Entry {
                     client: &conn.client,
-                    request: req.line,
+                    request: &req.line_as_sent(),
                     status: self.last_status.get(),
                     // Looked for only with a log: the answer is still in the buffer.
                     body_bytes: file_bytes

@@ -24,11 +24,17 @@ pub enum Method {
 /// One parsed request head, borrowing from the read buffer.
 #[derive(Debug)]
 pub struct Request<'b> {
-    /// The request line without its CR LF, for the access log.
+    /// The request line without its CR LF, for the access log (see [`Request::line_as_sent`]).
     pub line: &'b [u8],
     pub method: Method,
-    /// The path and query as sent (absolute-form targets reduced to the path).
-    pub target: &'b [u8],
+    /// The path as sent, still percent-encoded: the target without its query and
+    /// fragment, an absolute-form target reduced to its path (`/` when it has none).
+    pub path: &'b [u8],
+    /// What followed `?`, if anything did.
+    pub query: Option<&'b [u8]>,
+    /// The HTTP/1.x minor digit the client sent, when it was above 1 and the line was
+    /// read as HTTP/1.1.
+    pub minor_sent: Option<u8>,
     pub keep_alive: bool,
     pub http10: bool,
     /// Bytes the head occupies in the buffer; the next pipelined request starts there.
@@ -60,38 +66,41 @@ fn reject(status: Status, why: &'static str) -> Reject {
 
 /// Parses the head at the start of `buf` as [`parse`] does, except that a request line
 /// naming HTTP/1.x with a single digit x > 1 is read as HTTP/1.1 (RFC 9110 §2.5): that
-/// digit is rewritten to `1` in `buf`. Every rewrite lowers a byte, so this ends; a line
-/// refused for any other reason is refused, never corrected (RFC 9112 §3).
+/// digit is rewritten to `1` in `buf` once the whole head is there (so the digit sent is
+/// known when the head is answered), and remembered for the access log. A line refused
+/// for any other reason is refused, never corrected (RFC 9112 §3).
 pub fn parse_head(buf: &mut [u8]) -> Result<Option<Request<'_>>, Reject> {
-    loop {
-        match parse(buf) {
-            Err(r) if r.why == LATER_MINOR => match later_minor_version_at(buf) {
-                Some(at) => buf[at] = b'1',
-                None => return Err(reject(response::BAD_REQUEST, "malformed request line")),
-            },
-            _ => break,
-        }
+    let minor_sent = match later_minor_version_at(buf) {
+        None => None,
+        Some(_) if !head_complete(buf) => return incomplete(buf),
+        Some(at) => Some(std::mem::replace(&mut buf[at], b'1')),
+    };
+    let mut parsed = parse(buf)?;
+    if let Some(req) = &mut parsed {
+        req.minor_sent = minor_sent;
     }
-    parse(buf)
+    Ok(parsed)
 }
 
-/// The `why` of a request line httparse refused only for its HTTP/1 minor version.
-const LATER_MINOR: &str = "a later HTTP/1 minor version";
+/// Whether `buf` holds the empty line that ends a head.
+fn head_complete(buf: &[u8]) -> bool {
+    buf.windows(2).any(|w| w == b"\n\n") || buf.windows(4).any(|w| w == b"\r\n\r\n")
+}
 
 /// Where the minor digit of `HTTP/1.x` is, when the request line is exactly
 /// `METHOD SP TARGET SP HTTP/1.x` with x in 2..=9.
 fn later_minor_version_at(buf: &[u8]) -> Option<usize> {
     let line = request_line(buf);
+    // The version first: for every HTTP/1.0 and 1.1 request this is the whole cost.
+    let [.., b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] = line else {
+        return None;
+    };
+    let last = line.len() - 9;
     let first = line.iter().position(|&b| b == b' ')?;
-    let last = line.iter().rposition(|&b| b == b' ')?;
-    let target = &line[first + 1..last];
-    if first == 0 || target.is_empty() || target.contains(&b' ') {
+    if first == 0 || first >= last || line[first + 1..last].contains(&b' ') {
         return None;
     }
-    match &line[last + 1..] {
-        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => Some(last + 8),
-        _ => None,
-    }
+    Some(line.len() - 1)
 }
 
 /// The first line of `buf`, without its CR LF.
@@ -125,11 +134,13 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
             "request head too large",
         ));
     }
-    let (method, http10, target) = method_version_target(&req)?;
+    let (method, http10, (path, query)) = method_version_target(&req)?;
     let mut parsed = Request {
         line: request_line(buf),
         method,
-        target,
+        path,
+        query,
+        minor_sent: None,
         keep_alive: !http10,
         http10,
         head_len,
@@ -154,10 +165,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
     Ok(Some(parsed))
 }
 
-/// The method, whether it is HTTP/1.0, and the target reduced to a path.
+/// The method, whether it is HTTP/1.0, and the target's path and query.
 fn method_version_target<'b>(
     req: &httparse::Request<'_, 'b>,
-) -> Result<(Method, bool, &'b [u8]), Reject> {
+) -> Result<(Method, bool, PathAndQuery<'b>), Reject> {
     // httparse fills all three on Complete; the defaults are never used.
     let method = match req.method.unwrap_or("") {
         "GET" => Method::Get,
@@ -169,10 +180,10 @@ fn method_version_target<'b>(
     let target = match req.path.unwrap_or("").as_bytes() {
         // `OPTIONS *` (asterisk form) asks about the server as a whole: it gets the same
         // 405 with `Allow` as any OPTIONS, not a 400.
-        b"*" if req.method == Some("OPTIONS") => &b"*"[..],
+        b"*" if req.method == Some("OPTIONS") => (&b"*"[..], None),
         // CONNECT names `host:port` (authority form); it is answered 405 all the same.
-        raw if req.method == Some("CONNECT") && raw.len() <= MAX_URI => raw,
-        raw => origin_form(raw)?,
+        raw if req.method == Some("CONNECT") && raw.len() <= MAX_URI => (raw, None),
+        raw => path_and_query(raw)?,
     };
     Ok((method, http10, target))
 }
@@ -194,7 +205,7 @@ impl Framing {
         // Dispatch on length first: most headers are skipped after one comparison.
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"host") => {
-                if !is_valid_host(value) {
+                if !is_valid_authority(value) {
                     return Err(reject(response::BAD_REQUEST, "invalid Host"));
                 }
                 self.hosts += 1;
@@ -241,10 +252,12 @@ impl Framing {
                 "both Content-Length and Transfer-Encoding",
             ));
         }
-        if !req.http10 && self.hosts != 1 {
+        // RFC 9112 §3.2: 400 for any request with more than one Host, and for an
+        // HTTP/1.1 request without one.
+        if self.hosts > 1 || (!req.http10 && self.hosts == 0) {
             return Err(reject(
                 response::BAD_REQUEST,
-                "HTTP/1.1 needs exactly one Host",
+                "a request has at most one Host, and HTTP/1.1 exactly one",
             ));
         }
         let has_body = self.chunked || self.content_length.is_some_and(|l| l > 0);
@@ -258,6 +271,19 @@ impl Framing {
 }
 
 impl<'b> Request<'b> {
+    /// The request line as the client sent it, for the access log: with the HTTP/1.x
+    /// minor digit it sent, where [`parse_head`] read a later one as HTTP/1.1.
+    pub fn line_as_sent(&self) -> std::borrow::Cow<'b, [u8]> {
+        match (self.minor_sent, self.line.split_last()) {
+            (Some(digit), Some((_, before))) => {
+                let mut line = before.to_vec();
+                line.push(digit);
+                line.into()
+            }
+            _ => self.line.into(),
+        }
+    }
+
     /// Keeps a conditional or range header for [`crate::http::files::plan`], and what the
     /// access log shows.
     fn note_conditional(&mut self, name: &[u8], value: &'b [u8]) {
@@ -278,13 +304,10 @@ impl<'b> Request<'b> {
     }
 }
 
-/// What to say about a request line httparse refused for its version: HTTP/1.x with a
-/// single digit x > 1 is to be read as HTTP/1.1 ([`parse_head`] does), another major
-/// version gets 505, anything else is not HTTP.
+/// What to say about a request line httparse refused for its version: another major
+/// version gets 505, anything else is not HTTP. (HTTP/1.x with x > 1 is 400 here: only
+/// [`parse_head`] reads it as HTTP/1.1.)
 fn version_reject(buf: &[u8]) -> Reject {
-    if later_minor_version_at(buf).is_some() {
-        return reject(response::BAD_REQUEST, LATER_MINOR);
-    }
     let line = request_line(buf);
     let Some(space) = line.iter().rposition(|&b| b == b' ') else {
         return reject(response::BAD_REQUEST, "not an HTTP request");
@@ -317,36 +340,123 @@ fn incomplete(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
     Ok(None)
 }
 
-/// Reduces the request target to a path: origin-form as is, absolute-form
-/// (`http://host/path`, which servers must accept) to its path.
-fn origin_form(target: &[u8]) -> Result<&[u8], Reject> {
+/// A request target's path (still percent-encoded) and query.
+type PathAndQuery<'b> = (&'b [u8], Option<&'b [u8]>);
+
+/// Splits a request target into path and query (RFC 9112 §3.2): origin-form as is,
+/// absolute-form (`http://host/path`, which servers must accept) by what follows its
+/// authority, which must be a valid host with no userinfo (RFC 9110 §4.2.4) and not
+/// empty (§4.2.1). A fragment, which no request target may carry, is cut off as nginx
+/// does: it never becomes part of a file name.
+fn path_and_query(target: &[u8]) -> Result<PathAndQuery<'_>, Reject> {
     if target.len() > MAX_URI {
         return Err(reject(response::URI_TOO_LONG, "request target too long"));
     }
-    if target.first() == Some(&b'/') {
-        return Ok(target);
+    let target = target.split(|&b| b == b'#').next().unwrap_or(target);
+    let rest = match target.first() {
+        Some(b'/') => target,
+        _ => after_authority(target)?,
+    };
+    let (path, query) = match rest.iter().position(|&b| b == b'?') {
+        Some(at) => (&rest[..at], Some(&rest[at + 1..])),
+        None => (rest, None),
+    };
+    // `http://host` and `http://host?q` name the root.
+    Ok((if path.is_empty() { b"/" } else { path }, query))
+}
+
+/// What follows `http://authority` or `https://authority` in an absolute-form target.
+fn after_authority(target: &[u8]) -> Result<&[u8], Reject> {
+    let not_a_path = reject(response::BAD_REQUEST, "request target is not a path");
+    let rest = [&b"http://"[..], b"https://"]
+        .into_iter()
+        .find(|scheme| {
+            target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme)
+        })
+        .map(|scheme| &target[scheme.len()..])
+        .ok_or(not_a_path)?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.contains(&b'@') {
+        return Err(reject(
+            response::BAD_REQUEST,
+            "userinfo in the request target",
+        ));
     }
-    for scheme in [&b"http://"[..], b"https://"] {
-        if target.len() > scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
-            let rest = &target[scheme.len()..];
-            return Ok(match rest.iter().position(|&b| b == b'/') {
-                Some(at) => &rest[at..],
-                None => b"/",
-            });
-        }
+    match host_and_port(authority) {
+        Some((host, _)) if !host.is_empty() => Ok(&rest[end..]),
+        _ => Err(reject(
+            response::BAD_REQUEST,
+            "invalid host in the request target",
+        )),
     }
-    Err(reject(
-        response::BAD_REQUEST,
-        "request target is not a path",
-    ))
 }
 
 /// `Host: uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2.2): a reg-name, an IPv4
-/// address or an IP literal in brackets. Empty is allowed (a target without authority).
-fn is_valid_host(value: &[u8]) -> bool {
-    value
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
+/// address or an IP literal in brackets, and a port of digits. Empty is allowed (a
+/// target without an authority).
+fn is_valid_authority(value: &[u8]) -> bool {
+    host_and_port(value).is_some()
+}
+
+/// The host and port of `uri-host [ ":" port ]`, when valid.
+fn host_and_port(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (host, port) = match value.first() {
+        Some(b'[') => {
+            let close = value.iter().position(|&b| b == b']')?;
+            (&value[..=close], &value[close + 1..])
+        }
+        _ => match value.iter().position(|&b| b == b':') {
+            Some(at) => (&value[..at], &value[at..]),
+            None => (value, &b""[..]),
+        },
+    };
+    let port = match port {
+        [] => port,
+        [b':', digits @ ..] if digits.iter().all(u8::is_ascii_digit) => digits,
+        _ => return None,
+    };
+    is_valid_host(host).then_some((host, port))
+}
+
+/// An IP literal (`[v6]` or `[vX.future]`) or a reg-name: unreserved characters,
+/// sub-delims and percent-escapes, with no empty label (`..`), which nginx refuses too.
+fn is_valid_host(host: &[u8]) -> bool {
+    if let [b'[', inner @ .., b']'] = host {
+        return is_ip_literal(inner);
+    }
+    let mut rest = host;
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = match b {
+            b'%' => match tail {
+                [h, l, tail @ ..] if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => tail,
+                _ => return false,
+            },
+            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => tail,
+            _ => return false,
+        };
+    }
+    !host.windows(2).any(|w| w == b"..")
+}
+
+/// The inside of `[...]`: an IPv6 address, or `vHEX.` followed by what IPvFuture allows.
+fn is_ip_literal(inner: &[u8]) -> bool {
+    if let [b'v' | b'V', rest @ ..] = inner {
+        let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+            return false;
+        };
+        let (version, tail) = (&rest[..dot], &rest[dot + 1..]);
+        return !version.is_empty()
+            && version.iter().all(u8::is_ascii_hexdigit)
+            && !tail.is_empty()
+            && tail
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:".contains(&b));
+    }
+    std::str::from_utf8(inner).is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok())
 }
 
 /// Whether the last coding in a Transfer-Encoding value is `chunked`.
@@ -373,14 +483,6 @@ pub fn trim(mut b: &[u8]) -> &[u8] {
         b = rest;
     }
     b
-}
-
-/// The path part of a target, without `?query`.
-pub fn path_of(target: &[u8]) -> &[u8] {
-    match target.iter().position(|&b| b == b'?') {
-        Some(at) => &target[..at],
-        None => target,
-    }
 }
 
 #[cfg(test)]
@@ -411,7 +513,8 @@ mod tests {
             User-Agent: Debian APT-HTTP/1.3 (2.6.1)\r\n\r\nGET /next";
         let req = parse(buf).unwrap().unwrap();
         assert_eq!(req.method, Method::Get);
-        assert_eq!(req.target, b"/debian/dists/bookworm/InRelease");
+        assert_eq!(req.path, b"/debian/dists/bookworm/InRelease");
+        assert_eq!(req.query, None);
         assert!(req.keep_alive);
         assert_eq!(&buf[req.head_len..], b"GET /next");
         assert_eq!(
@@ -557,7 +660,89 @@ mod tests {
         let req = parse(b"GET http://deb.example/pool/a.deb?x HTTP/1.1\r\nHost: a\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(req.target, b"/pool/a.deb?x");
-        assert_eq!(path_of(req.target), b"/pool/a.deb");
+        assert_eq!(
+            (req.path, req.query),
+            (&b"/pool/a.deb"[..], Some(&b"x"[..]))
+        );
+        let path = |target: &str| {
+            let head = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+            match parse(head.as_bytes()) {
+                Ok(Some(req)) => Ok((
+                    String::from_utf8(req.path.to_vec()).unwrap(),
+                    req.query.map(|q| String::from_utf8(q.to_vec()).unwrap()),
+                )),
+                Ok(None) => panic!("{target}: incomplete"),
+                Err(r) => Err(r.status.code),
+            }
+        };
+        let ok = |p: &str, q: Option<&str>| Ok((p.to_string(), q.map(str::to_string)));
+        // The authority ends at the first `/`, `?` or `#`, whatever follows.
+        assert_eq!(path("http://x?/small.txt"), ok("/", Some("/small.txt")));
+        assert_eq!(path("http://x#/small.txt"), ok("/", None));
+        assert_eq!(path("HTTPS://x:8443/a"), ok("/a", None));
+        assert_eq!(path("http://[::1]:80/a?b#c"), ok("/a", Some("b")));
+        assert_eq!(path("http://x:/a"), ok("/a", None));
+        // A fragment is never part of a file name.
+        assert_eq!(path("/a#b"), ok("/a", None));
+        assert_eq!(path("/a?q#f"), ok("/a", Some("q")));
+        // Userinfo is an error (RFC 9110 §4.2.4), an empty host invalid (§4.2.1).
+        assert_eq!(path("http://u:p@x/f"), Err(400));
+        assert_eq!(path("http://@x/f"), Err(400));
+        assert_eq!(path("http:///f"), Err(400));
+        assert_eq!(path("http://:80/f"), Err(400));
+        assert_eq!(path("http://x:y/f"), Err(400));
+        assert_eq!(path("http://[/f"), Err(400));
+        assert_eq!(path("ftp://x/f"), Err(400));
+    }
+
+    #[test]
+    fn host_is_uri_host_and_port() {
+        for good in [
+            "deb.debian.org",
+            "deb.debian.org:80",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:8080",
+            "[v1.x]",
+            "a%41b",
+            ".a",
+            "a.",
+            "a:",
+            "",
+        ] {
+            let head = format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n");
+            assert_eq!(status(head.as_bytes()), 200, "{good:?}");
+        }
+        for bad in [
+            ":::::", "[", "..", "a..b", "a:b", "a:80:80", "[::1]x", "[::g]", "a b", "a/b", "u@a",
+            "a%4", "[v.x]", "[v1.]",
+        ] {
+            let head = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+            assert_eq!(status(head.as_bytes()), 400, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn more_than_one_host_is_refused_in_any_version() {
+        assert_eq!(status(b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.0\r\n\r\n"), 200);
+    }
+
+    #[test]
+    fn the_line_as_sent_keeps_the_minor_version() {
+        let mut buf = b"GET / HTTP/1.7\r\nHost: a\r\n\r\n".to_vec();
+        let req = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(req.line, b"GET / HTTP/1.1");
+        assert_eq!(&*req.line_as_sent(), b"GET / HTTP/1.7");
+        // Not rewritten before the head is whole: the digit is still there to be kept
+        // when the rest arrives.
+        let mut part = b"GET / HTTP/1.7\r\nHost: a\r\n".to_vec();
+        assert!(parse_head(&mut part).unwrap().is_none());
+        assert_eq!(part, b"GET / HTTP/1.7\r\nHost: a\r\n");
+        let mut plain = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+        let req = parse_head(&mut plain).unwrap().unwrap();
+        assert_eq!(&*req.line_as_sent(), b"GET / HTTP/1.1");
     }
 }

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use super::files::{self, FileInfo, Kind, Plan, RelPath};
-use super::request::{self, Method, Request};
+use super::request::{Method, Request};
 use super::response::{self, Connection, HeadWriter, Status};
 use super::{api, HttpHandler};
 
@@ -92,8 +92,7 @@ impl HttpHandler {
             error_body(head, response::METHOD_NOT_ALLOWED, connection, false);
             return Ok(None);
         }
-        let path = request::path_of(req.target);
-        match route(path, self.shared.settings.root.is_some()) {
+        match route(req.path, self.shared.settings.root.is_some()) {
             Route::Version => {
                 self.count(response::OK);
                 let date = self.date.now();
@@ -129,14 +128,13 @@ impl HttpHandler {
                 Ok(None)
             }
             Route::NotFound => Err(response::NOT_FOUND),
-            Route::Files => self.file(req, path, connection, out, rel).await,
+            Route::Files => self.file(req, connection, out, rel).await,
         }
     }
 
     async fn file(
         &self,
         req: &Request<'_>,
-        path: &[u8],
         connection: Connection,
         out: &mut Vec<u8>,
         rel: &mut RelPath,
@@ -147,7 +145,7 @@ impl HttpHandler {
             .root
             .as_ref()
             .ok_or(response::NOT_FOUND)?;
-        rel.decode(path)?;
+        rel.decode(req.path)?;
         let (date, now) = self.date.now_and_second();
         let mut offloaded = false;
         let opened = files::open(root, rel, now, &mut offloaded).await;
@@ -158,7 +156,7 @@ impl HttpHandler {
         let (info, pages) = match kind {
             // `file/` names a directory that is not there, as open(2) would say
             // (ENOTDIR); serving the file there would give it a second URL.
-            Kind::File(..) if path.ends_with(b"/") => return Err(response::NOT_FOUND),
+            Kind::File(..) if rel.names_dir() => return Err(response::NOT_FOUND),
             Kind::File(info, pages) => (info, pages),
             Kind::Dir if root.autoindex => {
                 self.directory(req, file, connection, out, rel).await?;
@@ -244,8 +242,7 @@ impl HttpHandler {
     ) -> Result<(), Status> {
         let head_only = req.method == Method::Head;
         let date = self.date.now();
-        let path = request::path_of(req.target);
-        if !path.ends_with(b"/") {
+        if !rel.names_dir() {
             self.count(response::MOVED_PERMANENTLY);
             // Built from the normalised path, never the raw one: `//pool` would make
             // `//pool/`, which browsers read as the host `pool`. The query stays.
@@ -255,13 +252,16 @@ impl HttpHandler {
                 files::percent_encode(rel, &mut location);
                 location.push(b'/');
             }
-            location.extend_from_slice(&req.target[path.len()..]);
+            if let Some(query) = req.query {
+                location.push(b'?');
+                location.extend_from_slice(query);
+            }
             let mut head = HeadWriter::start(out, response::MOVED_PERMANENTLY, &date);
             head.header("Location", &location);
             error_body(head, response::MOVED_PERMANENTLY, connection, head_only);
             return Ok(());
         }
-        let html = files::list(dir, path.to_vec())
+        let html = files::list(dir, req.path.to_vec())
             .await
             .map_err(|_| response::INTERNAL_SERVER_ERROR)?;
         self.count(response::OK);

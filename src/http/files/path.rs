@@ -8,25 +8,44 @@ use crate::http::response::{self, Status};
 /// A path under the root, decoded from a URL path: relative, normalised, and kept
 /// NUL-terminated for the open call. One per connection, reused for every request.
 #[derive(Clone, Debug, Default)]
-pub struct RelPath(Vec<u8>);
+pub struct RelPath {
+    path: Vec<u8>,
+    names_dir: bool,
+}
 
 impl RelPath {
     /// The path without its terminating NUL (`.` for the root itself).
     pub fn as_bytes(&self) -> &[u8] {
-        self.0.split_last().map_or(&[], |(_, path)| path)
+        self.path.split_last().map_or(&[], |(_, path)| path)
     }
 
     /// The path for openat(2); `None` before a successful [`RelPath::decode`].
     pub fn as_c_str(&self) -> Option<&CStr> {
-        CStr::from_bytes_with_nul(&self.0).ok()
+        CStr::from_bytes_with_nul(&self.path).ok()
+    }
+
+    /// Whether the URL path, once decoded, names a directory: it ends in `/` or `/.`
+    /// (`/f/`, `/f%2F`, `/f/.`, `/f/%2e`), which a file must not answer to, as open(2)
+    /// says ENOTDIR: else one file would have many URLs.
+    pub fn names_dir(&self) -> bool {
+        self.names_dir
     }
 
     /// Percent-decodes a URL path (query already stripped) into this path. `..`
     /// segments, NUL and backslashes are refused (400) whether sent plainly or encoded;
     /// empty and `.` segments are dropped. The root itself is `.`.
     pub fn decode(&mut self, path: &[u8]) -> Result<(), Status> {
-        decode_into(path, &mut self.0)
+        self.names_dir = false;
+        decode_into(path, &mut self.path)?;
+        self.names_dir = ends_in_dir_segment(&self.path);
+        normalise(&mut self.path)
     }
+}
+
+/// Whether the last `/`-separated segment of a decoded path is empty or `.`.
+fn ends_in_dir_segment(decoded: &[u8]) -> bool {
+    let last = decoded.rsplit(|&b| b == b'/').next().unwrap_or(decoded);
+    last.is_empty() || last == b"."
 }
 
 fn decode_into(path: &[u8], rel: &mut Vec<u8>) -> Result<(), Status> {
@@ -45,6 +64,11 @@ fn decode_into(path: &[u8], rel: &mut Vec<u8>) -> Result<(), Status> {
     if rel.iter().any(|&b| b == 0 || b == b'\\') {
         return Err(response::BAD_REQUEST);
     }
+    Ok(())
+}
+
+/// Drops empty and `.` segments in place, refuses `..`, and NUL-terminates.
+fn normalise(rel: &mut Vec<u8>) -> Result<(), Status> {
     // Normalise in place: the write position never passes the read position.
     let (mut read, mut write) = (0, 0);
     let len = rel.len();
@@ -129,6 +153,23 @@ mod tests {
             "/%4",
         ] {
             assert_eq!(rel(bad), Err(400), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_decoded_trailing_slash_or_dot_names_a_directory() {
+        let names_dir = |path: &str| {
+            let mut rel = RelPath::default();
+            rel.decode(path.as_bytes()).unwrap();
+            rel.names_dir()
+        };
+        for dir in [
+            "/", "/pool/", "/f/.", "/f/%2e", "/f/%2E", "/f%2f", "/f/./", "/f//",
+        ] {
+            assert!(names_dir(dir), "{dir}");
+        }
+        for file in ["/f", "/f.", "/.f", "/f/.x", "/f%2e"] {
+            assert!(!names_dir(file), "{file}");
         }
     }
 }
