@@ -94,3 +94,14 @@ fn why_no_uring() -> String {
         _ => format!("io_uring_setup: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every connection that waits with a timeout holds a `Sleep` in its task for as
+    /// long as it waits: vendor/monoio's patch 3 keeps it unpadded.
+    #[test]
+    fn a_timer_is_small() {
+        assert!(std::mem::size_of::<monoio::time::Sleep>() <= 128);
+        assert!(std::mem::align_of::<monoio::time::Sleep>() <= 8);
+    }
+}

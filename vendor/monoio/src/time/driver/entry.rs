@@ -574,7 +574,9 @@ impl Drop for TimerEntry {
     }
 }
 
-#[cfg_attr(target_arch = "x86_64", repr(align(128)))]
-#[cfg_attr(not(target_arch = "x86_64"), repr(align(64)))]
+// ringsock patch: no cache-line padding. This layout comes from tokio, whose timers are
+// touched by several threads; a monoio runtime and its timers belong to one thread, so
+// the padding bought nothing and made every `Sleep` 640 bytes aligned to 128, which every
+// connection's task carried while it waited.
 #[derive(Debug, Default)]
 struct CachePadded<T>(T);
