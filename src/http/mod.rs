@@ -8,8 +8,9 @@
 //! syscalls that wait for readiness only when the socket buffer is full.
 
 pub mod access_log;
+mod answer;
 pub mod api;
-mod conn;
+mod connection;
 pub mod files;
 pub mod metrics;
 pub mod request;
@@ -59,8 +60,6 @@ pub struct HttpHandler {
     counters: Arc<WorkerCounters>,
     date: DateCache,
     log: Option<Rc<access_log::WorkerLog>>,
-    /// The status of the answer just written, for the access log.
-    last_status: std::cell::Cell<u16>,
 }
 
 impl HttpHandler {
@@ -75,19 +74,35 @@ impl HttpHandler {
                 .access_log
                 .as_ref()
                 .map(|log| access_log::WorkerLog::start(log, worker)),
-            last_status: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Counts an answer and writes its access log line: the one place both happen.
+    fn record(&self, status: response::Status, entry: &access_log::Entry<'_>) {
+        self.counters.count_response(status.class());
+        self.counters.count_duration(entry.started.elapsed());
+        if let Some(log) = &self.log {
+            log.line(entry);
         }
     }
 }
 
 impl Handler for HttpHandler {
-    async fn handle(self: Rc<Self>, mut stream: Stream, listener: Rc<str>) {
-        if let Err(e) = self.serve(&mut stream, &listener).await {
+    async fn handle(self: Rc<Self>, stream: Stream, listener: Rc<str>) {
+        let client = match self.shared.settings.clients.admit(&stream, &listener).await {
+            Ok(client) => client,
+            Err(why) => {
+                crate::debug!("closing a connection: {why}");
+                return;
+            }
+        };
+        let mut connection = connection::Connection::new(&self, stream, client);
+        if let Err(e) = connection.serve().await {
             if !is_disconnect(&e) {
                 crate::debug!("failed to serve a connection: {e}");
             }
             // A body cut short must not look complete to the client.
-            stream.reset_on_close();
+            connection.stream().reset_on_close();
         }
     }
 }

@@ -83,6 +83,22 @@ impl<'a> HeadWriter<'a> {
         self
     }
 
+    pub fn header_u64(&mut self, name: &str, value: u64) -> &mut Self {
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b": ");
+        push_u64(self.out, value);
+        self.out.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// `Content-Range: bytes */LEN`, on a 416.
+    pub fn unsatisfiable_range(&mut self, len: u64) -> &mut Self {
+        self.out.extend_from_slice(b"Content-Range: bytes */");
+        push_u64(self.out, len);
+        self.out.extend_from_slice(b"\r\n");
+        self
+    }
+
     pub fn content_length(&mut self, len: u64) -> &mut Self {
         self.out.extend_from_slice(b"Content-Length: ");
         push_u64(self.out, len);

@@ -1,13 +1,13 @@
 //! Where each request goes and what it is answered: the API, metrics and the mirror
-//! tree. Answers are written into the connection's output buffer; a file body is handed
-//! back for the connection to send.
+//! tree, each an [`Answer`] for the connection to write.
 
 use std::fs::File;
 use std::sync::Arc;
 
-use super::files::{self, FileInfo, Kind, Plan, RelPath};
+use super::answer::{Answer, Body, ContentRange, FileBody, Value};
+use super::files::{self, FileInfo, Kind, Pages, Plan, RelPath};
 use super::request::{Method, Request};
-use super::response::{self, Connection, HeadWriter, Status};
+use super::response::{self, Status};
 use super::{api, HttpHandler};
 
 /// Where a request goes.
@@ -29,116 +29,36 @@ pub fn route(path: &[u8], has_root: bool) -> Route {
     }
 }
 
-/// What a file's answer is made of, besides the connection and the output buffer.
-struct FileAnswer<'a> {
-    req: &'a Request<'a>,
-    info: &'a FileInfo,
-    content_type: &'static [u8],
-    date: &'a [u8; response::DATE_LEN],
-}
-
-/// A file body still to send after the head.
-pub struct Body {
-    pub file: Arc<File>,
-    pub pages: files::Pages,
-    pub offset: u64,
-    pub len: u64,
-}
-
 impl HttpHandler {
-    /// Writes the head (and small body) of one answer into `out`; a file body is
-    /// returned for the caller to send after flushing, with whether the connection
-    /// stays open after it.
-    pub(super) async fn respond(
-        &self,
-        req: &Request<'_>,
-        connection: Connection,
-        out: &mut Vec<u8>,
-        rel: &mut RelPath,
-    ) -> (Option<Body>, Connection) {
-        match self.answer(req, connection, out, rel).await {
-            Ok(body) => (body, connection),
-            // Out of fds: this connection's own fd is best given back (nginx closes too).
-            Err(status) if status == response::SERVICE_UNAVAILABLE => {
-                self.count(status);
-                let date = self.date.now();
-                let mut head = HeadWriter::start(out, status, &date);
-                head.header("Retry-After", b"1");
-                let head_only = req.method == Method::Head;
-                error_body(head, status, Connection::Close, head_only);
-                (None, Connection::Close)
-            }
-            Err(status) => {
-                self.simple(out, status, connection, req.method == Method::Head);
-                (None, connection)
-            }
-        }
-    }
-
-    /// [`Self::respond`] for every answer but a failure to look the file up.
-    async fn answer(
-        &self,
-        req: &Request<'_>,
-        connection: Connection,
-        out: &mut Vec<u8>,
-        rel: &mut RelPath,
-    ) -> Result<Option<Body>, Status> {
-        let head_only = req.method == Method::Head;
+    /// The answer to one request; `rel` is the connection's scratch path.
+    pub(super) async fn answer(&self, req: &Request<'_>, rel: &mut RelPath) -> Answer {
         if req.method == Method::NotAllowed {
-            self.count(response::METHOD_NOT_ALLOWED);
-            let date = self.date.now();
-            let mut head = HeadWriter::start(out, response::METHOD_NOT_ALLOWED, &date);
-            head.header("Allow", b"GET, HEAD");
-            error_body(head, response::METHOD_NOT_ALLOWED, connection, false);
-            return Ok(None);
+            return Answer::reason(response::METHOD_NOT_ALLOWED)
+                .with("Allow", Value::Static(b"GET, HEAD"));
         }
         match route(req.path, self.shared.settings.root.is_some()) {
-            Route::Version => {
-                self.count(response::OK);
-                let date = self.date.now();
-                let mut head = HeadWriter::start(out, response::OK, &date);
-                head.header("Content-Type", api::VERSION_TYPE)
-                    .content_length(api::VERSION_BODY.len() as u64);
-                head.finish(connection);
-                if !head_only {
-                    out.extend_from_slice(api::VERSION_BODY);
-                }
-                Ok(None)
-            }
-            Route::Metrics => {
-                let mut text = String::with_capacity(1024);
-                api::render_metrics(
-                    &mut text,
-                    self.worker.limiter.accepted(),
-                    self.worker.limiter.open(),
-                    &self.shared.metrics.totals(),
-                    &self.worker.pool.stats(),
-                    self.shared.settings.access_log.as_deref(),
-                    &self.shared.settings.clients,
-                );
-                self.count(response::OK);
-                let date = self.date.now();
-                let mut head = HeadWriter::start(out, response::OK, &date);
-                head.header("Content-Type", api::METRICS_TYPE)
-                    .content_length(text.len() as u64);
-                head.finish(connection);
-                if !head_only {
-                    out.extend_from_slice(text.as_bytes());
-                }
-                Ok(None)
-            }
-            Route::NotFound => Err(response::NOT_FOUND),
-            Route::Files => self.file(req, connection, out, rel).await,
+            Route::Version => Answer::ok(api::VERSION_TYPE, Body::Static(api::VERSION_BODY)),
+            Route::Metrics => Answer::ok(api::METRICS_TYPE, Body::Owned(self.metrics_text())),
+            Route::NotFound => Answer::reason(response::NOT_FOUND),
+            Route::Files => self.file(req, rel).await.unwrap_or_else(failed_lookup),
         }
     }
 
-    async fn file(
-        &self,
-        req: &Request<'_>,
-        connection: Connection,
-        out: &mut Vec<u8>,
-        rel: &mut RelPath,
-    ) -> Result<Option<Body>, Status> {
+    fn metrics_text(&self) -> Vec<u8> {
+        let mut text = String::with_capacity(1024);
+        api::render_metrics(
+            &mut text,
+            self.worker.limiter.accepted(),
+            self.worker.limiter.open(),
+            &self.shared.metrics.totals(),
+            &self.worker.pool.stats(),
+            self.shared.settings.access_log.as_deref(),
+            &self.shared.settings.clients,
+        );
+        text.into_bytes()
+    }
+
+    async fn file(&self, req: &Request<'_>, rel: &mut RelPath) -> Result<Answer, Status> {
         let root = self
             .shared
             .settings
@@ -146,200 +66,115 @@ impl HttpHandler {
             .as_ref()
             .ok_or(response::NOT_FOUND)?;
         rel.decode(req.path)?;
-        let (date, now) = self.date.now_and_second();
+        let now = self.date.now_and_second().1;
         let mut offloaded = false;
         let opened = files::open(root, rel, now, &mut offloaded).await;
         if offloaded {
             self.counters.count_disk_open();
         }
         let (file, kind) = opened?;
-        let (info, pages) = match kind {
+        match kind {
             // `file/` names a directory that is not there, as open(2) would say
             // (ENOTDIR); serving the file there would give it a second URL.
-            Kind::File(..) if rel.names_dir() => return Err(response::NOT_FOUND),
-            Kind::File(info, pages) => (info, pages),
-            Kind::Dir if root.autoindex => {
-                self.directory(req, file, connection, out, rel).await?;
-                return Ok(None);
-            }
-            Kind::Dir | Kind::Other => return Err(response::FORBIDDEN),
-        };
-        let answer = FileAnswer {
-            req,
-            info: &info,
-            content_type: files::content_type(rel.as_bytes()),
-            date: &date,
-        };
-        Ok(self
-            .answer_file(&answer, connection, out)
-            .map(|(offset, len)| Body {
-                file: Arc::new(file),
-                pages,
-                offset,
-                len,
-            }))
-    }
-
-    /// The head for a file after the conditional headers, and the body range to send
-    /// (`None` when there is no body: 304, 412, 416, HEAD or an empty range).
-    fn answer_file(
-        &self,
-        answer: &FileAnswer<'_>,
-        connection: Connection,
-        out: &mut Vec<u8>,
-    ) -> Option<(u64, u64)> {
-        let (req, info) = (answer.req, answer.info);
-        let head_only = req.method == Method::Head;
-        let plan = files::plan(info, req);
-        let status = match plan {
-            Plan::PreconditionFailed => response::PRECONDITION_FAILED,
-            Plan::NotModified => response::NOT_MODIFIED,
-            Plan::Full => response::OK,
-            Plan::Partial { .. } => response::PARTIAL_CONTENT,
-            Plan::Unsatisfiable => response::RANGE_NOT_SATISFIABLE,
-        };
-        self.count(status);
-        let mut head = HeadWriter::start(out, status, answer.date);
-        validators(&mut head, info);
-        let (offset, len) = match plan {
-            Plan::NotModified => {
-                head.finish(connection);
-                return None;
-            }
-            Plan::PreconditionFailed => {
-                error_body(head, status, connection, head_only);
-                return None;
-            }
-            Plan::Unsatisfiable => {
-                let mut value = b"bytes */".to_vec();
-                response::push_u64(&mut value, info.len);
-                head.header("Content-Range", &value);
-                error_body(head, status, connection, head_only);
-                return None;
-            }
-            Plan::Full => (0, info.len),
-            Plan::Partial { first, last } => {
-                head.content_range(first, last, info.len);
-                (first, last - first + 1)
-            }
-        };
-        head.header("Content-Type", answer.content_type)
-            .header("Accept-Ranges", b"bytes")
-            .content_length(len);
-        head.finish(connection);
-        (!head_only && len > 0).then_some((offset, len))
-    }
-
-    /// A directory under `--autoindex`: redirect to the slash form, then list it. `rel`
-    /// is its path under the root.
-    async fn directory(
-        &self,
-        req: &Request<'_>,
-        dir: File,
-        connection: Connection,
-        out: &mut Vec<u8>,
-        rel: &RelPath,
-    ) -> Result<(), Status> {
-        let head_only = req.method == Method::Head;
-        let date = self.date.now();
-        if !rel.names_dir() {
-            self.count(response::MOVED_PERMANENTLY);
-            // Built from the normalised path, never the raw one: `//pool` would make
-            // `//pool/`, which browsers read as the host `pool`. The query stays.
-            let mut location = vec![b'/'];
-            let rel = rel.as_bytes();
-            if rel != b"." {
-                files::percent_encode(rel, &mut location);
-                location.push(b'/');
-            }
-            if let Some(query) = req.query {
-                location.push(b'?');
-                location.extend_from_slice(query);
-            }
-            let mut head = HeadWriter::start(out, response::MOVED_PERMANENTLY, &date);
-            head.header("Location", &location);
-            error_body(head, response::MOVED_PERMANENTLY, connection, head_only);
-            return Ok(());
+            Kind::File(..) if rel.names_dir() => Err(response::NOT_FOUND),
+            Kind::File(info, pages) => Ok(file_answer(req, info, file, pages, rel)),
+            Kind::Dir if root.autoindex => directory(req, file, rel).await,
+            Kind::Dir | Kind::Other => Err(response::FORBIDDEN),
         }
-        let html = files::list(dir, req.path.to_vec())
-            .await
-            .map_err(|_| response::INTERNAL_SERVER_ERROR)?;
-        self.count(response::OK);
-        let mut head = HeadWriter::start(out, response::OK, &date);
-        head.header("Content-Type", b"text/html; charset=utf-8")
-            .content_length(html.len() as u64);
-        head.finish(connection);
-        if !head_only {
-            out.extend_from_slice(&html);
-        }
-        Ok(())
     }
+}
 
-    /// 429 for a client over `--per-client-rate`, with when to come back; the
-    /// connection stays as it was (nginx's limit_req does not close either).
-    pub(super) fn too_many(
-        &self,
-        out: &mut Vec<u8>,
-        retry_after: u64,
-        connection: Connection,
-        req: &Request<'_>,
-    ) {
-        self.count(response::TOO_MANY_REQUESTS);
-        let date = self.date.now();
-        let mut head = HeadWriter::start(out, response::TOO_MANY_REQUESTS, &date);
-        let mut seconds = Vec::new();
-        response::push_u64(&mut seconds, retry_after);
-        head.header("Retry-After", &seconds);
-        error_body(
-            head,
-            response::TOO_MANY_REQUESTS,
-            connection,
-            req.method == Method::Head,
+/// A file's answer after the conditional headers: 200, 206, 304, 412 or 416, always
+/// with the file's validators.
+fn file_answer(
+    req: &Request<'_>,
+    info: FileInfo,
+    file: File,
+    pages: Pages,
+    rel: &RelPath,
+) -> Answer {
+    let body = |offset, len| {
+        Body::File(FileBody {
+            file: Arc::new(file),
+            pages,
+            offset,
+            len,
+        })
+    };
+    let (status, content_range, body) = match files::plan(&info, req) {
+        Plan::PreconditionFailed => (response::PRECONDITION_FAILED, None, Body::Reason),
+        Plan::NotModified => (response::NOT_MODIFIED, None, Body::None),
+        Plan::Unsatisfiable => (
+            response::RANGE_NOT_SATISFIABLE,
+            Some(ContentRange::Unsatisfiable { len: info.len }),
+            Body::Reason,
+        ),
+        Plan::Full => (response::OK, None, body(0, info.len)),
+        Plan::Partial { first, last } => (
+            response::PARTIAL_CONTENT,
+            Some(ContentRange::Bytes {
+                first,
+                last,
+                len: info.len,
+            }),
+            body(first, last - first + 1),
+        ),
+    };
+    Answer {
+        content_type: Some(files::content_type(rel.as_bytes())),
+        validators: Some(info),
+        content_range,
+        body,
+        ..Answer::reason(status)
+    }
+}
+
+/// A directory under `--autoindex`: a redirect to the slash form, else its listing.
+async fn directory(req: &Request<'_>, dir: File, rel: &RelPath) -> Result<Answer, Status> {
+    if !rel.names_dir() {
+        // Built from the normalised path, never the raw one: `//pool` would make
+        // `//pool/`, which browsers read as the host `pool`. The query stays.
+        let mut location = vec![b'/'];
+        if rel.as_bytes() != b"." {
+            files::percent_encode(rel.as_bytes(), &mut location);
+            location.push(b'/');
+        }
+        if let Some(query) = req.query {
+            location.push(b'?');
+            location.extend_from_slice(query);
+        }
+        return Ok(
+            Answer::reason(response::MOVED_PERMANENTLY).with("Location", Value::Owned(location))
         );
     }
-
-    /// A status with a one-line text body, e.g. `404 Not Found`.
-    pub(super) fn simple(
-        &self,
-        out: &mut Vec<u8>,
-        status: Status,
-        connection: Connection,
-        head_only: bool,
-    ) {
-        self.count(status);
-        let date = self.date.now();
-        let head = HeadWriter::start(out, status, &date);
-        error_body(head, status, connection, head_only);
-    }
-
-    fn count(&self, status: Status) {
-        self.last_status.set(status.code);
-        self.counters.count_response(status.class());
+    match files::list(dir, req.path.to_vec()).await {
+        Ok(html) => Ok(Answer::ok(b"text/html; charset=utf-8", Body::Owned(html))),
+        Err(e) => {
+            crate::warn!(
+                "failed to list the directory {}: {e}; answered 500",
+                String::from_utf8_lossy(rel.as_bytes())
+            );
+            Err(response::INTERNAL_SERVER_ERROR)
+        }
     }
 }
 
-/// Last-Modified and ETag, on every answer about a file.
-fn validators(head: &mut HeadWriter<'_>, info: &FileInfo) {
-    head.header(
-        "Last-Modified",
-        &response::format_http_date(info.last_modified),
-    )
-    .header("ETag", info.etag());
+/// What a failed lookup is answered: its status, and out of fds also `Retry-After` and
+/// a close, so this connection's own fd is given back (nginx closes too).
+fn failed_lookup(status: Status) -> Answer {
+    if status == response::SERVICE_UNAVAILABLE {
+        return Answer {
+            closes: true,
+            ..Answer::reason(status).with("Retry-After", Value::Number(1))
+        };
+    }
+    Answer::reason(status)
 }
 
-/// Finishes `head` with a `CODE Reason\n` text body.
-fn error_body(mut head: HeadWriter<'_>, status: Status, connection: Connection, head_only: bool) {
-    // "NNN " + reason + "\n"
-    let len = 4 + status.reason.len() + 1;
-    head.header("Content-Type", b"text/plain; charset=utf-8")
-        .content_length(len as u64);
-    let out = head.finish(connection);
-    if !head_only {
-        response::push_u64(out, u64::from(status.code));
-        out.push(b' ');
-        out.extend_from_slice(status.reason.as_bytes());
-        out.push(b'\n');
-    }
+/// 429 for a client over `--per-client-rate`, with when to come back; the connection
+/// stays as it was (nginx's limit_req does not close either).
+pub fn too_many(retry_after: u64) -> Answer {
+    Answer::reason(response::TOO_MANY_REQUESTS).with("Retry-After", Value::Number(retry_after))
 }
 
 #[cfg(test)]

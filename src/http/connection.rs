@@ -1,0 +1,377 @@
+//! One HTTP connection: it owns the socket and its buffers, answers every complete
+//! request it has read in order (pipelining), writes each [`Answer`] and sends its body,
+//! applies the header and keep-alive timeouts, and closes with a linger after an error.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+
+use super::answer::{Answer, Body, FileBody};
+use super::files::{self, RelPath};
+use super::request::{self, Method, Request};
+use super::response::{self, Connection as Persistence};
+use super::{access_log, router, HttpHandler};
+use crate::net::client::Client;
+use crate::net::proxy_header::Origin;
+use crate::net::{linger, Linger, Stream};
+
+/// First read buffer; grown to [`request::MAX_HEAD`] only for a head that needs it.
+const READ_BUF: usize = 4096;
+/// Pipelined answers are batched into one send up to this size.
+const FLUSH_AT: usize = 64 * 1024;
+/// Bodies up to this size are copied into the output buffer, when cached, rather than
+/// sent with sendfile(2): one send carries head and body, and the RWF_NOWAIT read that
+/// copies them is also the exact check that they are cached.
+const SMALL_BODY: usize = 16 * 1024;
+/// After an error answer, how long and how much we read and discard before closing, so
+/// unread request bytes do not turn our close into a RST that destroys the answer.
+const AFTER_ERROR: Linger = Linger {
+    limit: Duration::from_secs(2),
+    stall: Duration::from_secs(2),
+    max_dropped: 1 << 20,
+};
+
+/// A connection: the request bytes not yet answered, and what answers them.
+pub(super) struct Connection<'h> {
+    /// Request bytes read and not yet answered.
+    input: Vec<u8>,
+    /// When the head being read began; `None` while idle between requests.
+    head_started: Option<Instant>,
+    responder: Responder<'h>,
+}
+
+/// Everything an answer needs but the request bytes, which requests borrow meanwhile.
+struct Responder<'h> {
+    handler: &'h HttpHandler,
+    stream: Stream,
+    /// Answers not yet sent.
+    out: Vec<u8>,
+    /// The file path of the request being answered.
+    rel: RelPath,
+    client: Client,
+    /// The client's address as the access log shows it (empty when there is no log).
+    client_text: Vec<u8>,
+}
+
+/// What answering the buffered requests left to do.
+#[derive(PartialEq, Eq)]
+enum Next {
+    KeepGoing,
+    /// The last answer closes the connection.
+    Close,
+}
+
+/// How the wait for more request bytes ended, for the connection.
+enum Input {
+    More,
+    /// EOF, the keep-alive timeout, or shutdown while idle: close quietly.
+    End,
+    /// The head did not arrive within the header timeout: 408.
+    HeadTimedOut,
+}
+
+/// Why the wait for more request bytes ended.
+enum Wake {
+    Read((io::Result<usize>, Vec<u8>)),
+    Timeout,
+    Shutdown,
+}
+
+impl<'h> Connection<'h> {
+    pub(super) fn new(handler: &'h HttpHandler, stream: Stream, client: Client) -> Self {
+        let client_text = match handler.log {
+            Some(_) => client_text(client.origin, &stream),
+            None => Vec::new(),
+        };
+        Connection {
+            input: Vec::with_capacity(READ_BUF),
+            head_started: Some(Instant::now()),
+            responder: Responder {
+                handler,
+                stream,
+                out: Vec::new(),
+                rel: RelPath::default(),
+                client,
+                client_text,
+            },
+        }
+    }
+
+    pub(super) fn stream(&self) -> &Stream {
+        &self.responder.stream
+    }
+
+    /// Serves the connection until it closes. Answering is boxed: its state (file
+    /// opens, sends, the disk) exists only while a request is answered, so an idle
+    /// connection's task is no bigger than the wait for its next request.
+    pub(super) async fn serve(&mut self) -> io::Result<()> {
+        loop {
+            if Box::pin(self.answer_buffered()).await? == Next::Close {
+                return self.responder.close_gracefully().await;
+            }
+            match self.wait_for_input().await? {
+                Input::More => {}
+                Input::End => return Ok(()),
+                Input::HeadTimedOut => {
+                    let started = self.head_started.unwrap_or_else(Instant::now);
+                    let status = response::REQUEST_TIMEOUT;
+                    self.responder.answer_unparsed(b"", status, false, started);
+                    return self.responder.close_gracefully().await;
+                }
+            }
+        }
+    }
+
+    /// Answers every complete request in the input, in order, and sends the answers;
+    /// keeps only the unanswered rest.
+    async fn answer_buffered(&mut self) -> io::Result<Next> {
+        let mut start = 0;
+        let started = self.head_started.unwrap_or_else(Instant::now);
+        while start < self.input.len() {
+            let req = match request::parse_head(&mut self.input[start..]) {
+                Ok(Some(req)) => req,
+                Ok(None) => break,
+                Err(reject) => {
+                    crate::debug!(
+                        "rejecting a request with {}: {}",
+                        reject.status.code,
+                        reject.why
+                    );
+                    let unparsed = &self.input[start..];
+                    // Even a rejected HEAD gets no body: the client reads none.
+                    let head_only = unparsed.starts_with(b"HEAD ");
+                    let line = request::request_line(unparsed);
+                    self.responder
+                        .answer_unparsed(line, reject.status, head_only, started);
+                    return Ok(Next::Close);
+                }
+            };
+            start += req.head_len;
+            if self.responder.respond(&req, started).await? == Next::Close {
+                return Ok(Next::Close);
+            }
+        }
+        self.responder.flush(false).await?;
+        self.consume(start);
+        Ok(Next::KeepGoing)
+    }
+
+    /// Drops the first `answered` input bytes, keeping the unanswered rest at the front,
+    /// and makes room for a head up to [`request::MAX_HEAD`].
+    fn consume(&mut self, answered: usize) {
+        if answered > 0 {
+            self.input.copy_within(answered.., 0);
+            self.input.truncate(self.input.len() - answered);
+            self.head_started = (!self.input.is_empty()).then(Instant::now);
+        }
+        if self.input.len() == self.input.capacity() {
+            self.input
+                .reserve_exact(request::MAX_HEAD - self.input.len());
+        }
+    }
+
+    /// Waits for more request bytes. Idle between requests the keep-alive timeout
+    /// applies and ends the connection silently, as nginx does; reading a head (or
+    /// waiting for the first one) the header timeout applies, answered with 408.
+    /// Shutdown ends every connection with no request bytes pending; one whose head is
+    /// arriving gets its answer (with `Connection: close`).
+    async fn wait_for_input(&mut self) -> io::Result<Input> {
+        let handler = self.responder.handler;
+        let settings = &handler.shared.settings;
+        let (idle, wait) = match self.head_started {
+            None => (true, settings.keepalive_timeout),
+            Some(at) => (false, settings.header_timeout.saturating_sub(at.elapsed())),
+        };
+        let closable = self.input.is_empty();
+        let wake = {
+            let read = read_more(&mut self.responder.stream, std::mem::take(&mut self.input));
+            let shutdown = async {
+                if closable {
+                    handler.worker.stopping().await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            monoio::select! {
+                r = read => Wake::Read(r),
+                _ = monoio::time::sleep(wait) => Wake::Timeout,
+                _ = shutdown => Wake::Shutdown,
+            }
+        };
+        Ok(match wake {
+            Wake::Read((Ok(0), _)) => Input::End,
+            Wake::Read((Ok(_), back)) => {
+                self.input = back;
+                self.head_started.get_or_insert_with(Instant::now);
+                Input::More
+            }
+            Wake::Read((Err(e), _)) => return Err(e),
+            Wake::Shutdown => Input::End,
+            Wake::Timeout if idle => Input::End,
+            Wake::Timeout => Input::HeadTimedOut,
+        })
+    }
+}
+
+impl Responder<'_> {
+    /// Answers one parsed request: the answer is written, its body sent (or buffered
+    /// with the head), then counted and logged in one place.
+    async fn respond(&mut self, req: &Request<'_>, started: Instant) -> io::Result<Next> {
+        let handler = self.handler;
+        let answer = match handler.shared.settings.clients.allow_request(&self.client) {
+            Ok(()) => handler.answer(req, &mut self.rel).await,
+            Err(retry_after) => router::too_many(retry_after),
+        };
+        let persistence = if answer.closes || !req.keep_alive || handler.worker.is_stopping() {
+            Persistence::Close
+        } else if req.http10 {
+            Persistence::KeepAlive10
+        } else {
+            Persistence::KeepAlive
+        };
+        let head_only = req.method == Method::Head;
+        answer.write(&mut self.out, &handler.date.now(), persistence, head_only);
+        let (body_bytes, sent) = match answer.body {
+            Body::File(body) if !head_only && body.len > 0 => self.add_file(body).await,
+            _ if head_only => (0, Ok(())),
+            _ => (answer.body_len().unwrap_or(0), Ok(())),
+        };
+        handler.record(
+            answer.status,
+            &access_log::Entry {
+                client: &self.client_text,
+                request: &req.line_as_sent(),
+                status: answer.status.code,
+                body_bytes,
+                referer: req.referer,
+                user_agent: req.user_agent,
+                started,
+            },
+        );
+        sent?;
+        if persistence == Persistence::Close {
+            return Ok(Next::Close);
+        }
+        if self.out.len() >= FLUSH_AT {
+            self.flush(false).await?;
+        }
+        Ok(Next::KeepGoing)
+    }
+
+    /// The answer to what could not be parsed (a refused head, or none within the header
+    /// timeout), always closing; `line` is what there was of the request line.
+    fn answer_unparsed(
+        &mut self,
+        line: &[u8],
+        status: response::Status,
+        head_only: bool,
+        started: Instant,
+    ) {
+        let answer = Answer::reason(status);
+        let date = self.handler.date.now();
+        answer.write(&mut self.out, &date, Persistence::Close, head_only);
+        let body_bytes = if head_only {
+            0
+        } else {
+            answer.body_len().unwrap_or(0)
+        };
+        self.handler.record(
+            status,
+            &access_log::Entry {
+                client: &self.client_text,
+                request: line,
+                status: status.code,
+                body_bytes,
+                referer: None,
+                user_agent: None,
+                started,
+            },
+        );
+    }
+
+    /// A small cached body joins its head in the output buffer; any other is sent now,
+    /// after the head. Returns the body bytes sent (or buffered) with the outcome.
+    async fn add_file(&mut self, body: FileBody) -> (u64, io::Result<()>) {
+        if body.len <= SMALL_BODY as u64
+            && files::append_if_cached(&body.file, body.offset, body.len as usize, &mut self.out)
+        {
+            return (body.len, Ok(()));
+        }
+        // The head goes with MSG_MORE so it shares a segment with the body.
+        if let Err(e) = self.flush(true).await {
+            return (0, Err(e));
+        }
+        let mut sent = files::Sent::default();
+        let stall = self.handler.shared.settings.keepalive_timeout;
+        let result = files::send_file(
+            &self.stream,
+            &body.file,
+            body.pages,
+            (body.offset, body.len),
+            stall,
+            &mut sent,
+        )
+        .await;
+        let counters = &self.handler.counters;
+        counters.count_bytes(sent.bytes);
+        if sent.disk_turns > 0 {
+            counters.count_disk_sends(sent.disk_turns, sent.from_disk);
+        }
+        (sent.bytes, result)
+    }
+
+    /// Sends and empties the output buffer. `more`: a body follows at once (MSG_MORE).
+    async fn flush(&mut self, more: bool) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let mut sent = 0;
+        let stall = self.handler.shared.settings.keepalive_timeout;
+        let result = self
+            .stream
+            .write_all_within(&self.out, more, stall, &mut sent)
+            .await;
+        // What went out, also when the client went away midway.
+        self.handler.counters.count_bytes(sent as u64);
+        self.out.clear();
+        // A big listing or a long pipeline must not pin its buffer for the connection's life.
+        if self.out.capacity() > FLUSH_AT {
+            self.out.shrink_to(READ_BUF);
+        }
+        result
+    }
+
+    /// Sends what is left, then closes gracefully: FIN first, then a lingering close
+    /// ([`linger`]), so the client gets to read the answer.
+    async fn close_gracefully(&mut self) -> io::Result<()> {
+        self.flush(false).await?;
+        self.stream.shutdown_write()?;
+        linger(&self.stream, &AFTER_ERROR).await;
+        Ok(())
+    }
+}
+
+/// The client as the access log names it: the one a trusted balancer's PROXY header
+/// named, else the socket's peer; `unix:` for a Unix socket, as nginx.
+fn client_text(origin: Origin, stream: &Stream) -> Vec<u8> {
+    let ip = match origin {
+        Origin::Client(addr) => addr.ip().to_canonical(),
+        Origin::Direct | Origin::Balancer => match crate::sys::peer_ip(stream.as_raw_fd()) {
+            Some(ip) => ip,
+            None => return b"unix:".to_vec(),
+        },
+    };
+    ip.to_string().into_bytes()
+}
+
+/// Appends what the socket has to `buf`'s spare capacity with the runtime's own receive:
+/// on io_uring one RECV submission that completes with the data, on epoll a recv(2) that
+/// keeps the driver's readiness cache right. On io_uring this beat waiting for readiness
+/// (POLL_ADD) and calling recv(2) ourselves (perf/results/notes-from-code.md).
+async fn read_more(stream: &mut Stream, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    let len = buf.len();
+    let (result, slice) = stream.recv(buf.slice_mut(len..)).await;
+    (result, slice.into_inner())
+}
