@@ -6,6 +6,7 @@ mod access_log;
 
 mod activation;
 mod hostile;
+mod memory;
 mod proxy;
 mod proxy_faults;
 mod proxy_protocol;

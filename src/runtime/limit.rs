@@ -94,6 +94,8 @@ pub fn raise_fd_limit() -> Option<u64> {
 pub struct Limiter {
     max: usize,
     open: AtomicUsize,
+    /// The most connections open at once since [`Limiter::take_peak`] last read it.
+    peak: AtomicUsize,
     accepted: AtomicU64,
     has_waiters: AtomicBool,
     waiters: Mutex<Vec<Waker>>,
@@ -118,6 +120,7 @@ impl Limiter {
         Arc::new(Limiter {
             max,
             open: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
             has_waiters: AtomicBool::new(false),
             waiters: Mutex::new(Vec::new()),
@@ -131,14 +134,16 @@ impl Limiter {
         if self.waiting_for_fds.load(Ordering::SeqCst) > 0 {
             return None;
         }
-        self.open
+        let before = self
+            .open
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
                 (open < self.max).then_some(open + 1)
             })
-            .ok()
-            .map(|_| Permit {
-                limiter: self.clone(),
-            })
+            .ok()?;
+        self.peak.fetch_max(before + 1, Ordering::Relaxed);
+        Some(Permit {
+            limiter: self.clone(),
+        })
     }
 
     /// Waits for a free slot. Only accept loops wait here, a handful per process, so a
@@ -188,6 +193,13 @@ impl Limiter {
 
     pub fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+
+    /// The most connections open at once since the last call (or since start), and
+    /// starts counting again from those open now: a burst that came and went between
+    /// two looks is still seen.
+    pub fn take_peak(&self) -> usize {
+        self.peak.swap(self.open(), Ordering::Relaxed)
     }
 
     /// `--connections-max` as in force.
@@ -291,6 +303,20 @@ mod tests {
         assert!(limiter.try_acquire().is_none());
         drop(second);
         assert!(limiter.try_acquire().is_some());
+    }
+
+    #[test]
+    fn a_peak_between_two_looks_is_seen() {
+        let limiter = Limiter::new(10);
+        let permits: Vec<_> = (0..3).map(|_| limiter.try_acquire().unwrap()).collect();
+        drop(permits);
+        let _one = limiter.try_acquire().unwrap();
+        assert_eq!(limiter.take_peak(), 3);
+        assert_eq!(
+            limiter.take_peak(),
+            1,
+            "counting starts again from those open"
+        );
     }
 
     #[test]

@@ -90,6 +90,7 @@ where
     );
     // Blocked here, before any thread starts, so every worker inherits the mask.
     let signals = signals::block_signals()?;
+    crate::sys::bound_free_heap_top();
     let listeners = Arc::new(listeners);
     let shutdown = Arc::new(Shutdown::default());
     let limiter = Limiter::new(connections_max);

@@ -213,3 +213,25 @@ pub fn set_receive_buffer(stream: &TcpStream, bytes: libc::c_int) {
         );
     }
 }
+
+/// Raises this test process's soft RLIMIT_NOFILE to at least `want` (within the hard
+/// limit), for tests that hold thousands of connections.
+pub fn raise_own_fd_limit(want: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit to fill, then to pass back.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < want {
+            limit.rlim_cur = want.min(limit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+    assert!(
+        limit.rlim_cur >= want,
+        "this test needs {want} open files; the hard limit is {}",
+        limit.rlim_max
+    );
+}
