@@ -81,7 +81,10 @@ impl HttpHandler {
 }
 
 impl Handler for HttpHandler {
-    async fn handle(self: Rc<Self>, mut stream: Stream, listener: Rc<str>) {
+    /// The listener's name, for `--proxy-protocol-on`.
+    type Plan = String;
+
+    async fn handle(self: Rc<Self>, mut stream: Stream, listener: Rc<String>) {
         if let Err(e) = self.serve(&mut stream, &listener).await {
             if !is_disconnect(&e) {
                 crate::debug!("failed to serve a connection: {e}");

@@ -4,6 +4,7 @@
 mod forward;
 pub mod metrics;
 mod pipe;
+pub mod plan;
 mod pump;
 mod resolve;
 pub mod target;
@@ -25,6 +26,7 @@ use crate::runtime::{Handler, Worker};
 pub use forward::forward;
 use forward::Moved;
 pub use pipe::{PipeBudget, PipePool};
+pub use plan::{plan, ListenerPlan};
 use resolve::Resolver;
 pub use target::Target;
 pub use targets::Targets;
@@ -156,12 +158,14 @@ const METRICS_LINGER: crate::net::Linger = crate::net::Linger {
 };
 
 impl Handler for ProxyHandler {
-    async fn handle(self: Rc<Self>, client: Stream, listener: Rc<str>) {
-        if &*listener == metrics::METRICS_LISTENER && !self.settings.target.names(&listener) {
-            self.answer_metrics(&client).await;
-            return;
-        }
-        self.forward(client, &listener).await;
+    type Plan = ListenerPlan;
+
+    async fn handle(self: Rc<Self>, client: Stream, plan: Rc<ListenerPlan>) {
+        let (name, target) = match &*plan {
+            ListenerPlan::Metrics => return self.answer_metrics(&client).await,
+            ListenerPlan::Forward { name, target } => (name, *target),
+        };
+        self.forward(client, name, target).await;
         let mut spare = self.spare_fd.borrow_mut();
         if spare.is_none() {
             *spare = spare_fd();
@@ -226,7 +230,9 @@ impl ProxyHandler {
         crate::net::linger(client, &METRICS_LINGER).await;
     }
 
-    async fn forward(&self, client: Stream, listener: &str) {
+    /// Forwards a connection that arrived on the socket named `listener` to target
+    /// `index`.
+    async fn forward(&self, client: Stream, listener: &str, index: usize) {
         // A received PROXY header is taken off before any byte is forwarded; the client
         // it names is the one a sent header (-p) names.
         let admitted = match self.settings.clients.admit(&client, listener).await {
@@ -236,8 +242,8 @@ impl ProxyHandler {
                 return;
             }
         };
-        // Every listener has a target: checked at start.
-        let Some((index, target)) = self.settings.target.for_listener(listener) else {
+        // The plan took the index from these targets at start.
+        let Some(target) = self.settings.target.get(index) else {
             return;
         };
         let upstream = match self.connect(index, target).await {
