@@ -1,10 +1,19 @@
 //! What each listening socket's connections get, decided once at start: forwarded to
-//! their target, or answered with metrics.
+//! their target under `--connections-max`, or answered with metrics beside it.
 
 use super::metrics::METRICS_LISTENER;
 use super::Targets;
 use crate::activation::Listener;
-use crate::runtime::Planned;
+use crate::runtime::{Admission, Planned};
+
+/// Scrapes answered at once on one metrics socket (all workers together), apart from
+/// `--connections-max`. A scraper
+/// holds one connection per scrape, and scrapes take milliseconds: 16 leave room for a
+/// Prometheus pair, an agent and a person with curl at the same moment, while silent
+/// connections can hold no more than 16 fds (inside the 64 kept back from the limit's
+/// fit to the fd limit) for at most the 5 s read timeout each; more wait in the
+/// listen backlog.
+pub const METRICS_CONNECTIONS_MAX: usize = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenerPlan {
@@ -26,7 +35,11 @@ pub fn plan(
         .map(|listener| {
             let name = listener.name.clone();
             if name == METRICS_LISTENER && !targets.names(&name) {
-                return Ok(Planned::counted(listener, ListenerPlan::Metrics));
+                return Ok(Planned {
+                    listener,
+                    admission: Admission::Own(METRICS_CONNECTIONS_MAX),
+                    plan: ListenerPlan::Metrics,
+                });
             }
             match targets.for_listener(&name) {
                 Some((target, _)) => Ok(Planned::counted(
@@ -46,7 +59,6 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::activation::Family;
-    use crate::runtime::Admission;
 
     fn listeners(names: &[&str]) -> Vec<Listener> {
         names
@@ -73,8 +85,11 @@ mod tests {
     }
 
     #[test]
-    fn the_metrics_socket_serves_metrics_unless_a_target_claims_it() {
-        let metrics = (Admission::Counted, ListenerPlan::Metrics);
+    fn the_metrics_socket_has_a_limit_of_its_own_unless_a_target_claims_it() {
+        let metrics = (
+            Admission::Own(METRICS_CONNECTIONS_MAX),
+            ListenerPlan::Metrics,
+        );
         assert_eq!(
             plans(&["web", "metrics"], &["/run/a.sock"]),
             Ok(vec![forward("web", 0), metrics.clone()])
