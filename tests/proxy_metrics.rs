@@ -1,7 +1,7 @@
 //! The proxy's metrics socket beside `--connections-max`, both drivers: a scrape is
 //! answered when the proxy is full, scrapers (silent or not) take no proxied client's
-//! slot, are not counted as connections, are bounded in number, and do not keep
-//! `--exit-idle-time` from running out.
+//! slot, are not counted as connections, are bounded in number, and neither hold the
+//! shutdown nor keep `--exit-idle-time` from running out.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -182,8 +182,30 @@ fn silent_metrics_connections_are_bounded() {
     }
 }
 
-/// `--exit-idle-time 1s` with a scrape every few tens of milliseconds: it exits about a
-/// second after start all the same. Scrapes are not use
+/// A scraper that connected and said nothing does not hold the graceful shutdown for
+/// its 5 s read timeout.
+#[test]
+fn silent_metrics_connections_do_not_hold_the_shutdown() {
+    let backend = Backend::unix(Reply::Echo);
+    for driver in DRIVERS {
+        let (ringsock, _web, metrics) = proxy_with_metrics(driver, &[], &backend.target);
+        let base = ringsock.open_sockets();
+        let quiet = silent(metrics, 3);
+        wait_sockets(&ringsock, base, 3);
+        let start = Instant::now();
+        ringsock.stop();
+        let took = start.elapsed();
+        eprintln!("{driver:?}: stopped {took:?} after SIGTERM with 3 silent scrapers");
+        assert!(
+            took < Duration::from_secs(3),
+            "{driver:?}: silent scrapers held the shutdown for {took:?}"
+        );
+        drop(quiet);
+    }
+}
+
+/// `--exit-idle-time 1s` with a scrape every few tens of milliseconds and a scraper that
+/// stays silent: it exits about a second after start all the same. Scrapes are not use
 /// of the service: a Prometheus scraping every 15 s would otherwise keep an idle proxy
 /// (and the backend it would let stop) running forever.
 #[test]
@@ -199,6 +221,7 @@ fn scrapes_are_not_activity_for_exit_idle_time() {
             .names("web:metrics")
             .driver(driver)
             .start();
+        let _quiet = silent(metrics_addr, 1);
         let mut answered = 0;
         let status = wait_until(
             LOG,

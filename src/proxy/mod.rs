@@ -73,6 +73,8 @@ pub struct ProxyHandler {
     resolvers: Vec<Resolver>,
     pipes: Rc<PipePool>,
     limiter: Arc<Limiter>,
+    /// For the shutdown, which a scraper that has sent nothing yet does not hold.
+    worker: Rc<Worker>,
     /// An fd held in reserve: when the accepted clients have taken every fd, closing it
     /// lets one of them reach the target, so one connection goes on and, once it
     /// closes, gives fds back to the others (instead of all of them waiting for each
@@ -83,7 +85,7 @@ pub struct ProxyHandler {
 impl ProxyHandler {
     /// One worker's handler; `pipes` is the process-wide pipe budget. Starts the task
     /// that gives idle pipes back, so it must run on the worker's runtime.
-    pub fn new(settings: Settings, pipes: Arc<PipeBudget>, worker: &Worker) -> ProxyHandler {
+    pub fn new(settings: Settings, pipes: Arc<PipeBudget>, worker: &Rc<Worker>) -> ProxyHandler {
         let pipes = Rc::new(PipePool::new(pipes, PIPES_KEPT));
         let trimmed = Rc::downgrade(&pipes);
         monoio::spawn(async move {
@@ -102,6 +104,7 @@ impl ProxyHandler {
             settings,
             pipes,
             limiter: worker.limiter.clone(),
+            worker: worker.clone(),
             spare_fd: RefCell::new(spare_fd()),
         }
     }
@@ -196,7 +199,8 @@ async fn send_header(
 
 impl ProxyHandler {
     /// A connection on the `metrics` socket: read the request head (whatever it asks),
-    /// answer the Prometheus text, close. Bounded: 4 KiB and 5 s.
+    /// answer the Prometheus text, close. Bounded: 4 KiB and 5 s, and the wait for the
+    /// head ends at shutdown (an answer under way is finished).
     async fn answer_metrics(&self, client: &Stream) {
         let mut head = Vec::with_capacity(512);
         let mut buf = [0u8; 1024];
@@ -209,6 +213,7 @@ impl ProxyHandler {
                     monoio::select! {
                         _ = client.readable() => {}
                         _ = monoio::time::sleep(left) => return,
+                        _ = self.worker.stopping() => return,
                     }
                 }
                 // EOF or an error before a whole head: nobody to answer.
