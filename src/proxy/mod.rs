@@ -302,7 +302,8 @@ impl ProxyHandler {
             crate::debug!("connection to {target} aborted: {e}");
             // One side failed mid-stream: cut the other with RST too, so it cannot take
             // a truncated stream for a complete one (forward has let it read what it
-            // was sent). A Unix-socket peer gets EOF: AF_UNIX has no reset.
+            // was sent). AF_UNIX has no reset: a Unix-socket peer reads ECONNRESET only
+            // if it sent bytes we had not read, EOF otherwise (forward's close rules).
             client.stream().reset_on_close();
             upstream.stream().reset_on_close();
         }
