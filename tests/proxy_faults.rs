@@ -295,7 +295,7 @@ fn answer_until(
 /// backend whose answer is held up (the client reads none of it) learns of a cut: it
 /// reads the whole upload forwarded before it, then ECONNRESET, not EOF, whether the
 /// client reset or --shutdown-timeout ran out. With nothing of its own in flight it
-/// sees EOF.
+/// sees EOF: perf/results/unix-cut-2026-12-08.md says what it can learn then.
 fn a_unix_backend_with_bytes_unread_at_a_cut_reads_a_reset(cut: Cut) {
     const UPLOAD: usize = 64 * 1024;
     for driver in DRIVERS {
@@ -380,4 +380,72 @@ fn a_unix_backend_with_bytes_unread_when_the_client_resets_reads_a_reset() {
 #[test]
 fn a_unix_backend_with_bytes_unread_at_the_shutdown_timeout_reads_a_reset() {
     a_unix_backend_with_bytes_unread_at_a_cut_reads_a_reset(Cut::ShutdownTimeout);
+}
+
+/// With nothing of its own in flight, a Unix-socket backend reads a cut upload as EOF
+/// (AF_UNIX has no other way to say it), but can still tell it from a clean end: a
+/// client's half-close reaches it with its socket left open for the answer, a cut with
+/// its socket closed completely (POLLHUP at once).
+#[test]
+fn a_unix_backend_tells_a_cut_upload_from_a_half_close_by_its_socket() {
+    const UPLOAD: usize = 64 * 1024;
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backend.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (ringsock, addr) = proxy(driver, &[], path.to_str().unwrap());
+        for clean in [true, false] {
+            let mut client = connect_tcp(addr);
+            let mut backend = wait_until(
+                Duration::from_secs(10),
+                || listener.accept().ok().map(|(conn, _)| conn),
+                || format!("{driver:?}: ringsock never connected to the backend"),
+            );
+            backend.set_nonblocking(false).unwrap();
+            backend
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            client.write_all(&pattern(UPLOAD, 6)).unwrap();
+            let held = if clean {
+                client.shutdown(Shutdown::Write).unwrap();
+                Some(client)
+            } else {
+                wait_until(
+                    Duration::from_secs(10),
+                    || (unread_here(backend.as_raw_fd()) == UPLOAD).then_some(()),
+                    || format!("{driver:?}: the upload never reached the backend"),
+                );
+                abort(client);
+                None
+            };
+            let mut got = Vec::new();
+            backend
+                .read_to_end(&mut got)
+                .unwrap_or_else(|e| panic!("{driver:?} clean={clean}: {e}"));
+            assert_eq!(got.len(), UPLOAD, "{driver:?} clean={clean}");
+            let mut fds = libc::pollfd {
+                fd: backend.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no wait.
+            assert_eq!(unsafe { libc::poll(&mut fds, 1, 0) }, 1);
+            assert_eq!(
+                fds.revents & libc::POLLHUP != 0,
+                !clean,
+                "{driver:?}: after a {} the backend's socket showed {:#x}",
+                if clean { "half-close" } else { "cut" },
+                fds.revents
+            );
+            if let Some(mut client) = held {
+                backend.write_all(b"ok").unwrap();
+                backend.shutdown(Shutdown::Write).unwrap();
+                let mut answer = Vec::new();
+                client.read_to_end(&mut answer).unwrap();
+                assert_eq!(answer, b"ok", "{driver:?}");
+            }
+        }
+        ringsock.stop();
+    }
 }
