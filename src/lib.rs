@@ -40,7 +40,7 @@ fn run_proxy(common: &Common, proxy: cli::ProxyConfig, notifier: &Notifier) -> R
         metrics.name = proxy::metrics::METRICS_LISTENER.into();
         listeners.push(metrics);
     }
-    proxy.target.check(&listeners)?;
+    let listeners = proxy::plan(listeners, &proxy.target)?;
     let status = format!(
         "Forwarding to {} on {} sockets",
         proxy.target,
@@ -95,6 +95,14 @@ fn run_serve(common: &Common, serve: cli::ServeConfig, notifier: &Notifier) -> R
         header_timeout: serve.header_timeout,
         keepalive_timeout: serve.keepalive_timeout,
     });
+    // Every socket serves everything: its plan is only its name (--proxy-protocol-on).
+    let listeners = listeners
+        .into_iter()
+        .map(|l| {
+            let name = l.name.clone();
+            runtime::Planned::counted(l, name)
+        })
+        .collect();
     runtime::run(
         listeners,
         &common.lifecycle,

@@ -6,6 +6,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::proxy::proxy;
@@ -230,6 +232,220 @@ fn a_half_closed_connection_on_which_nothing_moves_is_cut_at_the_timeout() {
             cut_after >= Duration::from_millis(1500) && cut_after < Duration::from_secs(6),
             "{driver:?}: cut after {cut_after:?} (EOF seen after {waited:?})"
         );
+        ringsock.stop();
+    }
+}
+
+/// What cuts a proxied connection in [`a_unix_backend_with_bytes_unread_at_a_cut_reads_a_reset`].
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    ClientReset,
+    ShutdownTimeout,
+}
+
+/// Bytes `fd` sent that its AF_UNIX peer has not read yet (SIOCOUTQ).
+fn unread_by_peer(fd: i32) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) }, 0);
+    n as usize
+}
+
+/// Bytes waiting in `fd`'s receive queue (FIONREAD).
+fn unread_here(fd: i32) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) }, 0);
+    n as usize
+}
+
+/// Writes to `conn` (non-blocking, waiting for room in poll(2)) until `stop`, counting
+/// in `written`; stops on the first error.
+fn answer_until(
+    conn: &std::os::unix::net::UnixStream,
+    written: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let mut conn = conn.try_clone().unwrap();
+    conn.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let chunk = [b'a'; 1 << 16];
+        while !stop.load(Ordering::SeqCst) {
+            match conn.write(&chunk) {
+                Ok(n) => {
+                    written.fetch_add(n, Ordering::SeqCst);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    let mut fds = libc::pollfd {
+                        fd: conn.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd; 20 ms, so `stop` is looked at soon.
+                    unsafe { libc::poll(&mut fds, 1, 20) };
+                }
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+/// AF_UNIX has no RST, but the kernel reports ECONNRESET to a peer when the socket
+/// that closes still holds bytes from it unread (`unix_release_sock`). So a Unix-socket
+/// backend whose answer is held up (the client reads none of it) learns of a cut: it
+/// reads the whole upload forwarded before it, then ECONNRESET, not EOF, whether the
+/// client reset or --shutdown-timeout ran out. With nothing of its own in flight it
+/// sees EOF: perf/results/unix-cut-2026-12-08.md says what it can learn then.
+fn a_unix_backend_with_bytes_unread_at_a_cut_reads_a_reset(cut: Cut) {
+    const UPLOAD: usize = 64 * 1024;
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backend.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let args = ["--shutdown-timeout", "1s"];
+        let (mut ringsock, addr) = proxy(driver, &args, path.to_str().unwrap());
+        let mut client = connect_tcp(addr);
+        let mut backend = wait_until(
+            Duration::from_secs(10),
+            || listener.accept().ok().map(|(conn, _)| conn),
+            || format!("{driver:?}: ringsock never connected to the backend"),
+        );
+        backend.set_nonblocking(false).unwrap();
+        let fd = backend.as_raw_fd();
+        // The backend answers without end; the client reads none of it.
+        let written = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = answer_until(&backend, written.clone(), stop.clone());
+        client.write_all(&pattern(UPLOAD, 5)).unwrap();
+        // Held up: the answer stopped moving (ringsock stopped reading it) with bytes
+        // of it unread; and the whole upload waits in the backend's queue.
+        let (mut last, mut still) = (usize::MAX, 0);
+        wait_until(
+            Duration::from_secs(10),
+            || {
+                let now = written.load(Ordering::SeqCst);
+                still = if now == last { still + 1 } else { 0 };
+                last = now;
+                (still >= 10 && unread_by_peer(fd) > 0 && unread_here(fd) == UPLOAD).then_some(())
+            },
+            || format!("{driver:?}: the answer never stalled with the upload in"),
+        );
+        // The backend is in no call on the socket at the cut: a send(2) blocked in the
+        // kernel would take the one report of it (sock_error() clears it) as a short
+        // count, and the read after it would see EOF.
+        stop.store(true, Ordering::SeqCst);
+        writer.join().unwrap();
+        match cut {
+            Cut::ClientReset => abort(client),
+            Cut::ShutdownTimeout => ringsock.signal(libc::SIGTERM),
+        }
+        // Once ringsock closed, or drained its socket, none of the answer is queued.
+        wait_until(
+            Duration::from_secs(10),
+            || (unread_by_peer(fd) == 0).then_some(()),
+            || format!("{driver:?}: the answer stayed queued to ringsock"),
+        );
+        let mut got = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        let end = loop {
+            match backend.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => got += n,
+                Err(e) => break Err(e.kind()),
+            }
+        };
+        assert_eq!(
+            got, UPLOAD,
+            "{driver:?} {cut:?}: upload bytes before the end"
+        );
+        assert_eq!(
+            end,
+            Err(ErrorKind::ConnectionReset),
+            "{driver:?} {cut:?}: the backend read a clean end of a cut upload\n{}",
+            ringsock.stderr()
+        );
+        match cut {
+            Cut::ClientReset => drop(ringsock.stop()),
+            Cut::ShutdownTimeout => ringsock.wait_clean_exit(Duration::from_secs(10), driver),
+        }
+    }
+}
+
+#[test]
+fn a_unix_backend_with_bytes_unread_when_the_client_resets_reads_a_reset() {
+    a_unix_backend_with_bytes_unread_at_a_cut_reads_a_reset(Cut::ClientReset);
+}
+
+#[test]
+fn a_unix_backend_with_bytes_unread_at_the_shutdown_timeout_reads_a_reset() {
+    a_unix_backend_with_bytes_unread_at_a_cut_reads_a_reset(Cut::ShutdownTimeout);
+}
+
+/// With nothing of its own in flight, a Unix-socket backend reads a cut upload as EOF
+/// (AF_UNIX has no other way to say it), but can still tell it from a clean end: a
+/// client's half-close reaches it with its socket left open for the answer, a cut with
+/// its socket closed completely (POLLHUP at once).
+#[test]
+fn a_unix_backend_tells_a_cut_upload_from_a_half_close_by_its_socket() {
+    const UPLOAD: usize = 64 * 1024;
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backend.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (ringsock, addr) = proxy(driver, &[], path.to_str().unwrap());
+        for clean in [true, false] {
+            let mut client = connect_tcp(addr);
+            let mut backend = wait_until(
+                Duration::from_secs(10),
+                || listener.accept().ok().map(|(conn, _)| conn),
+                || format!("{driver:?}: ringsock never connected to the backend"),
+            );
+            backend.set_nonblocking(false).unwrap();
+            backend
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            client.write_all(&pattern(UPLOAD, 6)).unwrap();
+            let held = if clean {
+                client.shutdown(Shutdown::Write).unwrap();
+                Some(client)
+            } else {
+                wait_until(
+                    Duration::from_secs(10),
+                    || (unread_here(backend.as_raw_fd()) == UPLOAD).then_some(()),
+                    || format!("{driver:?}: the upload never reached the backend"),
+                );
+                abort(client);
+                None
+            };
+            let mut got = Vec::new();
+            backend
+                .read_to_end(&mut got)
+                .unwrap_or_else(|e| panic!("{driver:?} clean={clean}: {e}"));
+            assert_eq!(got.len(), UPLOAD, "{driver:?} clean={clean}");
+            let mut fds = libc::pollfd {
+                fd: backend.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no wait.
+            assert_eq!(unsafe { libc::poll(&mut fds, 1, 0) }, 1);
+            assert_eq!(
+                fds.revents & libc::POLLHUP != 0,
+                !clean,
+                "{driver:?}: after a {} the backend's socket showed {:#x}",
+                if clean { "half-close" } else { "cut" },
+                fds.revents
+            );
+            if let Some(mut client) = held {
+                backend.write_all(b"ok").unwrap();
+                backend.shutdown(Shutdown::Write).unwrap();
+                let mut answer = Vec::new();
+                client.read_to_end(&mut answer).unwrap();
+                assert_eq!(answer, b"ok", "{driver:?}");
+            }
+        }
         ringsock.stop();
     }
 }

@@ -9,6 +9,7 @@ mod hostile;
 mod memory;
 mod proxy;
 mod proxy_faults;
+mod proxy_metrics;
 mod proxy_protocol;
 
 mod packaging;

@@ -88,7 +88,10 @@ impl HttpHandler {
 }
 
 impl Handler for HttpHandler {
-    async fn handle(self: Rc<Self>, stream: Stream, listener: Rc<str>) {
+    /// The listener's name, for `--proxy-protocol-on`.
+    type Plan = String;
+
+    async fn handle(self: Rc<Self>, stream: Stream, listener: Rc<String>) {
         let client = match self.shared.settings.clients.admit(&stream, &listener).await {
             Ok(client) => client,
             Err(why) => {

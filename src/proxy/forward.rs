@@ -19,7 +19,10 @@
 //!   (HAProxy's `timeout client-fin`/`server-fin`).
 //! - "Cut" is RST, so nobody takes a truncated stream for a complete one; but first the
 //!   side is given time to read what was already sent to it (`net::linger`), since RST
-//!   discards what is still queued. AF_UNIX has no RST: a Unix-socket peer sees EOF.
+//!   discards what is still queued. AF_UNIX has no RST, and its close discards nothing
+//!   queued to the peer: a Unix-socket side is closed at once, with what it sent us left
+//!   unread, since only that makes the kernel report ECONNRESET to it instead of EOF
+//!   (perf/results/unix-cut-2026-12-08.md).
 
 use std::future::Future;
 use std::io;
@@ -246,7 +249,10 @@ pub async fn forward(
     match ends.gone {
         None => Ok(()),
         Some((side, e)) => {
-            linger(ends.sockets[side.other().index()].stream(), &BEFORE_CUT).await;
+            let cut = ends.sockets[side.other().index()].stream();
+            if matches!(cut, Stream::Tcp(_)) {
+                linger(cut, &BEFORE_CUT).await;
+            }
             Err(e)
         }
     }

@@ -4,6 +4,7 @@
 mod forward;
 pub mod metrics;
 mod pipe;
+pub mod plan;
 mod pump;
 mod resolve;
 pub mod target;
@@ -25,6 +26,7 @@ use crate::runtime::{Handler, Worker};
 pub use forward::forward;
 use forward::Moved;
 pub use pipe::{PipeBudget, PipePool};
+pub use plan::{plan, ListenerPlan};
 use resolve::Resolver;
 pub use target::Target;
 pub use targets::Targets;
@@ -71,6 +73,8 @@ pub struct ProxyHandler {
     resolvers: Vec<Resolver>,
     pipes: Rc<PipePool>,
     limiter: Arc<Limiter>,
+    /// For the shutdown, which a scraper that has sent nothing yet does not hold.
+    worker: Rc<Worker>,
     /// An fd held in reserve: when the accepted clients have taken every fd, closing it
     /// lets one of them reach the target, so one connection goes on and, once it
     /// closes, gives fds back to the others (instead of all of them waiting for each
@@ -81,7 +85,7 @@ pub struct ProxyHandler {
 impl ProxyHandler {
     /// One worker's handler; `pipes` is the process-wide pipe budget. Starts the task
     /// that gives idle pipes back, so it must run on the worker's runtime.
-    pub fn new(settings: Settings, pipes: Arc<PipeBudget>, worker: &Worker) -> ProxyHandler {
+    pub fn new(settings: Settings, pipes: Arc<PipeBudget>, worker: &Rc<Worker>) -> ProxyHandler {
         let pipes = Rc::new(PipePool::new(pipes, PIPES_KEPT));
         let trimmed = Rc::downgrade(&pipes);
         monoio::spawn(async move {
@@ -100,6 +104,7 @@ impl ProxyHandler {
             settings,
             pipes,
             limiter: worker.limiter.clone(),
+            worker: worker.clone(),
             spare_fd: RefCell::new(spare_fd()),
         }
     }
@@ -156,12 +161,14 @@ const METRICS_LINGER: crate::net::Linger = crate::net::Linger {
 };
 
 impl Handler for ProxyHandler {
-    async fn handle(self: Rc<Self>, client: Stream, listener: Rc<str>) {
-        if &*listener == metrics::METRICS_LISTENER && !self.settings.target.names(&listener) {
-            self.answer_metrics(&client).await;
-            return;
-        }
-        self.forward(client, &listener).await;
+    type Plan = ListenerPlan;
+
+    async fn handle(self: Rc<Self>, client: Stream, plan: Rc<ListenerPlan>) {
+        let (name, target) = match &*plan {
+            ListenerPlan::Metrics => return self.answer_metrics(&client).await,
+            ListenerPlan::Forward { name, target } => (name, *target),
+        };
+        self.forward(client, name, target).await;
         let mut spare = self.spare_fd.borrow_mut();
         if spare.is_none() {
             *spare = spare_fd();
@@ -192,7 +199,8 @@ async fn send_header(
 
 impl ProxyHandler {
     /// A connection on the `metrics` socket: read the request head (whatever it asks),
-    /// answer the Prometheus text, close. Bounded: 4 KiB and 5 s.
+    /// answer the Prometheus text, close. Bounded: 4 KiB and 5 s, and the wait for the
+    /// head ends at shutdown (an answer under way is finished).
     async fn answer_metrics(&self, client: &Stream) {
         let mut head = Vec::with_capacity(512);
         let mut buf = [0u8; 1024];
@@ -205,6 +213,7 @@ impl ProxyHandler {
                     monoio::select! {
                         _ = client.readable() => {}
                         _ = monoio::time::sleep(left) => return,
+                        _ = self.worker.stopping() => return,
                     }
                 }
                 // EOF or an error before a whole head: nobody to answer.
@@ -226,7 +235,9 @@ impl ProxyHandler {
         crate::net::linger(client, &METRICS_LINGER).await;
     }
 
-    async fn forward(&self, client: Stream, listener: &str) {
+    /// Forwards a connection that arrived on the socket named `listener` to target
+    /// `index`.
+    async fn forward(&self, client: Stream, listener: &str, index: usize) {
         // A received PROXY header is taken off before any byte is forwarded; the client
         // it names is the one a sent header (-p) names.
         let admitted = match self.settings.clients.admit(&client, listener).await {
@@ -236,8 +247,8 @@ impl ProxyHandler {
                 return;
             }
         };
-        // Every listener has a target: checked at start.
-        let Some((index, target)) = self.settings.target.for_listener(listener) else {
+        // The plan took the index from these targets at start.
+        let Some(target) = self.settings.target.get(index) else {
             return;
         };
         let upstream = match self.connect(index, target).await {
@@ -291,7 +302,8 @@ impl ProxyHandler {
             crate::debug!("connection to {target} aborted: {e}");
             // One side failed mid-stream: cut the other with RST too, so it cannot take
             // a truncated stream for a complete one (forward has let it read what it
-            // was sent). A Unix-socket peer gets EOF: AF_UNIX has no reset.
+            // was sent). AF_UNIX has no reset: a Unix-socket peer reads ECONNRESET only
+            // if it sent bytes we had not read, EOF otherwise (forward's close rules).
             client.stream().reset_on_close();
             upstream.stream().reset_on_close();
         }

@@ -59,6 +59,14 @@ impl Targets {
         }
     }
 
+    /// Target `index`, as [`Targets::for_listener`] numbered it.
+    pub fn get(&self, index: usize) -> Option<&Target> {
+        match self {
+            Targets::Single(target) => (index == 0).then_some(target),
+            Targets::Named(named) => named.get(index).map(|(_, target)| target),
+        }
+    }
+
     /// Whether a `NAME=TARGET` names this socket (the single TARGET names none).
     pub fn names(&self, name: &str) -> bool {
         matches!(self, Targets::Named(named) if named.iter().any(|(n, _)| n == name))

@@ -3,22 +3,32 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::net::{TcpListener, UnixListener};
 
-use super::limit::Permit;
+use super::limit::{Limiter, Permit};
 use super::{Handler, Worker};
 use crate::activation::{Family, Listener};
 use crate::log::RateLimit;
 use crate::net::Stream;
 
+/// A listening socket as every worker accepts on it: the limiter its connections take
+/// permits from, and the handler's plan for them, both fixed at start.
+pub struct Entrance<P> {
+    pub listener: Listener,
+    pub limiter: Arc<Limiter>,
+    pub plan: P,
+}
+
 /// This worker's clone of one listening socket.
-pub struct WorkerListener {
+pub struct WorkerListener<P> {
     inner: Inner,
     family: Family,
     address: String,
-    name: Rc<str>,
+    limiter: Arc<Limiter>,
+    plan: Rc<P>,
 }
 
 enum Inner {
@@ -26,10 +36,11 @@ enum Inner {
     Unix(UnixListener),
 }
 
-impl WorkerListener {
+impl<P: Clone> WorkerListener<P> {
     /// Registers a duplicate of the listener with the current thread's runtime. Every
     /// worker owning its own fd lets the kernel spread connections across them.
-    pub fn new(listener: &Listener) -> io::Result<WorkerListener> {
+    pub fn new(entrance: &Entrance<P>) -> io::Result<WorkerListener<P>> {
+        let listener = &entrance.listener;
         let fd = listener.fd.try_clone()?;
         let inner = match listener.family {
             Family::Tcp => Inner::Tcp(TcpListener::from_std(std::net::TcpListener::from(fd))?),
@@ -41,10 +52,13 @@ impl WorkerListener {
             inner,
             family: listener.family,
             address: listener.address.clone(),
-            name: listener.name.as_str().into(),
+            limiter: entrance.limiter.clone(),
+            plan: Rc::new(entrance.plan.clone()),
         })
     }
+}
 
+impl<P> WorkerListener<P> {
     async fn readable(&self) -> io::Result<()> {
         match &self.inner {
             Inner::Tcp(l) => l.readable(false).await,
@@ -102,7 +116,13 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
-pub async fn accept_loop<H: Handler>(listener: WorkerListener, worker: Rc<Worker>, handler: Rc<H>) {
+/// Accepts on `listener` until shutdown, each connection admitted by the listener's
+/// own limiter: `--connections-max`'s, or a side door's.
+pub async fn accept_loop<H: Handler>(
+    listener: WorkerListener<H::Plan>,
+    worker: Rc<Worker>,
+    handler: Rc<H>,
+) {
     let mut backoff = Duration::ZERO;
     loop {
         // Wait for a pending connection first and take a permit only then: a permit held
@@ -116,11 +136,11 @@ pub async fn accept_loop<H: Handler>(listener: WorkerListener, worker: Rc<Worker
         }
         // Drain the backlog while permits last, without polling again in between.
         loop {
-            let permit = match worker.limiter.try_acquire() {
+            let permit = match listener.limiter.try_acquire() {
                 Some(permit) => permit,
                 None => monoio::select! {
                     _ = worker.stopping() => return,
-                    permit = worker.limiter.acquire() => permit,
+                    permit = listener.limiter.acquire() => permit,
                 },
             };
             // select! picks a ready branch at random, and the per-worker notification
@@ -159,7 +179,7 @@ enum Accepted {
 
 /// Accepts one connection and spawns its handler, which holds `permit` till it ends.
 fn accept_one<H: Handler>(
-    listener: &WorkerListener,
+    listener: &WorkerListener<H::Plan>,
     worker: &Rc<Worker>,
     handler: &Rc<H>,
     permit: Permit,
@@ -181,13 +201,13 @@ fn accept_one<H: Handler>(
                     return Accepted::Next;
                 }
             };
-            worker.limiter.note_accepted();
+            listener.limiter.note_accepted();
             let handler = handler.clone();
             let admitted = worker.admit(permit);
-            let name = listener.name.clone();
+            let plan = listener.plan.clone();
             monoio::spawn(async move {
                 let _admitted = admitted;
-                handler.handle(stream, name).await;
+                handler.handle(stream, plan).await;
             });
             Accepted::Next
         }

@@ -1,5 +1,6 @@
 //! The process-wide connection limit (`--connections-max`) and the open-connection
-//! count that `--exit-idle-time` and metrics read.
+//! count that `--exit-idle-time` and metrics read; and the same kind of limit, apart,
+//! for a side door such as the metrics socket (`Admission::Own`).
 //!
 //! A permit is taken *before* accept(2), so at the limit new clients wait in the
 //! kernel's listen backlog instead of being accepted and closed (which is what

@@ -24,6 +24,7 @@ use std::time::Duration;
 use crate::activation::Listener;
 use crate::net::Stream;
 use crate::notify::Notifier;
+use accept::Entrance;
 use blocking::BlockingPool;
 pub use limit::ConnectionsMax;
 use limit::Limiter;
@@ -33,9 +34,43 @@ pub use worker::Worker;
 
 /// What a subcommand does with each accepted connection. One instance per worker.
 pub trait Handler: 'static {
-    /// `listener`: the name of the socket it arrived on (`FileDescriptorName=`, or the
-    /// `--listen` text).
-    fn handle(self: Rc<Self>, stream: Stream, listener: Rc<str>) -> impl Future<Output = ()>;
+    /// What the subcommand decided at start about one listener's connections (where
+    /// they go, what they are for), so nothing is looked up by name per connection.
+    type Plan: Clone + Send + Sync + 'static;
+
+    /// `plan`: the plan of the listener it arrived on.
+    fn handle(self: Rc<Self>, stream: Stream, plan: Rc<Self::Plan>) -> impl Future<Output = ()>;
+}
+
+/// A listening socket as the workers run it, all decided at start: how its connections
+/// are admitted, and the handler's plan for them.
+pub struct Planned<P> {
+    pub listener: Listener,
+    pub admission: Admission,
+    pub plan: P,
+}
+
+/// How a listener's connections are admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// The service's own connections: under `--connections-max`, in the accepted and
+    /// open counts, and activity for `--exit-idle-time`.
+    Counted,
+    /// At most this many at once from this listener, with a limit of its own and counted
+    /// nowhere else: a side door (metrics) that must answer while the service is full,
+    /// and cannot fill it.
+    Own(usize),
+}
+
+impl<P> Planned<P> {
+    /// A listener for the service's own connections.
+    pub fn counted(listener: Listener, plan: P) -> Planned<P> {
+        Planned {
+            listener,
+            admission: Admission::Counted,
+            plan,
+        }
+    }
 }
 
 /// Settings shared by every subcommand: how many workers, how many connections, when to stop.
@@ -73,7 +108,7 @@ pub enum Driver {
 /// Runs `make_handler`'s handlers on the listeners until a signal or `--exit-idle-time`
 /// ends it; returns once open connections drained or `shutdown_timeout` passed.
 pub fn run<H, F>(
-    listeners: Vec<Listener>,
+    listeners: Vec<Planned<H::Plan>>,
     lifecycle: &Lifecycle,
     notifier: &Notifier,
     service: &Service<'_>,
@@ -91,9 +126,9 @@ where
     // Blocked here, before any thread starts, so every worker inherits the mask.
     let signals = signals::block_signals()?;
     crate::sys::bound_free_heap_top();
-    let listeners = Arc::new(listeners);
     let shutdown = Arc::new(Shutdown::default());
     let limiter = Limiter::new(connections_max);
+    let listeners = Arc::new(entrances(listeners, &limiter));
     let pool = BlockingPool::new(lifecycle.io_threads);
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let started = start_workers(
@@ -114,7 +149,8 @@ where
         }
     };
     ring::log_driver(driver, lifecycle.threads);
-    for listener in listeners.iter() {
+    for entrance in listeners.iter() {
+        let listener = &entrance.listener;
         crate::info!("listening on {} ({})", listener.address, listener.name);
     }
     notifier.send(&format!("READY=1\nSTATUS={}", service.status));
@@ -133,11 +169,27 @@ where
     Ok(())
 }
 
+/// Each listener with the limiter its admission takes permits from: `limiter` for the
+/// counted ones, a new one of its own for each side door.
+fn entrances<P>(listeners: Vec<Planned<P>>, limiter: &Arc<Limiter>) -> Vec<Entrance<P>> {
+    listeners
+        .into_iter()
+        .map(|planned| Entrance {
+            limiter: match planned.admission {
+                Admission::Counted => limiter.clone(),
+                Admission::Own(max) => Limiter::new(max),
+            },
+            listener: planned.listener,
+            plan: planned.plan,
+        })
+        .collect()
+}
+
 /// Stops accepting and says so; the drain that follows is the supervisor's.
-fn shut_down(
+fn shut_down<P>(
     reason: &str,
     shutdown: &Shutdown,
-    listeners: Arc<Vec<Listener>>,
+    listeners: Arc<Vec<Entrance<P>>>,
     limiter: &Limiter,
     notifier: &Notifier,
 ) {
@@ -159,7 +211,7 @@ fn shut_down(
 /// Starts `threads` workers and waits until each accepts; returns the driver they run.
 fn start_workers<H, F>(
     threads: usize,
-    listeners: &Arc<Vec<Listener>>,
+    listeners: &Arc<Vec<Entrance<H::Plan>>>,
     make_handler: Arc<F>,
     shutdown: &Arc<Shutdown>,
     limiter: &Arc<Limiter>,

@@ -10,18 +10,19 @@ use std::time::Duration;
 
 use monoio::FusionRuntime;
 
-use super::accept::{accept_loop, WorkerListener};
+use super::accept::{accept_loop, Entrance, WorkerListener};
 use super::blocking::BlockingPool;
 use super::limit::{Limiter, Permit};
 use super::ring::build_runtime;
 use super::shutdown::{LocalShutdown, Shutdown, ShutdownWait};
 use super::supervisor::Finished;
 use super::{Driver, Handler};
-use crate::activation::Listener;
 
 /// Per-worker state handed to handlers.
 pub struct Worker {
     pub index: usize,
+    /// `--connections-max`'s, which the counts and `--exit-idle-time` read; a side
+    /// door's own limit stays with its listener.
     pub limiter: Arc<Limiter>,
     /// Where this worker's blocking calls run.
     pub pool: Arc<BlockingPool>,
@@ -88,9 +89,9 @@ impl Drop for Admitted {
 }
 
 /// What a worker thread starts from, all shared with the supervisor.
-pub struct Start<F> {
+pub struct Start<F, P> {
     pub index: usize,
-    pub listeners: Arc<Vec<Listener>>,
+    pub listeners: Arc<Vec<Entrance<P>>>,
     pub make_handler: Arc<F>,
     pub shutdown: Arc<Shutdown>,
     pub limiter: Arc<Limiter>,
@@ -102,7 +103,7 @@ pub struct Start<F> {
 }
 
 /// Starts worker thread `start.index`.
-pub fn spawn<H, F>(start: Start<F>) -> io::Result<()>
+pub fn spawn<H, F>(start: Start<F, H::Plan>) -> io::Result<()>
 where
     H: Handler,
     F: Fn(&Rc<Worker>) -> H + Send + Sync + 'static,
@@ -113,7 +114,7 @@ where
         .map(drop)
 }
 
-fn run_thread<H, F>(start: Start<F>)
+fn run_thread<H, F>(start: Start<F, H::Plan>)
 where
     H: Handler,
     F: Fn(&Rc<Worker>) -> H + Send + Sync + 'static,
@@ -150,7 +151,7 @@ where
             drained: RefCell::new(None),
         });
         let own_listeners = listeners.iter().map(WorkerListener::new).collect();
-        let own_listeners: Vec<WorkerListener> = match own_listeners {
+        let own_listeners: Vec<WorkerListener<H::Plan>> = match own_listeners {
             Ok(l) => l,
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -169,7 +170,7 @@ where
 /// Accepts on every listener until shutdown, then waits for this worker's connections.
 async fn serve<H: Handler>(
     worker: Rc<Worker>,
-    listeners: Vec<WorkerListener>,
+    listeners: Vec<WorkerListener<H::Plan>>,
     handler: Rc<H>,
     shutdown: Arc<Shutdown>,
 ) {

@@ -1,0 +1,112 @@
+//! What each listening socket's connections get, decided once at start: forwarded to
+//! their target under `--connections-max`, or answered with metrics beside it.
+
+use super::metrics::METRICS_LISTENER;
+use super::Targets;
+use crate::activation::Listener;
+use crate::runtime::{Admission, Planned};
+
+/// Scrapes answered at once on one metrics socket (all workers together), apart from
+/// `--connections-max`. A scraper
+/// holds one connection per scrape, and scrapes take milliseconds: 16 leave room for a
+/// Prometheus pair, an agent and a person with curl at the same moment, while silent
+/// connections can hold no more than 16 fds (inside the 64 kept back from the limit's
+/// fit to the fd limit) for at most the 5 s read timeout each; more wait in the
+/// listen backlog.
+pub const METRICS_CONNECTIONS_MAX: usize = 16;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenerPlan {
+    /// Forwarded to target `target` of [`Targets`]; `name` for `--proxy-protocol-on`.
+    Forward { name: String, target: usize },
+    /// Answered with the Prometheus text.
+    Metrics,
+}
+
+/// Every listener's plan. A socket named `metrics` serves metrics unless a NAME=TARGET
+/// claims the name; every other socket must have a target (the error says which not).
+pub fn plan(
+    listeners: Vec<Listener>,
+    targets: &Targets,
+) -> Result<Vec<Planned<ListenerPlan>>, String> {
+    targets.check(&listeners)?;
+    listeners
+        .into_iter()
+        .map(|listener| {
+            let name = listener.name.clone();
+            if name == METRICS_LISTENER && !targets.names(&name) {
+                return Ok(Planned {
+                    listener,
+                    admission: Admission::Own(METRICS_CONNECTIONS_MAX),
+                    plan: ListenerPlan::Metrics,
+                });
+            }
+            match targets.for_listener(&name) {
+                Some((target, _)) => Ok(Planned::counted(
+                    listener,
+                    ListenerPlan::Forward { name, target },
+                )),
+                None => Err(format!(
+                    "the socket named {name} has no NAME=TARGET (FileDescriptorName= in the \
+                     .socket unit, or the --listen text)"
+                )),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activation::Family;
+
+    fn listeners(names: &[&str]) -> Vec<Listener> {
+        names
+            .iter()
+            .map(|name| Listener {
+                fd: std::fs::File::open("/dev/null").unwrap().into(),
+                family: Family::Tcp,
+                name: name.to_string(),
+                address: "?".into(),
+                owned_path: None,
+            })
+            .collect()
+    }
+
+    fn plans(names: &[&str], targets: &[&str]) -> Result<Vec<(Admission, ListenerPlan)>, String> {
+        let targets = Targets::parse(&targets.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let planned = plan(listeners(names), &targets)?;
+        Ok(planned.into_iter().map(|p| (p.admission, p.plan)).collect())
+    }
+
+    fn forward(name: &str, target: usize) -> (Admission, ListenerPlan) {
+        let name = name.to_string();
+        (Admission::Counted, ListenerPlan::Forward { name, target })
+    }
+
+    #[test]
+    fn the_metrics_socket_has_a_limit_of_its_own_unless_a_target_claims_it() {
+        let metrics = (
+            Admission::Own(METRICS_CONNECTIONS_MAX),
+            ListenerPlan::Metrics,
+        );
+        assert_eq!(
+            plans(&["web", "metrics"], &["/run/a.sock"]),
+            Ok(vec![forward("web", 0), metrics.clone()])
+        );
+        assert_eq!(
+            plans(
+                &["api", "metrics", "admin"],
+                &["api=/run/a.sock", "admin=/run/b.sock"]
+            ),
+            Ok(vec![forward("api", 0), metrics, forward("admin", 1)])
+        );
+        assert_eq!(
+            plans(&["metrics"], &["metrics=/run/m.sock"]),
+            Ok(vec![forward("metrics", 0)])
+        );
+        assert!(plans(&["api", "other"], &["api=/run/a.sock"])
+            .unwrap_err()
+            .contains("the socket named other has no NAME=TARGET"));
+    }
+}
