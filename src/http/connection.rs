@@ -303,10 +303,16 @@ impl Responder<'_> {
         if let Err(e) = self.flush(true).await {
             return (0, Err(e));
         }
+        let settings = &self.handler.shared.settings;
+        // A file body comes only from the root.
+        let Some(root) = &settings.root else {
+            return (0, Err(io::Error::other("a file body without a root")));
+        };
         let mut sent = files::Sent::default();
-        let stall = self.handler.shared.settings.keepalive_timeout;
+        let stall = settings.keepalive_timeout;
         let result = files::send_file(
             &self.stream,
+            root,
             &body.file,
             body.pages,
             (body.offset, body.len),

@@ -9,7 +9,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::disk::{self, Pages};
+use super::disk;
+use super::pages::Pages;
+use super::root::Root;
 use crate::net::Stream;
 
 /// Bytes checked for residency, and sent, at a time: one check stands for a whole chunk,
@@ -34,6 +36,7 @@ pub struct Sent {
 /// dropped after `stall` without progress.
 pub async fn send_file(
     stream: &Stream,
+    root: &Arc<Root>,
     file: &Arc<File>,
     pages: Pages,
     (offset, len): (u64, u64),
@@ -51,12 +54,12 @@ pub async fn send_file(
     while off < end {
         if off >= cached_until {
             let chunk = (end - off).min(CHUNK);
-            if pages.worker_may_send() && disk::cached(file, pages, off, chunk) {
+            if root.pages.worker_may_send(pages) && root.pages.cached(file, pages, off, chunk) {
                 cached_until = off + chunk;
             } else {
                 let socket = thread_socket(&mut socket_for_thread, stream)?;
                 sent.disk_turns += 1;
-                match disk::send(socket, file, pages, off, chunk, stall).await {
+                match disk::send(socket, root, file, pages, off, chunk, stall).await {
                     Ok(n) => {
                         advance(&mut off, n, sent)?;
                         sent.from_disk += n as u64;

@@ -7,13 +7,15 @@ mod conditional;
 mod disk;
 mod listing;
 mod mime;
+mod pages;
 mod path;
 mod root;
 mod walk;
 
 pub use body::{append_if_cached, send_file, Sent};
 pub use conditional::{parse_range, plan, FileInfo, Plan, RangeSpec};
-pub use disk::{list, open, Pages};
+pub use disk::{list, open};
 pub use mime::content_type;
+pub use pages::Pages;
 pub use path::{percent_encode, RelPath};
 pub use root::{Kind, Root};

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::conditional::FileInfo;
-use super::disk::Pages;
+use super::pages::{PageTables, Pages};
 use super::path::RelPath;
 use super::walk;
 use crate::http::response::{self, Status};
@@ -27,6 +27,8 @@ pub struct Root {
     /// `None` on FUSE and network file systems, whose cached pages the worker never
     /// touches (an open may invalidate them, a read may wait on a server).
     local_dev: Option<(u32, u32)>,
+    /// What the workers know of where this tree's pages are.
+    pub pages: PageTables,
 }
 
 const OPEN_FLAGS: libc::c_int =
@@ -63,6 +65,7 @@ impl Root {
             autoindex,
             openat2: AtomicBool::new(true),
             local_dev,
+            pages: PageTables::default(),
         })
     }
 
@@ -146,12 +149,13 @@ impl Root {
                 _ => return Err(open_status(e)),
             }
         }
-        match walk::open_beneath(
+        let found = walk::open_beneath(
             self.dir.as_fd(),
             &self.canonical,
             rel.as_bytes(),
             OPEN_FLAGS,
-        )? {
+        );
+        match found.map_err(open_status)? {
             walk::Found::File(file) => Ok(file),
             walk::Found::Other => Err(response::FORBIDDEN),
         }
@@ -167,7 +171,7 @@ impl Root {
     }
 }
 
-pub(super) fn open_status(e: io::Error) -> Status {
+fn open_status(e: io::Error) -> Status {
     match e.raw_os_error() {
         Some(libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) => response::NOT_FOUND,
         // ENXIO: a socket or a device with no driver; never served, like FIFOs.

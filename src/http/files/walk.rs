@@ -11,10 +11,9 @@
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-
-use crate::http::response::{self, Status};
 
 /// Symlinks followed for one path at most, as the kernel's MAXSYMLINKS.
 const MAX_LINKS: usize = 40;
@@ -33,13 +32,15 @@ pub enum Found {
 
 /// Opens `rel` (decoded and normalised, relative to the root) under `root`, whose
 /// canonical path is `canonical`, following symlinks only while they stay inside.
-/// `flags`: how to open the last component (O_NOFOLLOW is added).
+/// `flags`: how to open the last component (O_NOFOLLOW is added). Errors are what the
+/// kernel would say: EXDEV for an escape (as `RESOLVE_BENEATH`), ELOOP for too many
+/// links, ENOTDIR for a file with more path after it.
 pub fn open_beneath(
     root: BorrowedFd<'_>,
     canonical: &Path,
     rel: &[u8],
     flags: libc::c_int,
-) -> Result<Found, Status> {
+) -> io::Result<Found> {
     let mut walk = Walk {
         dirs: Vec::new(),
         pending: components(rel).rev().map(<[u8]>::to_vec).collect(),
@@ -50,35 +51,39 @@ pub fn open_beneath(
             b"" | b"." => continue,
             b".." => {
                 // Popping past the root would climb out of it.
-                walk.dirs.pop().ok_or(response::FORBIDDEN)?;
+                walk.dirs.pop().ok_or_else(escape)?;
                 continue;
             }
             _ => {}
         }
         let dir = walk.dirs.last().map_or(root, |d| d.as_fd());
-        let name = CString::new(name).map_err(|_| response::BAD_REQUEST)?;
-        let entry = crate::sys::open_path_nofollow(dir, &name).map_err(super::root::open_status)?;
+        let name = CString::new(name).map_err(|_| errno(libc::EINVAL))?;
+        let entry = crate::sys::open_path_nofollow(dir, &name)?;
         let last = walk.pending.is_empty();
         match file_type(entry.as_fd())? {
             libc::S_IFLNK => walk.follow(entry.as_fd(), canonical)?,
             libc::S_IFDIR if !last => walk.dirs.push(entry),
-            // A file with more path after it: ENOTDIR, as open(2) would say.
-            _ if !last => return Err(response::NOT_FOUND),
+            _ if !last => return Err(errno(libc::ENOTDIR)),
             libc::S_IFDIR | libc::S_IFREG => {
                 // O_NOFOLLOW: if the name became a symlink since the lookup, it fails
-                // (ELOOP, 403) instead of following it.
-                let file = crate::sys::open_nofollow(dir, &name, flags)
-                    .map_err(super::root::open_status)?;
-                return Ok(Found::File(file));
+                // (ELOOP) instead of following it.
+                return crate::sys::open_nofollow(dir, &name, flags).map(Found::File);
             }
             _ => return Ok(Found::Other),
         }
     }
     // Only `.` and `..` components: the root itself, or a directory on our stack.
     let dir = walk.dirs.last().map_or(root, |d| d.as_fd());
-    crate::sys::open_nofollow(dir, DOT, flags)
-        .map(Found::File)
-        .map_err(super::root::open_status)
+    crate::sys::open_nofollow(dir, DOT, flags).map(Found::File)
+}
+
+fn errno(code: libc::c_int) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+/// An escape from the root, said as openat2's RESOLVE_BENEATH says it.
+fn escape() -> io::Error {
+    errno(libc::EXDEV)
 }
 
 /// The walk so far: the directories entered below the root, and the components still to
@@ -93,16 +98,16 @@ impl Walk {
     /// Puts the target of the symlink `link` in front of what is left to look up: a
     /// relative target from the directory the link is in, an absolute one from the root
     /// when it names a place under the root's canonical path (else the walk is refused).
-    fn follow(&mut self, link: BorrowedFd<'_>, canonical: &Path) -> Result<(), Status> {
+    fn follow(&mut self, link: BorrowedFd<'_>, canonical: &Path) -> io::Result<()> {
         self.links += 1;
         if self.links > MAX_LINKS {
-            return Err(response::FORBIDDEN);
+            return Err(errno(libc::ELOOP));
         }
-        let target = crate::sys::read_link_fd(link).map_err(super::root::open_status)?;
+        let target = crate::sys::read_link_fd(link)?;
         let rest = match target.strip_prefix(b"/") {
             None => &target[..],
             Some(absolute) => {
-                let inside = strip_root(absolute, canonical).ok_or(response::FORBIDDEN)?;
+                let inside = strip_root(absolute, canonical).ok_or_else(escape)?;
                 self.dirs.clear();
                 inside
             }
@@ -144,9 +149,8 @@ fn components(path: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
 }
 
 /// The `S_IFMT` bits of what `fd` refers to.
-fn file_type(fd: BorrowedFd<'_>) -> Result<u32, Status> {
-    let stat = crate::sys::stat_cached(std::os::fd::AsRawFd::as_raw_fd(&fd))
-        .map_err(super::root::open_status)?;
+fn file_type(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let stat = crate::sys::stat_cached(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
     Ok(u32::from(stat.stx_mode) & libc::S_IFMT)
 }
 
