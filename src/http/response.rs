@@ -5,6 +5,8 @@
 //! worker.
 
 use std::cell::Cell;
+use std::io::Write;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// A status code with its reason phrase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,101 +194,26 @@ pub fn unix_now_coarse() -> i64 {
     ts.tv_sec
 }
 
-const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-const MONTHS: [&[u8; 3]; 12] = [
-    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
-];
+/// The last second httpdate formats (9999-12-31T23:59:59Z).
+const LAST_FORMATTABLE: u64 = 253_402_300_799;
 
-/// Formats seconds since the epoch as an IMF-fixdate (RFC 9110 §5.6.7).
+/// Formats seconds since the epoch as an IMF-fixdate (RFC 9110 §5.6.7). A time before
+/// 1970 (a file's mtime can be) is written as the epoch, one after 9999 as its end.
 pub fn format_http_date(secs: i64) -> [u8; DATE_LEN] {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
-    out[..3].copy_from_slice(DAYS[days.rem_euclid(7) as usize]);
-    two(&mut out[5..7], day as i64);
-    out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
-    let year = year.clamp(0, 9999);
-    two(&mut out[12..14], year / 100);
-    two(&mut out[14..16], year % 100);
-    two(&mut out[17..19], rem / 3600);
-    two(&mut out[20..22], rem / 60 % 60);
-    two(&mut out[23..25], rem % 60);
+    let secs = secs.clamp(0, LAST_FORMATTABLE as i64) as u64;
+    let date = httpdate::HttpDate::from(UNIX_EPOCH + Duration::from_secs(secs));
+    let mut out = [b' '; DATE_LEN];
+    // An IMF-fixdate is exactly DATE_LEN bytes: the write cannot fall short.
+    let _ = write!(&mut out[..], "{date}");
     out
-}
-
-fn two(out: &mut [u8], n: i64) {
-    out[0] = b'0' + (n / 10) as u8;
-    out[1] = b'0' + (n % 10) as u8;
 }
 
 /// Parses an IMF-fixdate, or the obsolete RFC 850 and asctime forms recipients must
 /// still accept (RFC 9110 §5.6.7). `None` means "not a date": the header is ignored.
 pub fn parse_http_date(text: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(text).ok()?.trim();
-    let parts: Vec<&str> = text.split([' ', ',']).filter(|s| !s.is_empty()).collect();
-    // Only plain digits of the lengths the formats have: signs, spaces and long numbers
-    // would overflow the arithmetic below (found by fuzzing).
-    let (day, month, year, time) = match parts.as_slice() {
-        // Sun, 06 Nov 1994 08:49:37 GMT
-        [_, day, month, year, time, "GMT"] => (*day, *month, digits(year, 4, 4)?, *time),
-        // Sunday, 06-Nov-94 08:49:37 GMT
-        [_, date, time, "GMT"] => {
-            let mut it = date.split('-');
-            let (day, month, year) = (it.next()?, it.next()?, it.next()?);
-            let year = digits(year, 2, 2)?;
-            // Two-digit years: RFC 9110 says read them as the most recent past century.
-            (
-                day,
-                month,
-                if year < 70 { 2000 + year } else { 1900 + year },
-                *time,
-            )
-        }
-        // Sun Nov  6 08:49:37 1994
-        [_, month, day, time, year] => (*day, *month, digits(year, 4, 4)?, *time),
-        _ => return None,
-    };
-    let day = digits(day, 1, 2)?;
-    let month = MONTHS
-        .iter()
-        .position(|m| m.as_slice() == month.as_bytes())? as i64
-        + 1;
-    let mut hms = time.split(':').map(|p| digits(p, 2, 2));
-    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
-    if hms.next().is_some() || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
-}
-
-/// A number written with `min..=max` ASCII digits and nothing else.
-fn digits(text: &str, min: usize, max: usize) -> Option<i64> {
-    let ok = (min..=max).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
-    ok.then(|| text.bytes().fold(0, |n, b| n * 10 + i64::from(b - b'0')))
-}
-
-/// Howard Hinnant's days-from-civil algorithm (proleptic Gregorian calendar).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let time = httpdate::parse_http_date(text).ok()?;
+    Some(time.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64)
 }
 
 #[cfg(test)]
@@ -319,6 +246,12 @@ mod tests {
             assert_eq!(parse_http_date(&format_http_date(secs)), Some(secs));
         }
         assert_eq!(parse_http_date(b"yesterday"), None);
+        // Outside what can be written: the nearest that can.
+        assert_eq!(&format_http_date(-1), b"Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            &format_http_date(i64::MAX),
+            b"Fri, 31 Dec 9999 23:59:59 GMT"
+        );
         assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 25:49:37 GMT"), None);
     }
 
