@@ -8,7 +8,7 @@
 //! syscalls that wait for readiness only when the socket buffer is full.
 
 pub mod access_log;
-mod answer;
+pub mod answer;
 pub mod api;
 mod connection;
 pub mod files;
