@@ -4,8 +4,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ringsock::http::files::{self, FileInfo};
 use ringsock::http::answer::{Answer, Body, ContentRange, FileBody};
+use ringsock::http::files::{self, FileInfo};
 use ringsock::http::response::{self, Connection};
 use ringsock::http::{api, request, route};
 

@@ -313,6 +313,17 @@ fn hanging_read_delays_nothing(driver: Driver) -> bool {
         ))
     );
 
+    // A disk error only the server can explain: 500, and one log line naming the file
+    // and the error.
+    match fetch(addr, "/hang/eio.deb", PROBE_LIMIT) {
+        Ok((500, _)) => {}
+        other => panic!("{}", report(&format!("GET /hang/eio.deb: {other:?}"))),
+    }
+    server.wait_for_log(
+        "failed to open hang/eio.deb under --root: Input/output error (os error 5); answered 500",
+        Duration::from_secs(5),
+    );
+
     // Only requests made while the file hung prove anything: the hung GETs must still
     // be waiting (a server that gave up on them early would pass vacuously).
     let still_hung = hung.iter().filter(|h| !h.is_finished()).count();

@@ -6,6 +6,7 @@
 //! proxy or a fully cached mirror keeps none.
 
 use std::collections::VecDeque;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -135,10 +136,12 @@ impl monoio::blocking::ThreadPool for PoolHandle {
     }
 }
 
-/// Runs `f` on the pool and waits for it without blocking the worker. `None` when the
-/// task could not run (the pool dropped it), which callers treat as an internal error.
-pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    monoio::spawn_blocking(f).await.ok()
+/// Runs `f` on the pool and waits for it without blocking the worker. An error when the
+/// call could not run (the pool dropped it).
+pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    monoio::spawn_blocking(f).await.map_err(|_| {
+        io::Error::other("an I/O thread dropped the call (no thread could be started to run it)")
+    })
 }
 
 #[cfg(test)]

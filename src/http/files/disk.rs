@@ -24,22 +24,20 @@ pub async fn open(
     offloaded: &mut bool,
 ) -> Result<(File, Kind), Status> {
     if let Some(file) = root.open_cached(rel)? {
-        let kind = root
-            .kind(&file, now)
-            .map_err(|_| response::INTERNAL_SERVER_ERROR)?;
+        let kind = root.kind(&file, rel, now)?;
         return Ok((file, kind));
     }
     *offloaded = true;
     let (root, rel) = (root.clone(), rel.clone());
-    blocking::run(move || {
+    let opened = blocking::run(move || {
         let file = root.open(&rel)?;
-        let kind = root
-            .kind(&file, now)
-            .map_err(|_| response::INTERNAL_SERVER_ERROR)?;
+        let kind = root.kind(&file, &rel, now)?;
         Ok((file, kind))
+    });
+    opened.await.unwrap_or_else(|e| {
+        crate::warn!("failed to open a file: {e}; answered 500");
+        Err(response::INTERNAL_SERVER_ERROR)
     })
-    .await
-    .unwrap_or(Err(response::INTERNAL_SERVER_ERROR))
 }
 
 /// An `--autoindex` listing of `dir`, made on an I/O thread: reading a directory that
@@ -49,8 +47,7 @@ pub async fn list(dir: File, url_path: Vec<u8>) -> io::Result<Vec<u8>> {
         let mut html = Vec::new();
         super::listing::autoindex(&dir, &url_path, &mut html).map(|()| html)
     })
-    .await
-    .unwrap_or_else(|| Err(io::Error::other("the I/O thread dropped the listing")))
+    .await?
 }
 
 /// One sendfile(2) of up to `len` bytes from `offset` on an I/O thread, which may wait
@@ -88,10 +85,7 @@ pub async fn send(
         (result, socket)
     });
     monoio::select! {
-        done = job => match done {
-            Some((result, _socket)) => result,
-            None => Err(io::Error::other("the I/O thread dropped a file read")),
-        },
+        done = job => done.and_then(|(result, _socket)| result),
         _ = monoio::time::sleep(stall) => {
             // The thread's copy keeps the socket open: end the connection for both.
             crate::sys::shutdown_both(raw_socket);

@@ -77,7 +77,7 @@ impl Root {
         if !self.openat2.load(Ordering::Relaxed) || self.local_dev.is_none() {
             return Ok(None);
         }
-        let rel = rel.as_c_str().ok_or(response::BAD_REQUEST)?;
+        let c_rel = rel.as_c_str().ok_or(response::BAD_REQUEST)?;
         // RESOLVE_NO_XDEV: a path into another mount (maybe FUSE or NFS, whose open can
         // wait on its server) is opened by an I/O thread.
         let cached = libc::RESOLVE_CACHED | libc::RESOLVE_NO_XDEV;
@@ -86,7 +86,7 @@ impl Root {
         } else {
             cached | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS
         };
-        match self.openat2(rel, resolve) {
+        match self.openat2(c_rel, resolve) {
             Ok(file) => Ok(Some(file)),
             Err(e) => match e.raw_os_error() {
                 // Not cached, an absolute symlink to decide by where it leads, or no
@@ -96,7 +96,7 @@ impl Root {
                 }
                 // EINVAL: a kernel before 5.12 does not know RESOLVE_CACHED.
                 Some(libc::EINVAL) => Ok(None),
-                _ => Err(open_status(e)),
+                _ => Err(open_status(e, rel)),
             },
         }
     }
@@ -129,7 +129,7 @@ impl Root {
     pub fn open(&self, rel: &RelPath) -> Result<File, Status> {
         let c_rel = rel.as_c_str().ok_or(response::BAD_REQUEST)?;
         if self.follow_symlinks {
-            return self.openat(c_rel).map_err(open_status);
+            return self.openat(c_rel).map_err(|e| open_status(e, rel));
         }
         if self.openat2.load(Ordering::Relaxed) {
             // RESOLVE_BENEATH makes the kernel refuse any escape in the one open call.
@@ -146,7 +146,7 @@ impl Root {
                     crate::debug!("openat2 is unavailable ({e}); resolving symlinks by hand");
                     self.openat2.store(false, Ordering::Relaxed);
                 }
-                _ => return Err(open_status(e)),
+                _ => return Err(open_status(e, rel)),
             }
         }
         let found = walk::open_beneath(
@@ -155,7 +155,7 @@ impl Root {
             rel.as_bytes(),
             OPEN_FLAGS,
         );
-        match found.map_err(open_status)? {
+        match found.map_err(|e| open_status(e, rel))? {
             walk::Found::File(file) => Ok(file),
             walk::Found::Other => Err(response::FORBIDDEN),
         }
@@ -171,7 +171,20 @@ impl Root {
     }
 }
 
-fn open_status(e: io::Error) -> Status {
+/// What a failed open is answered; a 500 also leaves a log line naming the path and the
+/// cause, since nothing the client did explains it.
+fn open_status(e: io::Error, rel: &RelPath) -> Status {
+    let status = errno_status(&e);
+    if status == response::INTERNAL_SERVER_ERROR {
+        crate::warn!(
+            "failed to open {} under --root: {e}; answered 500",
+            String::from_utf8_lossy(rel.as_bytes())
+        );
+    }
+    status
+}
+
+fn errno_status(e: &io::Error) -> Status {
     match e.raw_os_error() {
         Some(libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) => response::NOT_FOUND,
         // ENXIO: a socket or a device with no driver; never served, like FIFOs.
@@ -197,8 +210,14 @@ impl Root {
     /// What `file` is; `now` (seconds since the epoch) bounds a file's Last-Modified.
     /// Asks only for attributes the kernel holds for an open file, so it never waits for
     /// the disk or a FUSE daemon.
-    pub fn kind(&self, file: &File, now: i64) -> io::Result<Kind> {
-        let stat = crate::sys::stat_cached(file.as_raw_fd())?;
+    pub fn kind(&self, file: &File, rel: &RelPath, now: i64) -> Result<Kind, Status> {
+        let stat = crate::sys::stat_cached(file.as_raw_fd()).map_err(|e| {
+            crate::warn!(
+                "failed to stat {} under --root: {e}; answered 500",
+                String::from_utf8_lossy(rel.as_bytes())
+            );
+            response::INTERNAL_SERVER_ERROR
+        })?;
         Ok(match u32::from(stat.stx_mode) & libc::S_IFMT {
             libc::S_IFREG => Kind::File(
                 FileInfo::new(stat.stx_size, stat.stx_mtime.tv_sec, now),
