@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::activation::ListenAddr;
 use crate::log::Level;
-use crate::net::client::{ClientRules, PerClient, Prefixes, RateLimit};
+use crate::net::client::{ClientRules, PerClient, Prefixes, RequestRate};
 use crate::net::proxy_header::{self, TrustedPeers};
 use crate::proxy::Targets;
 use crate::runtime::{ConnectionsMax, Lifecycle};
@@ -267,7 +267,7 @@ const FDS_PER_HTTP_CONNECTION: usize = 3;
 const PROXY_IO_THREADS: usize = 4;
 
 /// `--per-client-rate R` (or `R/s`) and `--per-client-burst N`.
-fn rate_limit(rate: Option<&str>, burst: Option<u32>) -> Result<Option<RateLimit>, String> {
+fn rate_limit(rate: Option<&str>, burst: Option<u32>) -> Result<Option<RequestRate>, String> {
     let Some(text) = rate else {
         return match burst {
             Some(_) => Err("--per-client-burst needs --per-client-rate".into()),
@@ -284,7 +284,7 @@ fn rate_limit(rate: Option<&str>, burst: Option<u32>) -> Result<Option<RateLimit
     };
     match burst {
         Some(0) => Err("--per-client-burst must be at least 1".into()),
-        burst => Ok(Some(RateLimit::new(
+        burst => Ok(Some(RequestRate::new(
             per_second,
             burst.unwrap_or(per_second),
         ))),
@@ -307,7 +307,7 @@ impl CommonArgs {
         self,
         fds_per_connection: usize,
         io_threads: usize,
-        rate: Option<RateLimit>,
+        rate: Option<RequestRate>,
     ) -> Result<Common, String> {
         let per_client = self.per_client()?;
         let connections_max = match self.connections_max {

@@ -11,6 +11,7 @@ pub mod net;
 pub mod notify;
 pub mod proxy;
 pub mod runtime;
+pub mod sync;
 pub mod sys;
 pub mod timespan;
 

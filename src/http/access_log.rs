@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::runtime::shutdown::lock;
+use crate::log::RateLimit;
 use crate::runtime::Worker;
+use crate::sync::lock;
 
 /// A worker's buffer is written out at this size...
 const FLUSH_AT: usize = 32 * 1024;
@@ -36,8 +37,8 @@ pub struct AccessLog {
     pub lines_lost: AtomicU64,
     /// Writes handed to I/O threads and not done yet: a stopping worker waits for them.
     in_flight: AtomicUsize,
-    /// When the last failure was warned about, so a full disk is not a log flood.
-    last_warning: Mutex<Option<Instant>>,
+    /// A full disk must not become a flood of warnings: one a minute.
+    lost_warnings: RateLimit,
 }
 
 impl AccessLog {
@@ -51,7 +52,7 @@ impl AccessLog {
             lines: AtomicU64::new(0),
             lines_lost: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
-            last_warning: Mutex::new(None),
+            lost_warnings: RateLimit::new(Duration::from_secs(60)),
         });
         log.reopen();
         log
@@ -106,12 +107,8 @@ impl AccessLog {
     }
 
     fn warn_lost(&self, e: &io::Error, count: u64) {
-        let mut last = lock(&self.last_warning);
-        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
-            return;
-        }
-        *last = Some(Instant::now());
-        crate::warn!(
+        crate::warn_limited!(
+            self.lost_warnings,
             "failed to write {count} lines to --access-log {}: {e}; serving goes on, lost lines \
              are counted in ringsock_access_log_lines_lost_total (said at most once a minute)",
             self.describe()

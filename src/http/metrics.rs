@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::runtime::shutdown::lock;
+use crate::sync::lock;
 
 /// One worker's counters. Aligned so two workers never share a cache line.
 #[repr(align(128))]

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use super::proxy_header::{self, Origin, TrustedPeers};
 use super::Stream;
-use crate::runtime::shutdown::lock;
+use crate::sync::lock;
 
 const SHARDS: usize = 16;
 
@@ -30,7 +30,7 @@ pub struct ClientRules {
     pub header_listeners: Vec<String>,
     pub prefixes: Prefixes,
     pub per_client: Option<PerClient>,
-    pub rate: Option<RateLimit>,
+    pub rate: Option<RequestRate>,
 }
 
 /// What makes one client: an address masked to these lengths.
@@ -124,7 +124,7 @@ impl ClientRules {
 
 /// `--per-client-rate` with `--per-client-burst`: a token bucket per client prefix.
 #[derive(Debug)]
-pub struct RateLimit {
+pub struct RequestRate {
     per_second: f64,
     burst: f64,
     shards: [Mutex<HashMap<u128, Bucket>>; SHARDS],
@@ -142,9 +142,9 @@ struct Bucket {
 /// rather than the table growing: a flood of addresses cannot take the memory.
 const BUCKETS_PER_SHARD: usize = 4096;
 
-impl RateLimit {
-    pub fn new(per_second: u32, burst: u32) -> RateLimit {
-        RateLimit {
+impl RequestRate {
+    pub fn new(per_second: u32, burst: u32) -> RequestRate {
+        RequestRate {
             per_second: f64::from(per_second),
             burst: f64::from(burst.max(1)),
             shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn a_bucket_allows_its_burst_then_its_rate() {
-        let rate = RateLimit::new(1000, 5);
+        let rate = RequestRate::new(1000, 5);
         let key = Prefixes::default().key("192.0.2.1".parse().unwrap());
         for _ in 0..5 {
             assert_eq!(rate.allow(key), Ok(()));
@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn rate_buckets_are_bounded() {
-        let rate = RateLimit::new(1, 1);
+        let rate = RequestRate::new(1, 1);
         for i in 0..(BUCKETS_PER_SHARD * SHARDS * 2) as u128 {
             let _ = rate.allow(i << 64);
         }

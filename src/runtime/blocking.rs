@@ -62,8 +62,8 @@ impl BlockingPool {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panicking task cannot leave the queue half-updated: recover the guard.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        // A panicking task cannot leave the queue half-updated.
+        crate::sync::lock(&self.state)
     }
 
     fn schedule(self: &Arc<Self>, task: BlockingTask) {

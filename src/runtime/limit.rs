@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
-use super::shutdown::lock;
+use crate::sync::lock;
 
 /// `--connections-max` as given, or its default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

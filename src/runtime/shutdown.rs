@@ -8,6 +8,8 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::task::{Context, Poll, Waker};
 
 /// Process-wide: set once by the supervisor, waited on by one task per worker.
@@ -43,13 +45,6 @@ impl Shutdown {
             }
         })
     }
-}
-
-/// A mutex poisoned by a panicking thread still holds a usable list of wakers.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Per-worker and single-threaded, so waiting costs no atomics or locks.
