@@ -110,6 +110,7 @@ impl Version {
 /// and `local` (the address it connected to): v1 `PROXY TCP4|TCP6 SRC DST SPORT DPORT`
 /// or `PROXY UNKNOWN` when either is not IP or the families differ; v2 PROXY with
 /// TCP4/TCP6, or the Unix-stream family with `local_path` for a Unix-socket client.
+/// Built by `ppp`, which also parses what balancers send us.
 pub fn encode(
     version: Version,
     client: Option<SocketAddr>,
@@ -122,55 +123,31 @@ pub fn encode(
     };
     match version {
         Version::V1 => match pair {
-            Some((c, l)) => format!(
-                "PROXY {} {} {} {} {}\r\n",
-                if c.is_ipv4() { "TCP4" } else { "TCP6" },
-                c.ip(),
-                l.ip(),
-                c.port(),
-                l.port()
-            )
-            .into_bytes(),
-            None => b"PROXY UNKNOWN\r\n".to_vec(),
-        },
+            Some(pair) => ppp::v1::Addresses::from(pair),
+            None => ppp::v1::Addresses::Unknown,
+        }
+        .to_string()
+        .into_bytes(),
         Version::V2 => encode_v2(pair, local_path),
     }
 }
 
 fn encode_v2(pair: Option<(SocketAddr, SocketAddr)>, local_path: Option<&[u8]>) -> Vec<u8> {
-    let (family, body) = match pair {
-        Some((SocketAddr::V4(c), SocketAddr::V4(l))) => {
-            let mut b = Vec::with_capacity(12);
-            b.extend_from_slice(&c.ip().octets());
-            b.extend_from_slice(&l.ip().octets());
-            b.extend_from_slice(&c.port().to_be_bytes());
-            b.extend_from_slice(&l.port().to_be_bytes());
-            (0x11, b)
+    use ppp::v2::{AddressFamily, Builder, Command, Protocol, Unix};
+    let proxy = ppp::v2::Version::Two | Command::Proxy;
+    let builder = match (pair, local_path) {
+        (Some(pair), _) => Builder::with_addresses(proxy, Protocol::Stream, pair),
+        // A Unix-socket client: its own name (usually none) and the listener's path.
+        (None, Some(path)) => {
+            let mut listener = [0u8; 108];
+            let n = path.len().min(107);
+            listener[..n].copy_from_slice(&path[..n]);
+            Builder::with_addresses(proxy, Protocol::Stream, Unix::new([0; 108], listener))
         }
-        Some((SocketAddr::V6(c), SocketAddr::V6(l))) => {
-            let mut b = Vec::with_capacity(36);
-            b.extend_from_slice(&c.ip().octets());
-            b.extend_from_slice(&l.ip().octets());
-            b.extend_from_slice(&c.port().to_be_bytes());
-            b.extend_from_slice(&l.port().to_be_bytes());
-            (0x21, b)
-        }
-        _ => match local_path {
-            // A Unix-socket client: its own name (usually none) and the listener's path.
-            Some(path) => {
-                let mut b = vec![0u8; 216];
-                let n = path.len().min(107);
-                b[108..108 + n].copy_from_slice(&path[..n]);
-                (0x31, b)
-            }
-            None => (0x00, Vec::new()),
-        },
+        (None, None) => Builder::new(proxy, AddressFamily::Unspecified | Protocol::Unspecified),
     };
-    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    h.extend_from_slice(&[0x21, family]);
-    h.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    h.extend_from_slice(&body);
-    h
+    // Building into a Vec fails only on a length over 64 KiB, which no address reaches.
+    builder.build().unwrap_or_default()
 }
 
 fn unmapped(addr: SocketAddr) -> SocketAddr {
@@ -329,6 +306,11 @@ mod tests {
                 Ok((Origin::Client(client), bytes.len()))
             );
         }
+        assert_eq!(
+            encode(Version::V2, None, None, None),
+            b"\r\n\r\n\0\r\nQUIT\n\x21\x00\x00\x00",
+            "neither IP nor Unix: PROXY with the UNSPEC family and no addresses"
+        );
         let unix = encode(Version::V2, None, None, Some(b"/run/front.sock"));
         assert_eq!(unix.len(), 16 + 216);
         assert_eq!(unix[13], 0x31);
