@@ -23,7 +23,6 @@ use crate::net::{is_disconnect, Duplex, Stream};
 use crate::runtime::limit::Limiter;
 use crate::runtime::{Handler, Worker};
 pub use forward::forward;
-use forward::Moved;
 pub use pipe::{PipeBudget, PipePool};
 use resolve::Resolver;
 pub use target::Target;
@@ -70,6 +69,8 @@ pub struct ProxyHandler {
     /// One per target, index-aligned with [`Targets`]: each caches its own host lookup.
     resolvers: Vec<Resolver>,
     pipes: Rc<PipePool>,
+    /// This worker's byte counters, which its connections add to as bytes move.
+    bytes: Arc<metrics::WorkerBytes>,
     limiter: Arc<Limiter>,
     /// An fd held in reserve: when the accepted clients have taken every fd, closing it
     /// lets one of them reach the target, so one connection goes on and, once it
@@ -97,6 +98,7 @@ impl ProxyHandler {
             resolvers: (0..settings.target.count())
                 .map(|_| Resolver::default())
                 .collect(),
+            bytes: settings.counters.register(),
             settings,
             pipes,
             limiter: worker.limiter.clone(),
@@ -270,17 +272,16 @@ impl ProxyHandler {
             }
         }
         let (client, upstream) = (Duplex::new(client), Duplex::new(upstream));
-        let mut moved = Moved::default();
         let result = forward(
             &client,
             &upstream,
             &self.pipes,
             self.settings.half_close_timeout,
             self.settings.idle_timeout,
-            &mut moved,
+            &self.bytes,
         )
         .await;
-        self.settings.counters.ended(&moved, result.is_err());
+        self.settings.counters.ended(result.is_err());
         if let Err(e) = result {
             if !is_disconnect(&e) && e.kind() != io::ErrorKind::TimedOut {
                 crate::warn_limited!(

@@ -15,7 +15,9 @@
 use std::cell::Cell;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicU64;
 
+use super::metrics::WorkerBytes;
 use super::pipe::{Pipe, PipePool};
 use crate::net::{ReadHalf, Stream, WriteHalf};
 use crate::sys;
@@ -29,32 +31,40 @@ pub const RECV_SIZE: usize = 2 * 1024;
 const BULK_BURST: usize = 16 * 1024;
 
 /// What one direction has taken from its source and delivered to its destination: the
-/// difference is in flight (in our buffer or pipe).
-#[derive(Default)]
-pub struct Progress {
+/// difference is in flight (in our buffer or pipe). Deliveries are also added to the
+/// worker's byte counters as they happen.
+pub struct Progress<'a> {
     received: Cell<u64>,
     delivered: Cell<u64>,
-    /// Of the delivered bytes, those that went through a pipe (zero-copy).
-    spliced: Cell<u64>,
+    bytes: &'a WorkerBytes,
+    /// The direction's counter in `bytes`.
+    counter: &'a AtomicU64,
 }
 
-impl Progress {
+impl<'a> Progress<'a> {
+    /// Counts into `counter`, one of `bytes`' two directions.
+    pub fn new(bytes: &'a WorkerBytes, counter: &'a AtomicU64) -> Progress<'a> {
+        Progress {
+            received: Cell::new(0),
+            delivered: Cell::new(0),
+            bytes,
+            counter,
+        }
+    }
+
     fn received(&self, n: usize) {
         self.received.set(self.received.get() + n as u64);
     }
 
-    fn delivered(&self, n: usize) {
+    /// `n` bytes reached the destination, through a pipe or copied.
+    fn delivered(&self, n: usize, spliced: bool) {
         self.delivered.set(self.delivered.get() + n as u64);
+        self.bytes.delivered(self.counter, n, spliced);
     }
 
     /// Bytes delivered so far: what an idle check compares.
     pub fn total(&self) -> u64 {
         self.delivered.get()
-    }
-
-    /// Bytes delivered through a pipe with splice(2).
-    pub fn spliced(&self) -> u64 {
-        self.spliced.get()
     }
 
     /// Bytes received plus bytes delivered: changes whenever anything moves.
@@ -82,7 +92,7 @@ pub async fn pump(
     mut src: ReadHalf<'_>,
     mut dst: WriteHalf<'_>,
     pipes: &PipePool,
-    progress: &Progress,
+    progress: &Progress<'_>,
 ) -> Result<(), Failure> {
     let mut buf = Vec::with_capacity(RECV_SIZE);
     // Every receive but the first follows one that came up short or a splice burst that
@@ -98,7 +108,7 @@ pub async fn pump(
         progress.received(n);
         let (sent, mut returned) = dst.send_all(returned).await;
         sent.map_err(Failure::Write)?;
-        progress.delivered(n);
+        progress.delivered(n, false);
         returned.clear();
         buf = returned;
         drained = true;
@@ -116,7 +126,7 @@ async fn splice_while_bulk(
     src: &Stream,
     dst: &Stream,
     pipes: &PipePool,
-    progress: &Progress,
+    progress: &Progress<'_>,
 ) -> Result<(), Failure> {
     loop {
         match splice_burst(src, dst, pipes, progress).await? {
@@ -133,7 +143,7 @@ async fn splice_burst(
     src: &Stream,
     dst: &Stream,
     pipes: &PipePool,
-    progress: &Progress,
+    progress: &Progress<'_>,
 ) -> Result<usize, Failure> {
     // No pipe (out of fds, or the pipe budget is spent): this connection need not die
     // for it; it goes on copying through its receive buffer until one can be had.
@@ -150,7 +160,7 @@ async fn splice_through(
     src: &Stream,
     dst: &Stream,
     pipe: &Pipe,
-    progress: &Progress,
+    progress: &Progress<'_>,
 ) -> Result<usize, Failure> {
     let capacity = pipe.capacity();
     let mut burst = 0;
@@ -168,8 +178,7 @@ async fn splice_through(
             match sys::splice(pipe.read_fd(), dst.as_raw_fd(), in_pipe) {
                 Ok(sent) => {
                     in_pipe -= sent;
-                    progress.delivered(sent);
-                    progress.spliced.set(progress.spliced.get() + sent as u64);
+                    progress.delivered(sent, true);
                     again = false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
