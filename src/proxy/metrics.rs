@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::forward::IDLE_TIMEOUTS;
+use super::resolve::is_resolve_failure;
 use crate::http::metrics::bump;
 use crate::runtime::limit::Limiter;
 use crate::runtime::shutdown::lock;
@@ -20,6 +21,7 @@ pub const METRICS_LISTENER: &str = "metrics";
 pub struct ProxyCounters {
     connect_refused: AtomicU64,
     connect_timed_out: AtomicU64,
+    connect_unresolved: AtomicU64,
     connect_other: AtomicU64,
     /// Connections that ended with an error on either side (cut with RST).
     resets: AtomicU64,
@@ -59,10 +61,16 @@ struct ByteTotals {
 
 impl ProxyCounters {
     pub fn connect_failed(&self, e: &io::Error) {
-        let counter = match e.kind() {
-            io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => &self.connect_refused,
-            io::ErrorKind::TimedOut => &self.connect_timed_out,
-            _ => &self.connect_other,
+        // First: a name without addresses also says NotFound, which a missing Unix
+        // socket path says too.
+        let counter = if is_resolve_failure(e) {
+            &self.connect_unresolved
+        } else {
+            match e.kind() {
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => &self.connect_refused,
+                io::ErrorKind::TimedOut => &self.connect_timed_out,
+                _ => &self.connect_other,
+            }
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -132,6 +140,7 @@ impl ProxyCounters {
             &[
                 ("{cause=\"refused\"}", load(&self.connect_refused)),
                 ("{cause=\"timeout\"}", load(&self.connect_timed_out)),
+                ("{cause=\"resolve\"}", load(&self.connect_unresolved)),
                 ("{cause=\"other\"}", load(&self.connect_other)),
             ],
         );
@@ -168,8 +177,10 @@ impl ProxyCounters {
     /// The `STATUS=` line: what `systemctl status` shows, refreshed at most once a second.
     pub fn status(&self, limiter: &Limiter, target: &str) -> String {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let failures =
-            load(&self.connect_refused) + load(&self.connect_timed_out) + load(&self.connect_other);
+        let failures = load(&self.connect_refused)
+            + load(&self.connect_timed_out)
+            + load(&self.connect_unresolved)
+            + load(&self.connect_other);
         let bytes = self.bytes();
         format!(
             "Forwarding to {target}: {} open, {} accepted, {} connect failures, {} resets, {} MiB to target, {} MiB to clients",
