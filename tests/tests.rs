@@ -8,6 +8,7 @@ mod activation;
 mod hostile;
 mod proxy;
 mod proxy_faults;
+mod proxy_pipes;
 mod proxy_protocol;
 
 mod packaging;

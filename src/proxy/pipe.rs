@@ -130,6 +130,21 @@ impl Pipe {
         self.capacity
     }
 
+    /// Reads out the `len` bytes the pipe holds, leaving it empty (and fit for reuse).
+    pub fn drain(&self, len: usize) -> io::Result<Vec<u8>> {
+        let mut bytes = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match crate::sys::read(self.read_fd(), &mut bytes[got..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(bytes)
+    }
+
     pub fn read_fd(&self) -> RawFd {
         self.read.as_raw_fd()
     }

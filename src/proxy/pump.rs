@@ -11,6 +11,11 @@
 //! epoll). io_uring's own SPLICE op is always punted to a kernel worker thread that then
 //! sleeps on the socket, so 2,000 idle connections would pin 4,000 `iou-wrk` threads;
 //! waiting for readiness first pins none.
+//!
+//! Each splice from the source takes no more than the destination has room for now, so
+//! a pipe is held only while bytes move through it, never while a destination drains:
+//! clients that never read cannot hold the process's pipe budget and switch zero-copy
+//! off for everyone else.
 
 use std::cell::Cell;
 use std::io;
@@ -113,7 +118,18 @@ pub async fn pump(
         buf = returned;
         drained = true;
         if n == RECV_SIZE {
-            splice_while_bulk(src.stream(), dst.stream(), pipes, progress).await?;
+            if let Some(spilled) =
+                splice_while_bulk(src.stream(), dst.stream(), pipes, progress).await?
+            {
+                // The destination filled up before a pipe's bytes were all in: they go
+                // by copy, through the runtime's send, which waits for room holding no
+                // pipe. The source has more, most likely: no need to wait for it.
+                let len = spilled.len();
+                let (sent, _) = dst.send_all(spilled).await;
+                sent.map_err(Failure::Write)?;
+                progress.delivered(len, false);
+                drained = false;
+            }
         }
     }
 }
@@ -121,78 +137,154 @@ pub async fn pump(
 /// Splices burst after burst while the bursts stay large. Never decides EOF: splice(2)
 /// also returns 0 at an urgent mark once the peer's FIN is queued, where recv(2) skips
 /// the urgent byte and goes on, so only the caller's next receive can say the stream
-/// ended.
+/// ended. Returns bytes left over for the caller to send, when the destination took
+/// less than it had room for.
 async fn splice_while_bulk(
     src: &Stream,
     dst: &Stream,
     pipes: &PipePool,
     progress: &Progress<'_>,
-) -> Result<(), Failure> {
+) -> Result<Option<Vec<u8>>, Failure> {
     loop {
         match splice_burst(src, dst, pipes, progress).await? {
-            n if n >= BULK_BURST => src.readable().await.map_err(Failure::Read)?,
-            _ => return Ok(()),
+            Burst::Spilled(bytes) => return Ok(Some(bytes)),
+            Burst::Moved(n) if n >= BULK_BURST => src.readable().await.map_err(Failure::Read)?,
+            Burst::Moved(_) => return Ok(None),
         }
     }
 }
 
-/// Splices until the source has nothing more for now (or splice returns 0), through a
-/// pipe held only for the burst: an idle connection holds no pipe. Returns the bytes
-/// moved.
+/// How a burst ended.
+enum Burst {
+    /// The source had nothing more for now (or splice returned 0, or no pipe could be
+    /// had): this many bytes were moved.
+    Moved(usize),
+    /// The destination took less than its room promised; these bytes, taken out of the
+    /// pipe, are still to be delivered, before anything else.
+    Spilled(Vec<u8>),
+}
+
+/// Splices until the source has nothing more for now. A pipe is held only while bytes
+/// move through it: each pass takes no more from the source than the destination has
+/// room for, so it leaves the pipe empty, and waiting for the destination to drain holds
+/// none. A client that never reads thus holds no pipe (its bytes wait in the source's
+/// socket buffer), and any number of them cannot spend the pipe budget that every other
+/// connection's zero-copy depends on.
 async fn splice_burst(
     src: &Stream,
     dst: &Stream,
     pipes: &PipePool,
     progress: &Progress<'_>,
-) -> Result<usize, Failure> {
-    // No pipe (out of fds, or the pipe budget is spent): this connection need not die
-    // for it; it goes on copying through its receive buffer until one can be had.
-    let Some(pipe) = pipes.get() else {
-        return Ok(0);
-    };
-    let burst = splice_through(src, dst, &pipe, progress).await?;
-    // Only an empty pipe may be reused (on error it may still hold bytes: it is closed).
-    pipes.put(pipe);
-    Ok(burst)
+) -> Result<Burst, Failure> {
+    let mut burst = 0;
+    let mut full = Full::default();
+    loop {
+        // No pipe (out of fds, or the pipe budget is spent): this connection need not
+        // die for it; it goes on copying through its receive buffer until one can be had.
+        let Some(pipe) = pipes.get() else {
+            return Ok(Burst::Moved(burst));
+        };
+        // Unknown room (SO_MEMINFO refused): a pipe's worth, and what does not fit spills.
+        let room = dst.send_room().unwrap_or(usize::MAX);
+        let want = match full.want(room) {
+            Some(want) => want.min(pipe.capacity()),
+            None => {
+                pipes.put(pipe);
+                dst.writable(full.waited()).await.map_err(Failure::Write)?;
+                continue;
+            }
+        };
+        // On error the pipe may still hold bytes: it is closed, not reused.
+        let pass = pass(src, dst, &pipe, want, progress)?;
+        pipes.put(pipe);
+        full = Full::default();
+        match pass {
+            Pass::Moved(n) => {
+                burst += n;
+                // A short read means the socket is drained for now (or at EOF, or an
+                // urgent mark, or the pipe ran out of slots: the caller's receive tells
+                // which).
+                if n < want {
+                    return Ok(Burst::Moved(burst));
+                }
+            }
+            Pass::Spilled(bytes) => return Ok(Burst::Spilled(bytes)),
+        }
+    }
 }
 
-async fn splice_through(
+/// The waits for room in the destination since bytes last moved. A wait may end with
+/// no room: io_uring's poll reports the peer's half-close (POLLRDHUP) as readiness
+/// whatever was asked, and a socket with an error or hang-up is "ready" too. The first
+/// wake is trusted; after that, `Stream::writable` confirms each with poll(2) and backs
+/// off from false ones. If even a confirmed wake finds no room, the kernel disagrees
+/// with the estimate (an error or hang-up it will only name on a write): a small pass
+/// is made anyway, which fails with the error, or spills and goes by send.
+#[derive(Default)]
+struct Full {
+    waits: u8,
+}
+
+/// Bytes moved by a pass made although the estimate said there was no room.
+const PROBE: usize = 4096;
+
+impl Full {
+    /// How much the next pass should take from the source; `None`: wait first.
+    fn want(&self, room: usize) -> Option<usize> {
+        match (room, self.waits) {
+            (0, 0 | 1) => None,
+            (0, _) => Some(PROBE),
+            (room, _) => Some(room),
+        }
+    }
+
+    /// Counts a wait; returns whether it is not the first (see `Stream::writable`).
+    fn waited(&mut self) -> bool {
+        self.waits = self.waits.saturating_add(1);
+        self.waits > 1
+    }
+}
+
+/// What one pass through an empty pipe did.
+enum Pass {
+    /// This many bytes went from the source through the pipe to the destination.
+    Moved(usize),
+    /// The destination refused part of them: the rest, read out of the pipe.
+    Spilled(Vec<u8>),
+}
+
+/// Splices up to `want` bytes from `src` into the empty `pipe` and from there to `dst`,
+/// leaving the pipe empty again. Does not wait.
+fn pass(
     src: &Stream,
     dst: &Stream,
     pipe: &Pipe,
+    want: usize,
     progress: &Progress<'_>,
-) -> Result<usize, Failure> {
-    let capacity = pipe.capacity();
-    let mut burst = 0;
-    loop {
-        // The pipe is empty here: each read is drained before the next.
-        let n = match sys::splice(src.as_raw_fd(), pipe.write_fd(), capacity) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => return Err(Failure::Read(e)),
-        };
-        progress.received(n);
-        let mut in_pipe = n;
-        let mut again = false;
-        while in_pipe > 0 {
-            match sys::splice(pipe.read_fd(), dst.as_raw_fd(), in_pipe) {
-                Ok(sent) => {
-                    in_pipe -= sent;
-                    progress.delivered(sent, true);
-                    again = false;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    dst.writable(again).await.map_err(Failure::Write)?;
-                    again = true;
-                }
-                Err(e) => return Err(Failure::Write(e)),
+) -> Result<Pass, Failure> {
+    let n = match sys::splice(src.as_raw_fd(), pipe.write_fd(), want) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(Failure::Read(e)),
+    };
+    progress.received(n);
+    let mut in_pipe = n;
+    while in_pipe > 0 {
+        match sys::splice(pipe.read_fd(), dst.as_raw_fd(), in_pipe) {
+            Ok(sent) => {
+                in_pipe -= sent;
+                progress.delivered(sent, true);
             }
-        }
-        burst += n;
-        // A short read means the socket is drained for now (or at EOF, or an urgent
-        // mark, or the pipe ran out of slots: the caller's receive tells which).
-        if n < capacity {
-            return Ok(burst);
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // A pipe's bytes are never lost, and a pipe with bytes is never reused:
+                // failing to read them back fails the connection.
+                return pipe
+                    .drain(in_pipe)
+                    .map(Pass::Spilled)
+                    .map_err(Failure::Write);
+            }
+            Err(e) => return Err(Failure::Write(e)),
         }
     }
+    Ok(Pass::Moved(n))
 }
