@@ -12,10 +12,11 @@
 //! sleeps on the socket, so 2,000 idle connections would pin 4,000 `iou-wrk` threads;
 //! waiting for readiness first pins none.
 //!
-//! Each splice from the source takes no more than the destination has room for now, so
-//! a pipe is held only while bytes move through it, never while a destination drains:
-//! clients that never read cannot hold the process's pipe budget and switch zero-copy
-//! off for everyone else.
+//! A pipe filled from the source waits, with what the destination did not take yet, for
+//! that destination to drain, but only within half the process's pipe budget. Past it,
+//! each splice from the source takes no more than the destination has room for, so the
+//! pipe is held only while bytes move through it: clients that never read cannot hold
+//! the whole budget and switch zero-copy off for everyone else.
 
 use std::cell::Cell;
 use std::io;
@@ -164,12 +165,18 @@ enum Burst {
     Spilled(Vec<u8>),
 }
 
-/// Splices until the source has nothing more for now. A pipe is held only while bytes
-/// move through it: each pass takes no more from the source than the destination has
-/// room for, so it leaves the pipe empty, and waiting for the destination to drain holds
-/// none. A client that never reads thus holds no pipe (its bytes wait in the source's
-/// socket buffer), and any number of them cannot spend the pipe budget that every other
-/// connection's zero-copy depends on.
+/// Splices until the source has nothing more for now.
+///
+/// While its share of the pipe budget allows (see `Pipe::wait_share`), a pass fills the
+/// pipe from the source and waits, pipe in hand, for the destination to take it all: the
+/// cheapest way per byte. Reading a pipe's worth at once from a TCP source opens its
+/// window in large steps; reading only what the destination has room for (often a Unix
+/// socket's 208 KiB) cost twice the CPU per GiB, most of it the client's transmit work
+/// that the smaller window updates moved into the proxy. Once that share is spent (by
+/// clients that never read, say), a pass takes no more from the source than the
+/// destination has room for, and waits for room holding no pipe: the bytes stay in the
+/// source's socket buffer, so any number of stalled clients cannot take the pipes that
+/// every other connection's zero-copy depends on.
 async fn splice_burst(
     src: &Stream,
     dst: &Stream,
@@ -184,31 +191,35 @@ async fn splice_burst(
         let Some(pipe) = pipes.get() else {
             return Ok(Burst::Moved(burst));
         };
-        // Unknown room (SO_MEMINFO refused): a pipe's worth, and what does not fit spills.
-        let room = dst.send_room().unwrap_or(usize::MAX);
-        let want = match full.want(room) {
-            Some(want) => want.min(pipe.capacity()),
-            None => {
-                pipes.put(pipe);
-                dst.writable(full.waited()).await.map_err(Failure::Write)?;
-                continue;
+        let share = pipe.wait_share();
+        let want = if share.is_some() {
+            pipe.capacity()
+        } else {
+            // Unknown room (SO_MEMINFO refused): a pipe's worth; what does not fit spills.
+            match full.want(dst.send_room().unwrap_or(usize::MAX)) {
+                Some(want) => want.min(pipe.capacity()),
+                None => {
+                    drop(share);
+                    pipes.put(pipe);
+                    dst.writable(full.waited()).await.map_err(Failure::Write)?;
+                    continue;
+                }
             }
         };
         // On error the pipe may still hold bytes: it is closed, not reused.
-        let pass = pass(src, dst, &pipe, want, progress)?;
+        let n = fill(src, &pipe, want, progress)?;
+        let spilled = empty_into(dst, &pipe, n, share.is_some(), progress).await?;
+        drop(share);
         pipes.put(pipe);
         full = Full::default();
-        match pass {
-            Pass::Moved(n) => {
-                burst += n;
-                // A short read means the socket is drained for now (or at EOF, or an
-                // urgent mark, or the pipe ran out of slots: the caller's receive tells
-                // which).
-                if n < want {
-                    return Ok(Burst::Moved(burst));
-                }
-            }
-            Pass::Spilled(bytes) => return Ok(Burst::Spilled(bytes)),
+        if let Some(bytes) = spilled {
+            return Ok(Burst::Spilled(bytes));
+        }
+        burst += n;
+        // A short read means the socket is drained for now (or at EOF, or an urgent
+        // mark, or the pipe ran out of slots: the caller's receive tells which).
+        if n < want {
+            return Ok(Burst::Moved(burst));
         }
     }
 }
@@ -245,46 +256,48 @@ impl Full {
     }
 }
 
-/// What one pass through an empty pipe did.
-enum Pass {
-    /// This many bytes went from the source through the pipe to the destination.
-    Moved(usize),
-    /// The destination refused part of them: the rest, read out of the pipe.
-    Spilled(Vec<u8>),
-}
-
-/// Splices up to `want` bytes from `src` into the empty `pipe` and from there to `dst`,
-/// leaving the pipe empty again. Does not wait.
-fn pass(
-    src: &Stream,
-    dst: &Stream,
-    pipe: &Pipe,
-    want: usize,
-    progress: &Progress<'_>,
-) -> Result<Pass, Failure> {
+/// Splices up to `want` bytes from `src` into the empty `pipe`; returns how many.
+fn fill(src: &Stream, pipe: &Pipe, want: usize, progress: &Progress<'_>) -> Result<usize, Failure> {
     let n = match sys::splice(src.as_raw_fd(), pipe.write_fd(), want) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(Failure::Read(e)),
     };
     progress.received(n);
+    Ok(n)
+}
+
+/// Splices the `n` bytes in `pipe` into `dst`, leaving the pipe empty. When `dst` is
+/// full: with `may_wait`, waits for room with the pipe; without, reads the rest out of
+/// the pipe and returns it, for the caller to send before anything else (the room
+/// estimate said it would fit, so it is little).
+async fn empty_into(
+    dst: &Stream,
+    pipe: &Pipe,
+    n: usize,
+    may_wait: bool,
+    progress: &Progress<'_>,
+) -> Result<Option<Vec<u8>>, Failure> {
     let mut in_pipe = n;
+    let mut again = false;
     while in_pipe > 0 {
         match sys::splice(pipe.read_fd(), dst.as_raw_fd(), in_pipe) {
             Ok(sent) => {
                 in_pipe -= sent;
                 progress.delivered(sent, true);
+                again = false;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && may_wait => {
+                dst.writable(again).await.map_err(Failure::Write)?;
+                again = true;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // A pipe's bytes are never lost, and a pipe with bytes is never reused:
                 // failing to read them back fails the connection.
-                return pipe
-                    .drain(in_pipe)
-                    .map(Pass::Spilled)
-                    .map_err(Failure::Write);
+                return pipe.drain(in_pipe).map(Some).map_err(Failure::Write);
             }
             Err(e) => return Err(Failure::Write(e)),
         }
     }
-    Ok(Pass::Moved(n))
+    Ok(None)
 }
