@@ -34,7 +34,7 @@ pub struct PipeBudget {
     limit: usize,
     held: AtomicUsize,
     /// Of `held`, the capacity of pipes waiting for a full destination; at most half
-    /// of `limit`, so the other half is always there for pipes that keep moving.
+    /// of `limit`, so the other half is left to pipes that keep moving.
     waiting: AtomicUsize,
 }
 
