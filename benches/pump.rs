@@ -13,6 +13,7 @@ use monoio::io::{AsyncReadRentExt, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::UnixStream;
 use ringsock::activation::Family;
 use ringsock::net::{Duplex, Stream};
+use ringsock::proxy::metrics::WorkerBytes;
 use ringsock::proxy::{forward, PipeBudget, PipePool};
 
 /// A connected pair: one end for the test (monoio stream), one for the proxy (`Stream`).
@@ -50,7 +51,7 @@ fn pump(c: &mut Criterion) {
                 &pipes,
                 None,
                 None,
-                &mut Default::default(),
+                &WorkerBytes::default(),
             )
             .await;
         });
@@ -149,7 +150,7 @@ async fn one_connection(pipes: &PipePool) {
             pipes,
             None,
             None,
-            &mut Default::default(),
+            &WorkerBytes::default(),
         )
         .await
         .expect("forward");

@@ -41,6 +41,12 @@ pub fn recv_now(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     cvt_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
 }
 
+/// One read(2) into `buf` (a pipe's read end, which is non-blocking).
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for writes of buf.len() bytes; the fd is open.
+    cvt_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
 /// One non-blocking send(2) of `data`; `more`: more follows at once (MSG_MORE).
 pub fn send_now(fd: RawFd, data: &[u8], more: bool) -> io::Result<usize> {
     let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | if more { libc::MSG_MORE } else { 0 };
@@ -81,6 +87,57 @@ pub fn unsent(fd: RawFd) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
     // SAFETY: SIOCOUTQ (TIOCOUTQ on Linux) writes one int.
     cvt(unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) })?;
+    Ok(n.max(0) as usize)
+}
+
+/// How many more bytes a non-blocking send(2) or splice(2) to this connected socket can
+/// queue before it fails with EAGAIN, as the kernel counts: for TCP, SO_SNDBUF less the
+/// memory queued (bytes and their buffers' overhead, which SIOCOUTQ leaves out: it said
+/// 60 KiB of room where the kernel took nothing), and no more than `tcp_notsent_lowat`
+/// lets wait unsent; for a Unix socket, SO_SNDBUF less what its peer has not read. One
+/// getsockopt(SO_MEMINFO), and an ioctl where a notsent lowat is configured.
+pub fn send_room(fd: RawFd, tcp: bool) -> io::Result<usize> {
+    let mut info = [0u32; 9];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: info and len describe a writable array the kernel fills up to len.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    let used = if tcp {
+        libc::SK_MEMINFO_WMEM_QUEUED
+    } else {
+        libc::SK_MEMINFO_WMEM_ALLOC
+    };
+    let room = info[libc::SK_MEMINFO_SNDBUF as usize].saturating_sub(info[used as usize]) as usize;
+    match tcp_notsent_lowat() {
+        Some(lowat) if tcp => Ok(room.min(lowat.saturating_sub(not_sent(fd)?))),
+        _ => Ok(room),
+    }
+}
+
+/// `net.ipv4.tcp_notsent_lowat` when it is set (its default, 2^32-1, is "no limit"),
+/// read once: ringsock sets no TCP_NOTSENT_LOWAT of its own, so every TCP socket has
+/// this one. TCP takes no more unsent bytes than this, whatever SO_SNDBUF says.
+fn tcp_notsent_lowat() -> Option<usize> {
+    static LOWAT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *LOWAT.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_notsent_lowat").ok()?;
+        let lowat: u64 = text.trim().parse().ok()?;
+        (lowat < u64::from(u32::MAX)).then_some(lowat as usize)
+    })
+}
+
+/// Bytes queued on a TCP socket that have not been sent yet (SIOCOUTQNSD).
+fn not_sent(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQNSD writes one int.
+    cvt(unsafe { libc::ioctl(fd, libc::SIOCOUTQNSD, &mut n) })?;
     Ok(n.max(0) as usize)
 }
 

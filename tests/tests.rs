@@ -10,6 +10,7 @@ mod memory;
 mod proxy;
 mod proxy_faults;
 mod proxy_metrics;
+mod proxy_pipes;
 mod proxy_protocol;
 
 mod packaging;

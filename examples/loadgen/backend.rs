@@ -1,6 +1,7 @@
 //! The echo/sink backend: a fixed set of epoll threads sharing one listening Unix
 //! socket. A connection starting with "SINK" is summed and answered with its checksum
-//! at EOF (on a blocking thread of its own, see serve_bulk); any other is echoed.
+//! at EOF (on a blocking thread of its own, see serve_bulk); one starting with "FLOOD"
+//! is sent bytes until it fails (a download, see serve_flood); any other is echoed.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -75,6 +76,8 @@ enum Mode {
     Echo,
     /// Checksum everything after the 8-byte header.
     Sink(Sink),
+    /// Send bytes until the connection fails; ignore what comes in.
+    Flood,
 }
 
 struct BackendConn {
@@ -97,6 +100,8 @@ enum Next {
     Close,
     /// A SINK connection: continue it on a thread of its own (see serve_bulk).
     Bulk,
+    /// A FLOOD connection: continue it on a thread of its own (see serve_flood).
+    Flood,
 }
 
 impl BackendConn {
@@ -135,8 +140,10 @@ impl BackendConn {
                     if self.on_data(&buf[..n]).is_err() {
                         return Next::Close;
                     }
-                    if matches!(self.mode, Mode::Sink(_)) {
-                        return Next::Bulk;
+                    match self.mode {
+                        Mode::Sink(_) => return Next::Bulk,
+                        Mode::Flood => return Next::Flood,
+                        _ => {}
                     }
                     // A short read with no FIN seen has most likely emptied the socket:
                     // wait for epoll instead of spending a read on EAGAIN.
@@ -179,6 +186,7 @@ impl BackendConn {
                 Ok(())
             }
             Mode::Head { .. } => self.on_head(data),
+            Mode::Flood => Ok(()),
         }
     }
 
@@ -195,6 +203,10 @@ impl BackendConn {
             return Ok(());
         }
         let head = *head;
+        if &head[..5] == b"FLOOD" {
+            self.mode = Mode::Flood;
+            return Ok(());
+        }
         if &head[..4] == b"SINK" {
             let mut sink = Sink::default();
             sink.add(&data[take..]);
@@ -237,7 +249,7 @@ impl BackendConn {
                 let (head, len) = (*head, *len);
                 self.pending.extend_from_slice(&head[..len]);
             }
-            Mode::Echo => {}
+            Mode::Echo | Mode::Flood => {}
             Mode::Sink(sink) => {
                 let reply = sink.reply();
                 self.pending.extend_from_slice(&reply);
@@ -281,6 +293,22 @@ fn serve_bulk(ep: &OwnedFd, conn: BackendConn) {
         }
         conn.write_all(&sink.reply())?;
         conn.shutdown(Shutdown::Write)
+    });
+}
+
+/// Sends to a FLOOD connection on a thread of its own, with blocking writes, until the
+/// connection fails: a download whose client may never read (loadgen stall), so it
+/// blocks that thread, not an epoll thread serving others.
+fn serve_flood(ep: &OwnedFd, conn: BackendConn) {
+    if conn.registered != 0 {
+        let _ = sys::epoll_ctl(ep, libc::EPOLL_CTL_DEL, conn.fd.as_raw_fd(), 0, 0);
+    }
+    std::thread::spawn(move || {
+        let mut stream = UnixStream::from(conn.fd);
+        let chunk = vec![0x5a_u8; 1 << 20];
+        if stream.set_nonblocking(false).is_ok() {
+            while stream.write_all(&chunk).is_ok() {}
+        }
     });
 }
 
@@ -364,6 +392,7 @@ impl BackendThread {
                 }
             }
             Next::Bulk => serve_bulk(&self.ep, conn),
+            Next::Flood => serve_flood(&self.ep, conn),
             Next::Close => {}
         }
     }
@@ -387,6 +416,12 @@ impl BackendThread {
             Next::Bulk => {
                 if let Some(conn) = self.conns[slot].take() {
                     serve_bulk(&self.ep, conn);
+                }
+                return;
+            }
+            Next::Flood => {
+                if let Some(conn) = self.conns[slot].take() {
+                    serve_flood(&self.ep, conn);
                 }
                 return;
             }

@@ -1,5 +1,6 @@
 //! Load generator and backends for perf/proxy.sh: ping-pong, bulk with a checksummed
-//! half-close reply, connect churn and idle connections, plus the echo/sink backend.
+//! half-close reply, connect churn, idle connections and stalled downloads, plus the
+//! echo/sink/flood backend.
 //!
 //! perf/proxy.sh runs client, forwarder and backend on the same 2-core machine, so the
 //! client and backend must cost as little CPU per connection and per request as we can
@@ -27,6 +28,7 @@ mod bulk;
 mod churn;
 mod idle;
 mod pingpong;
+mod stall;
 mod sum;
 mod sys;
 
@@ -34,11 +36,12 @@ use churn::CHURN_IN_FLIGHT;
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  loadgen backend UNIX_PATH [THREADS]  echo backend; a connection starting with 'SINK' gets a checksum reply\n  \
+        "usage:\n  loadgen backend UNIX_PATH [THREADS]  echo backend; 'SINK' gets a checksum reply, 'FLOOD' endless bytes\n  \
          loadgen pingpong ADDR CONNS SECS [SESSIONS]\n                                       64-byte request/response; ADDR is host:port or /unix/path;\n                                       SESSIONS consecutive sets of fresh connections (default 1)\n  \
          loadgen bulk ADDR CONNS MIB          each conn sends MIB, half-closes, verifies the checksum reply\n  \
          loadgen churn ADDR THREADS SECS [IN_FLIGHT]\n                                       connect, send 64 B, half-close, read echo, close;\n                                       IN_FLIGHT connections per thread (default {CHURN_IN_FLIGHT})\n  \
-         loadgen idle ADDR CONNS PID          hold CONNS open connections, print PID's RSS and threads"
+         loadgen idle ADDR CONNS PID          hold CONNS open connections, print PID's RSS and threads\n  \
+         loadgen stall ADDR CONNS SECS        CONNS endless downloads never read; print a line once\n                                       they stopped moving, then hold them SECS"
     );
     std::process::exit(2)
 }
@@ -59,6 +62,7 @@ fn main() {
             opt(4, CHURN_IN_FLIGHT as u64) as usize,
         ),
         "idle" => idle::idle(&arg(1), num(2) as usize, num(3)),
+        "stall" => stall::stall(&arg(1), num(2) as usize, num(3)),
         _ => usage(),
     };
     if let Err(e) = result {

@@ -234,3 +234,11 @@ pub fn token(index: usize, generation: u32) -> u64 {
 pub fn untoken(token: u64) -> (usize, u32) {
     ((token & 0xffff_ffff) as usize, (token >> 32) as u32)
 }
+
+/// Bytes waiting in a socket's receive queue (FIONREAD).
+pub fn queued_in(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    cvt(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } as isize)?;
+    Ok(n.max(0) as usize)
+}

@@ -156,6 +156,12 @@ impl Stream {
         sys::reset_on_close(self.as_raw_fd());
     }
 
+    /// How many more bytes a send or splice to this socket can queue now without
+    /// failing with EAGAIN (see `sys::send_room`).
+    pub fn send_room(&self) -> io::Result<usize> {
+        sys::send_room(self.as_raw_fd(), matches!(self, Stream::Tcp(_)))
+    }
+
     /// Bytes we sent that the peer has not taken yet.
     pub fn unsent(&self) -> io::Result<usize> {
         sys::unsent(self.as_raw_fd())

@@ -31,6 +31,7 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use super::metrics::WorkerBytes;
 use super::pipe::PipePool;
 use super::pump::{pump, Failure, Progress};
 use crate::net::{linger, Duplex, Linger, Stream};
@@ -182,7 +183,7 @@ pub async fn forward(
     pipes: &PipePool,
     half_close_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
-    moved: &mut Moved,
+    bytes: &WorkerBytes,
 ) -> io::Result<()> {
     let (Some((from_client, to_client)), Some((from_upstream, to_upstream))) =
         (client.split(), upstream.split())
@@ -192,7 +193,10 @@ pub async fn forward(
         ));
     };
     // Indexed by the side each direction reads from.
-    let progress = [Progress::default(), Progress::default()];
+    let progress = [
+        Progress::new(bytes, &bytes.to_target),
+        Progress::new(bytes, &bytes.to_client),
+    ];
     let mut up = pin!(pump(from_client, to_upstream, pipes, &progress[0]));
     let mut down = pin!(pump(from_upstream, to_client, pipes, &progress[1]));
     let mut ends = Ends {
@@ -240,11 +244,6 @@ pub async fn forward(
             .poll(cx)
     })
     .await;
-    *moved = Moved {
-        to_upstream: progress[0].total(),
-        to_client: progress[1].total(),
-        spliced: progress[0].spliced() + progress[1].spliced(),
-    };
     result?;
     match ends.gone {
         None => Ok(()),
@@ -258,22 +257,9 @@ pub async fn forward(
     }
 }
 
-/// Watches a half-closed connection: `ended`'s direction is over; `toward` is the other
-/// direction, which delivers to it. Ends normally once `ended` closed completely with
-/// nothing in flight to it; with an error once it closed with bytes in flight (they
-/// cannot arrive), or once nothing moved for `timeout`.
-/// What one connection moved, for the proxy's metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Moved {
-    pub to_upstream: u64,
-    pub to_client: u64,
-    /// Of both, the bytes spliced rather than copied.
-    pub spliced: u64,
-}
-
 /// `--idle-timeout`: fails once no byte was received or delivered in either direction
 /// for `timeout`, so a vanished client cannot hold a backend (and its locks) forever.
-async fn idle(progress: &[Progress; 2], timeout: Duration) -> io::Result<()> {
+async fn idle(progress: &[Progress<'_>; 2], timeout: Duration) -> io::Result<()> {
     let check = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let moved = || progress.iter().map(Progress::activity).sum::<u64>();
     let mut last = moved();
@@ -296,9 +282,13 @@ async fn idle(progress: &[Progress; 2], timeout: Duration) -> io::Result<()> {
 /// Connections cut by `--idle-timeout`, for the proxy's metrics.
 pub static IDLE_TIMEOUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Watches a half-closed connection: `ended`'s direction is over; `toward` is the other
+/// direction, which delivers to it. Ends normally once `ended` closed completely with
+/// nothing in flight to it; with an error once it closed with bytes in flight (they
+/// cannot arrive), or once nothing moved for `timeout`.
 async fn half_closed(
     ended: &Duplex,
-    toward: &Progress,
+    toward: &Progress<'_>,
     timeout: Option<Duration>,
 ) -> io::Result<()> {
     let mut last = toward.total();

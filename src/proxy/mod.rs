@@ -24,7 +24,6 @@ use crate::net::{is_disconnect, Duplex, Stream};
 use crate::runtime::limit::Limiter;
 use crate::runtime::{Handler, Worker};
 pub use forward::forward;
-use forward::Moved;
 pub use pipe::{PipeBudget, PipePool};
 pub use plan::{plan, ListenerPlan};
 use resolve::Resolver;
@@ -72,6 +71,8 @@ pub struct ProxyHandler {
     /// One per target, index-aligned with [`Targets`]: each caches its own host lookup.
     resolvers: Vec<Resolver>,
     pipes: Rc<PipePool>,
+    /// This worker's byte counters, which its connections add to as bytes move.
+    bytes: Arc<metrics::WorkerBytes>,
     limiter: Arc<Limiter>,
     /// For the shutdown, which a scraper that has sent nothing yet does not hold.
     worker: Rc<Worker>,
@@ -101,6 +102,7 @@ impl ProxyHandler {
             resolvers: (0..settings.target.count())
                 .map(|_| Resolver::default())
                 .collect(),
+            bytes: settings.counters.register(),
             settings,
             pipes,
             limiter: worker.limiter.clone(),
@@ -281,17 +283,16 @@ impl ProxyHandler {
             }
         }
         let (client, upstream) = (Duplex::new(client), Duplex::new(upstream));
-        let mut moved = Moved::default();
         let result = forward(
             &client,
             &upstream,
             &self.pipes,
             self.settings.half_close_timeout,
             self.settings.idle_timeout,
-            &mut moved,
+            &self.bytes,
         )
         .await;
-        self.settings.counters.ended(&moved, result.is_err());
+        self.settings.counters.ended(result.is_err());
         if let Err(e) = result {
             if !is_disconnect(&e) && e.kind() != io::ErrorKind::TimedOut {
                 crate::warn_limited!(

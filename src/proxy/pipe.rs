@@ -11,6 +11,11 @@
 //! 1 MiB while it lasts, then 256 KiB, then the kernel's default 64 KiB, then none: a
 //! connection that gets no pipe copies through its receive buffer instead. Pipes left
 //! unused for a while are closed, so an idle proxy holds none.
+//!
+//! A pipe waiting for a full destination with bytes in it is held for as long as that
+//! destination takes: forever, for a client that never reads. Only half the budget may be
+//! held that way (`Pipe::wait_share`); past it, the pump reads no more than the
+//! destination can take, and its pipes are back in the pool between syscalls.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -28,6 +33,9 @@ const SIZES: [usize; 3] = [1024 * 1024, 256 * 1024, 64 * 1024];
 pub struct PipeBudget {
     limit: usize,
     held: AtomicUsize,
+    /// Of `held`, the capacity of pipes waiting for a full destination; at most half
+    /// of `limit`, so the other half is left to pipes that keep moving.
+    waiting: AtomicUsize,
 }
 
 impl PipeBudget {
@@ -36,6 +44,7 @@ impl PipeBudget {
         Arc::new(PipeBudget {
             limit,
             held: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
         })
     }
 
@@ -74,6 +83,28 @@ impl PipeBudget {
 
     fn release(&self, size: usize) {
         self.held.fetch_sub(size, Ordering::Relaxed);
+    }
+
+    /// Reserves `size` of the half of the budget that waiting pipes may hold.
+    fn reserve_wait(&self, size: usize) -> bool {
+        self.waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |waiting| {
+                (waiting + size <= self.limit / 2).then_some(waiting + size)
+            })
+            .is_ok()
+    }
+}
+
+/// A pipe's leave to wait for a full destination with bytes in it; given back when
+/// dropped. Taken per pass, so a connection holds it only while it has such bytes.
+pub struct WaitShare<'a>(&'a Pipe);
+
+impl Drop for WaitShare<'_> {
+    fn drop(&mut self) {
+        let pipe = self.0;
+        pipe.budget
+            .waiting
+            .fetch_sub(pipe.reserved, Ordering::Relaxed);
     }
 }
 
@@ -128,6 +159,31 @@ impl Pipe {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Leave to fill the pipe whatever the destination can take and wait for it with
+    /// the rest; `None` once half the budget is held by waiting pipes.
+    pub fn wait_share(&self) -> Option<WaitShare<'_>> {
+        // Not then_some: a WaitShare made and dropped unreserved would give back what
+        // was never taken.
+        self.budget
+            .reserve_wait(self.reserved)
+            .then(|| WaitShare(self))
+    }
+
+    /// Reads out the `len` bytes the pipe holds, leaving it empty (and fit for reuse).
+    pub fn drain(&self, len: usize) -> io::Result<Vec<u8>> {
+        let mut bytes = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match crate::sys::read(self.read_fd(), &mut bytes[got..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(bytes)
     }
 
     pub fn read_fd(&self) -> RawFd {
@@ -227,6 +283,20 @@ mod tests {
         drop((first, second, third));
         assert_eq!(budget.held.load(Ordering::Relaxed), 0);
         assert_eq!(pool.get().unwrap().reserved, 1024 * 1024);
+    }
+
+    #[test]
+    fn at_most_half_the_budget_waits() {
+        let budget = PipeBudget::new(4 << 20);
+        let pool = PipePool::new(budget.clone(), 0);
+        let pipes: Vec<Pipe> = (0..4).map(|_| pool.get().unwrap()).collect();
+        let first = pipes[0].wait_share().expect("a quarter of the budget");
+        let second = pipes[1].wait_share().expect("half of it");
+        assert!(pipes[2].wait_share().is_none(), "past half the budget");
+        drop(first);
+        let third = pipes[2].wait_share().expect("half again, one given back");
+        drop((second, third));
+        assert_eq!(budget.waiting.load(Ordering::Relaxed), 0);
     }
 
     #[test]

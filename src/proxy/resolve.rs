@@ -63,7 +63,13 @@ impl Resolver {
                     io::ErrorKind::NotFound,
                     format!("{host:?} has no addresses"),
                 )),
-                Ok(Err(e)) => Err((e.kind(), format!("failed to resolve {host:?}: {e}"))),
+                Ok(Err(e)) => Err((
+                    e.kind(),
+                    format!(
+                        "failed to resolve {host:?}: {e} (check the host name in TARGET, and \
+                         /etc/hosts or the DNS server in /etc/resolv.conf)"
+                    ),
+                )),
                 Err(_) => Err((
                     io::ErrorKind::Interrupted,
                     format!("the lookup of {host:?} was cancelled"),
@@ -127,5 +133,23 @@ impl Drop for Lookup<'_> {
 }
 
 fn to_result(answer: Answer) -> io::Result<Rc<[SocketAddr]>> {
-    answer.map_err(|(kind, message)| io::Error::new(kind, message))
+    answer.map_err(|(kind, message)| io::Error::new(kind, Unresolved(message)))
+}
+
+/// A lookup that gave no address, so the metrics can tell it from a connect that
+/// failed (its kind alone cannot: "no addresses" is NotFound, as a missing socket path).
+#[derive(Debug)]
+struct Unresolved(String);
+
+impl std::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unresolved {}
+
+/// Whether `e` is a host-name lookup that failed, rather than a connect.
+pub fn is_resolve_failure(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Unresolved>())
 }

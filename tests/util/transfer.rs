@@ -112,6 +112,16 @@ pub fn write_pattern<W: Write>(
     Ok(())
 }
 
+/// The `len` pattern bytes from offset `seed` that write_pattern sends, for comparing
+/// what arrives on a connection that stays open (read_pattern needs an EOF).
+pub fn pattern_at(seed: usize, len: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(len);
+    while bytes.len() < len {
+        bytes.extend_from_slice(stream_at(seed + bytes.len(), len - bytes.len()));
+    }
+    bytes
+}
+
 /// Reads until EOF and checks it is exactly `len` pattern bytes from offset `seed`.
 pub fn read_pattern<C: Conn>(mut conn: C, len: usize, seed: usize) -> Result<(), String> {
     let mut buf = vec![0u8; 1 << 18];
