@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use monoio::io::{AsyncReadRentExt, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::UnixStream;
-use ringsock::activation::Family;
 use ringsock::net::{Duplex, Stream};
 use ringsock::proxy::metrics::WorkerBytes;
 use ringsock::proxy::{forward, PipeBudget, PipePool};
+use ringsock::systemd::activation::Family;
 
 /// A connected pair: one end for the test (monoio stream), one for the proxy (`Stream`).
 fn pair() -> (UnixStream, Stream) {

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::activation::ListenAddr;
+use crate::admission::client::{ClientRules, PerClient, Prefixes, RequestRate};
+use crate::admission::proxy_header::{self, TrustedPeers};
 use crate::log::Level;
-use crate::net::client::{ClientRules, PerClient, Prefixes, RequestRate};
-use crate::net::proxy_header::{self, TrustedPeers};
 use crate::proxy::Targets;
 use crate::runtime::{ConnectionsMax, Lifecycle};
+use crate::systemd::activation::ListenAddr;
 
 #[derive(Parser, Debug)]
 #[command(name = "ringsock", version, propagate_version = true)]
@@ -379,7 +379,7 @@ impl CommonArgs {
 }
 
 fn timespan(flag: &str, text: &str) -> Result<Option<Duration>, String> {
-    crate::timespan::parse(text).map_err(|e| format!("{flag}: {e}"))
+    crate::systemd::timespan::parse(text).map_err(|e| format!("{flag}: {e}"))
 }
 
 fn finite(flag: &str, text: &str) -> Result<Duration, String> {

@@ -3,21 +3,20 @@
 
 #[macro_use]
 pub mod log;
-pub mod activation;
 pub mod address;
+pub mod admission;
 pub mod cli;
 pub mod http;
 pub mod net;
-pub mod notify;
 pub mod proxy;
 pub mod runtime;
 pub mod sync;
 pub mod sys;
-pub mod timespan;
+pub mod systemd;
 
-use activation::{ListenAddr, Listener};
 use cli::{Common, Config};
-use notify::Notifier;
+use systemd::activation::{ListenAddr, Listener};
+use systemd::notify::Notifier;
 
 /// Runs a validated configuration to completion. The error is the one line `main` prints.
 pub fn run(config: Config) -> Result<(), String> {
@@ -120,7 +119,7 @@ fn run_serve(common: &Common, serve: cli::ServeConfig, notifier: &Notifier) -> R
 
 /// Activated sockets plus any `--listen` ones; `default` when there are neither.
 fn listeners(common: &Common, default: Option<ListenAddr>) -> Result<Vec<Listener>, String> {
-    let mut listeners = activation::take_activated().map_err(|e| e.to_string())?;
+    let mut listeners = systemd::activation::take_activated().map_err(|e| e.to_string())?;
     let mut addrs = common.listen.clone();
     if listeners.is_empty() && addrs.is_empty() {
         addrs.extend(default);

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use ringsock::activation::{parse_environment, ListenAddr};
 use ringsock::http::files::{self, FileInfo, Plan};
 use ringsock::http::request::{self, Method, Request, MAX_HEAD, MAX_URI};
 use ringsock::proxy::Target;
-use ringsock::timespan;
+use ringsock::systemd::activation::{parse_environment, ListenAddr};
+use ringsock::systemd::timespan;
 
 /// A request head as the serve loop sees it: `parse_head` on the unanswered bytes.
 pub fn head(bytes: &[u8]) {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::access_log::AccessLog;
 use super::metrics::{Totals, DURATION_BOUNDS};
-use crate::net::client::ClientRules;
+use crate::admission::client::ClientRules;
 use crate::runtime::blocking::PoolStats;
 
 /// aptly answers `{"Version":"1.5.0+ds1-1+b4"}` with no trailing newline; clients parse it.
@@ -88,7 +88,7 @@ pub fn render_metrics(
          peers closed for a missing, malformed or slow PROXY header.\n\
          # TYPE ringsock_proxy_protocol_refused_total counter\n\
          ringsock_proxy_protocol_refused_total {}\n",
-        crate::net::proxy_header::REFUSED.load(Ordering::Relaxed)
+        crate::admission::proxy_header::REFUSED.load(Ordering::Relaxed)
     );
     if let Some(limit) = &clients.per_client {
         let _ = write!(

@@ -13,8 +13,8 @@ use super::files::{self, RelPath};
 use super::request::{self, Method, Request};
 use super::response::{self, Connection as Persistence};
 use super::{access_log, router, HttpHandler};
-use crate::net::client::Client;
-use crate::net::proxy_header::Origin;
+use crate::admission::client::Client;
+use crate::admission::proxy_header::Origin;
 use crate::net::{linger, Linger, Stream};
 
 /// First read buffer; grown to [`request::MAX_HEAD`] only for a head that needs it.

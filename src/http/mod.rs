@@ -35,7 +35,7 @@ pub struct Settings {
     pub keepalive_timeout: Duration,
     pub access_log: Option<Arc<access_log::AccessLog>>,
     /// `--proxy-protocol-from` and `--per-client-*`.
-    pub clients: Arc<crate::net::client::ClientRules>,
+    pub clients: Arc<crate::admission::client::ClientRules>,
 }
 
 /// Built once; every worker's handler holds it.

@@ -1,11 +1,9 @@
 //! Connected stream sockets (TCP or Unix) as the handlers see them: [`Stream`], the
 //! owned halves two directions of a proxied connection use at once ([`Duplex`]), and
-//! the lingering close, and the PROXY header a trusted load balancer puts before them.
+//! the lingering close.
 
-pub mod client;
 mod duplex;
 mod linger;
-pub mod proxy_header;
 mod stream;
 
 pub use duplex::{Duplex, ReadHalf, WriteHalf};

@@ -11,8 +11,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpStream, UnixStream};
 use monoio::BufResult;
 
-use crate::activation::Family;
 use crate::sys;
+use crate::systemd::activation::Family;
 
 /// A connected, non-blocking stream socket registered with this worker's runtime.
 pub enum Stream {

@@ -17,9 +17,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::admission::client::ClientRules;
+use crate::admission::proxy_header;
 use crate::log::RateLimit;
-use crate::net::client::ClientRules;
-use crate::net::proxy_header;
 use crate::net::{is_disconnect, Duplex, Stream};
 use crate::runtime::limit::Limiter;
 use crate::runtime::{Handler, Worker};
@@ -63,7 +63,7 @@ pub struct Settings {
     /// Shared by every worker's handler.
     pub counters: Arc<metrics::ProxyCounters>,
     /// `--metrics ADDR`: one more socket, named `metrics`.
-    pub metrics_listen: Option<crate::activation::ListenAddr>,
+    pub metrics_listen: Option<crate::systemd::activation::ListenAddr>,
 }
 
 pub struct ProxyHandler {

@@ -3,8 +3,8 @@
 
 use super::metrics::METRICS_LISTENER;
 use super::Targets;
-use crate::activation::Listener;
 use crate::runtime::{Admission, Planned};
+use crate::systemd::activation::Listener;
 
 /// Scrapes answered at once on one metrics socket (all workers together), apart from
 /// `--connections-max`. A scraper
@@ -58,7 +58,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::activation::Family;
+    use crate::systemd::activation::Family;
 
     fn listeners(names: &[&str]) -> Vec<Listener> {
         names

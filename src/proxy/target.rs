@@ -13,9 +13,9 @@ use std::time::Duration;
 use socket2::{SockAddr, Socket, Type};
 
 use super::resolve::Resolver;
-use crate::activation::Family;
 use crate::address::UnixAddr;
 use crate::net::Stream;
+use crate::systemd::activation::Family;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use super::Target;
-use crate::activation::Listener;
+use crate::systemd::activation::Listener;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Targets {

@@ -10,9 +10,9 @@ use monoio::net::{TcpListener, UnixListener};
 
 use super::limit::{Limiter, Permit};
 use super::{Handler, Worker};
-use crate::activation::{Family, Listener};
 use crate::log::RateLimit;
 use crate::net::Stream;
+use crate::systemd::activation::{Family, Listener};
 
 /// A listening socket as every worker accepts on it: the limiter its connections take
 /// permits from, and the handler's plan for them, both fixed at start.

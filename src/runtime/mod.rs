@@ -21,9 +21,9 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::activation::Listener;
 use crate::net::Stream;
-use crate::notify::Notifier;
+use crate::systemd::activation::Listener;
+use crate::systemd::notify::Notifier;
 use accept::Entrance;
 use blocking::BlockingPool;
 pub use limit::ConnectionsMax;

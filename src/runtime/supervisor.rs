@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use super::limit::Limiter;
 use super::signals::{is_stop, note_ignored, signal_name, wait_signal};
 use super::Lifecycle;
-use crate::notify::Notifier;
 use crate::sys::{getsockopt_int, reset_on_close};
+use crate::systemd::notify::Notifier;
 
 pub struct Supervisor<'a> {
     pub lifecycle: &'a Lifecycle,

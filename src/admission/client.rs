@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::proxy_header::{self, Origin, TrustedPeers};
-use super::Stream;
+use crate::net::Stream;
 use crate::sync::lock;
 
 const SHARDS: usize = 16;

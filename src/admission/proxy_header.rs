@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ppp::{HeaderResult, PartialResult};
 
-use super::Stream;
+use crate::net::Stream;
 
 /// A v1 header is at most 107 bytes; a v2 one 16 plus its length. TLVs past this (no
 /// balancer sends that many) are refused rather than buffered.
