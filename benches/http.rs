@@ -5,9 +5,10 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ringsock::http::answer::{Answer, Body, ContentRange, FileBody};
+use ringsock::http::files::Root;
 use ringsock::http::files::{self, FileInfo};
 use ringsock::http::response::{self, Connection};
-use ringsock::http::{api, request, route};
+use ringsock::http::{api, request, route, Routes};
 
 /// What apt 2.6 sends for an index file it already has (If-Modified-Since revalidation).
 const APT_HEAD: &[u8] = b"GET /debian/dists/bookworm/main/binary-amd64/Packages.xz HTTP/1.1\r\n\
@@ -33,14 +34,22 @@ fn parse(c: &mut Criterion) {
 }
 
 fn routing(c: &mut Criterion) {
+    let routes = Routes {
+        root: Some(std::sync::Arc::new(
+            Root::new(&std::env::temp_dir(), false, false).expect("a root"),
+        )),
+        api_version: true,
+        metrics_everywhere: false,
+        metrics: std::sync::Arc::new(|_, _| {}),
+    };
     // Picking the handler for a path: API endpoints first, then the file tree.
     c.bench_function("route/api_and_file", |b| {
         b.iter(|| {
             (
-                route(black_box(b"/api/version"), true),
+                route(black_box(b"/api/version"), &routes),
                 route(
                     black_box(b"/debian/pool/main/h/hello/hello_2.10-3_amd64.deb"),
-                    true,
+                    &routes,
                 ),
             )
         })

@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use monoio::io::{AsyncReadRentExt, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::UnixStream;
 use ringsock::net::{Duplex, Stream};
-use ringsock::proxy::metrics::WorkerBytes;
+use ringsock::proxy::metrics::WorkerCounters;
 use ringsock::proxy::{forward, PipeBudget, PipePool};
 use ringsock::systemd::activation::Family;
 
@@ -51,7 +51,7 @@ fn pump(c: &mut Criterion) {
                 &pipes,
                 None,
                 None,
-                &WorkerBytes::default(),
+                &WorkerCounters::default(),
             )
             .await;
         });
@@ -150,7 +150,7 @@ async fn one_connection(pipes: &PipePool) {
             pipes,
             None,
             None,
-            &WorkerBytes::default(),
+            &WorkerCounters::default(),
         )
         .await
         .expect("forward");

@@ -189,6 +189,8 @@ pub struct Common {
     pub log_level: Option<Level>,
     /// `--proxy-protocol-from` and `--per-client-*`.
     pub clients: Arc<ClientRules>,
+    /// `--proxy-protocol-on`: the sockets whose every connection starts with a header.
+    pub header_required: Vec<String>,
 }
 
 pub type ProxyConfig = crate::proxy::Settings;
@@ -333,16 +335,17 @@ impl CommonArgs {
         };
         let clients = Arc::new(ClientRules {
             trusted: TrustedPeers::parse(&self.proxy_protocol_from)?,
-            header_listeners: self.proxy_protocol_on.clone(),
             prefixes: Prefixes {
                 ipv4: self.per_client_ipv4_prefix,
                 ipv6: self.per_client_ipv6_prefix,
             },
             per_client,
             rate,
+            ..ClientRules::default()
         });
         Ok(Common {
             clients,
+            header_required: self.proxy_protocol_on,
             listen,
             lifecycle: Lifecycle {
                 threads,

@@ -7,12 +7,15 @@ pub mod address;
 pub mod admission;
 pub mod cli;
 pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod runtime;
 pub mod sync;
 pub mod sys;
 pub mod systemd;
+
+use std::sync::Arc;
 
 use cli::{Common, Config};
 use systemd::activation::{ListenAddr, Listener};
@@ -40,7 +43,7 @@ fn run_proxy(common: &Common, proxy: cli::ProxyConfig, notifier: &Notifier) -> R
         metrics.name = proxy::metrics::METRICS_LISTENER.into();
         listeners.push(metrics);
     }
-    let listeners = proxy::plan(listeners, &proxy.target)?;
+    let listeners = proxy::plan(listeners, &proxy.target, &common.header_required)?;
     let status = format!(
         "Forwarding to {} on {} sockets",
         proxy.target,
@@ -50,6 +53,7 @@ fn run_proxy(common: &Common, proxy: cli::ProxyConfig, notifier: &Notifier) -> R
     let live_status =
         move |limiter: &runtime::limit::Limiter| counters.status(limiter, &target_text);
     let pipes = proxy::PipeBudget::from_system();
+    let metrics_door = http::Shared::new(proxy_metrics_door(&proxy));
     runtime::run(
         listeners,
         &common.lifecycle,
@@ -59,9 +63,54 @@ fn run_proxy(common: &Common, proxy: cli::ProxyConfig, notifier: &Notifier) -> R
             reopen_logs: None,
             live_status: Some(&live_status),
         },
-        move |worker| proxy::ProxyHandler::new(proxy.clone(), pipes.clone(), worker),
+        move |worker| proxy::ProxyHandler::new(proxy.clone(), pipes.clone(), &metrics_door, worker),
     )
     .map_err(|e| e.to_string())
+}
+
+/// The HTTP server of the proxy's metrics socket: metrics on every path, and the
+/// connection closed after each answer, as the socket did before it spoke HTTP through
+/// the server's code; a scraper has 5 s to send its request and to take the answer.
+fn proxy_metrics_door(proxy: &cli::ProxyConfig) -> http::Settings {
+    let (counters, clients) = (proxy.counters.clone(), proxy.clients.clone());
+    let source: metrics::Source = Arc::new(move |out, worker| {
+        metrics::common(out, &worker.limiter, &worker.pool.stats());
+        counters.render(out);
+        clients.render(out);
+    });
+    let scrape = std::time::Duration::from_secs(5);
+    http::Settings {
+        routes: http::Routes {
+            root: None,
+            api_version: false,
+            metrics_everywhere: true,
+            metrics: source,
+        },
+        header_timeout: scrape,
+        keepalive_timeout: scrape,
+        persistent: false,
+        access_log: None,
+        clients: Arc::default(),
+        counters: Arc::default(),
+    }
+}
+
+/// What serve's `/metrics` shows: its connections, answers, I/O threads, admission and
+/// access log.
+fn serve_metrics(
+    counters: &Arc<http::metrics::Metrics>,
+    clients: &Arc<admission::client::ClientRules>,
+    access_log: Option<&Arc<http::access_log::AccessLog>>,
+) -> metrics::Source {
+    let (counters, clients, access_log) = (counters.clone(), clients.clone(), access_log.cloned());
+    Arc::new(move |out, worker| {
+        metrics::common(out, &worker.limiter, &worker.pool.stats());
+        http::metrics::render(out, &counters);
+        clients.render(out);
+        if let Some(log) = &access_log {
+            log.render(out);
+        }
+    })
 }
 
 fn run_serve(common: &Common, serve: cli::ServeConfig, notifier: &Notifier) -> Result<(), String> {
@@ -88,19 +137,27 @@ fn run_serve(common: &Common, serve: cli::ServeConfig, notifier: &Notifier) -> R
         .as_deref()
         .map(http::access_log::AccessLog::open);
     let reopen_log = access_log.clone().map(|log| move || log.reopen());
+    let counters = Arc::new(http::metrics::Metrics::default());
     let shared = http::Shared::new(http::Settings {
+        routes: http::Routes {
+            root,
+            api_version: true,
+            metrics_everywhere: false,
+            metrics: serve_metrics(&counters, &common.clients, access_log.as_ref()),
+        },
         clients: common.clients.clone(),
         access_log,
-        root,
         header_timeout: serve.header_timeout,
         keepalive_timeout: serve.keepalive_timeout,
+        persistent: true,
+        counters,
     });
-    // Every socket serves everything: its plan is only its name (--proxy-protocol-on).
+    // Every socket serves everything; its plan says whether a PROXY header comes first.
     let listeners = listeners
         .into_iter()
         .map(|l| {
-            let name = l.name.clone();
-            runtime::Planned::counted(l, name)
+            let header = proxy::header_rule(&l.name, &common.header_required);
+            runtime::Planned::counted(l, header)
         })
         .collect();
     runtime::run(
@@ -137,7 +194,7 @@ fn listeners(common: &Common, default: Option<ListenAddr>) -> Result<Vec<Listene
                 .into(),
         );
     }
-    check_names(&common.clients.header_listeners, &listeners)?;
+    check_names(&common.header_required, &listeners)?;
     Ok(listeners)
 }
 

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::proxy::metric_value;
+use crate::proxy::{metric_value, scrape};
 use crate::util::*;
 
 const LOG: Duration = Duration::from_secs(10);
@@ -253,5 +253,65 @@ fn scrapes_are_not_activity_for_exit_idle_time() {
             after < Duration::from_secs(4),
             "{driver:?}: exited {after:?} after start with --exit-idle-time 1s"
         );
+    }
+}
+
+/// The proxy's metrics show the refusals it enforces, as serve's do: connections closed
+/// for a missing PROXY header (`--proxy-protocol-on`) and over
+/// `--per-client-connections`.
+#[test]
+fn the_proxys_metrics_count_its_refusals() {
+    let backend = Backend::unix(Reply::Echo);
+    for driver in DRIVERS {
+        let (web, web_addr) = Listen::tcp();
+        let (lb, lb_addr) = Listen::tcp();
+        let (metrics, metrics_addr) = Listen::tcp();
+        let ringsock = Spawn::new(&[
+            "proxy",
+            "--proxy-protocol-on",
+            "lb",
+            "--per-client-connections",
+            "1",
+            &format!("web={}", backend.target),
+            &format!("lb={}", backend.target),
+        ])
+        .listen(web)
+        .listen(lb)
+        .listen(metrics)
+        .names("web:lb:metrics")
+        .driver(driver)
+        .start();
+        ringsock.expect_driver(driver);
+        // No header where one is required: closed, counted.
+        let mut headless = connect_tcp(lb_addr);
+        headless.write_all(b"not a PROXY header\r\n").unwrap();
+        // A second connection from the same client while the first is open: refused.
+        let mut first = connect_tcp(web_addr);
+        assert_eq!(round_trip(&mut first, b"1").unwrap(), b"1");
+        let second = connect_tcp(web_addr);
+        let text = wait_until(
+            LOG,
+            || {
+                let text = scrape(metrics_addr);
+                let refused = (
+                    metric_value(&text, "ringsock_proxy_protocol_refused_total"),
+                    metric_value(&text, "ringsock_per_client_refused_total"),
+                );
+                (refused == (1, 1)).then_some(text)
+            },
+            || {
+                format!(
+                    "{driver:?}: the refusals never showed:\n{}",
+                    scrape(metrics_addr)
+                )
+            },
+        );
+        assert_eq!(
+            metric_value(&text, "ringsock_per_client_ranges"),
+            1,
+            "{driver:?}"
+        );
+        drop((headless, first, second));
+        ringsock.stop();
     }
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::proxy_header::{self, Origin, TrustedPeers};
+use crate::metrics::Exposition;
 use crate::net::Stream;
 use crate::sync::lock;
 
@@ -26,11 +27,21 @@ const SHARDS: usize = 16;
 #[derive(Debug, Default)]
 pub struct ClientRules {
     pub trusted: TrustedPeers,
-    /// Listeners (by name) whose every connection starts with a PROXY header.
-    pub header_listeners: Vec<String>,
     pub prefixes: Prefixes,
     pub per_client: Option<PerClient>,
     pub rate: Option<RequestRate>,
+    /// Connections closed for a missing, malformed or slow PROXY header.
+    pub header_refused: AtomicU64,
+}
+
+/// Whether a listener's connections start with a PROXY header: decided per listener at
+/// start (`--proxy-protocol-on NAME`), else per peer (`--proxy-protocol-from`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderRule {
+    /// Every connection, whoever the peer.
+    Required,
+    /// Connections from `--proxy-protocol-from` peers.
+    FromTrusted,
 }
 
 /// What makes one client: an address masked to these lengths.
@@ -74,13 +85,16 @@ impl ClientRules {
     pub async fn admit(
         self: &Arc<Self>,
         stream: &Stream,
-        listener: &str,
+        header: HeaderRule,
     ) -> Result<Client, &'static str> {
-        let origin = if self.header_listeners.iter().any(|name| name == listener) {
-            proxy_header::read_counted(stream).await?
-        } else {
-            proxy_header::receive(stream, &self.trusted).await?
+        let origin = match header {
+            HeaderRule::Required => proxy_header::read(stream).await,
+            HeaderRule::FromTrusted => proxy_header::receive(stream, &self.trusted).await,
         };
+        if origin.is_err() {
+            self.header_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        let origin = origin?;
         let unlimited = Client {
             origin,
             key: None,
@@ -110,6 +124,36 @@ impl ClientRules {
             key: Some(key),
             _slot: slot,
         })
+    }
+
+    /// What admission refused, for `/metrics` (both subcommands).
+    pub fn render(&self, out: &mut Exposition) {
+        out.counter(
+            "ringsock_proxy_protocol_refused_total",
+            "Connections closed for a missing, malformed or slow PROXY header \
+             (--proxy-protocol-from, --proxy-protocol-on).",
+            self.header_refused.load(Ordering::Relaxed),
+        );
+        if let Some(limit) = &self.per_client {
+            out.counter(
+                "ringsock_per_client_refused_total",
+                "Connections closed at accept: their client's address range had \
+                 --per-client-connections open.",
+                limit.refused.load(Ordering::Relaxed),
+            );
+            out.gauge(
+                "ringsock_per_client_ranges",
+                "Client address ranges with a connection open.",
+                limit.tracked() as u64,
+            );
+        }
+        if let Some(rate) = &self.rate {
+            out.counter(
+                "ringsock_per_client_rate_limited_total",
+                "Requests answered 429: their client was over --per-client-rate.",
+                rate.limited.load(Ordering::Relaxed),
+            );
+        }
     }
 
     /// Whether `client` may have one more request answered now; else how many seconds

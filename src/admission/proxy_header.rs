@@ -6,7 +6,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ppp::{HeaderResult, PartialResult};
@@ -19,9 +18,6 @@ const MAX_HEADER: usize = 16 + 4096;
 /// How long a trusted peer has to send its whole header (HAProxy's `timeout client`
 /// is the usual bound; the issue asks for 3 s).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Connections from trusted peers refused for a missing, malformed or slow header.
-pub static REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// Address ranges whose connections carry a PROXY header (`--proxy-protocol-from`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -166,8 +162,8 @@ pub enum Origin {
     Balancer,
 }
 
-/// Reads the PROXY header if `stream`'s peer is trusted. `Err` (counted in [`REFUSED`])
-/// when a trusted peer sent no valid header within [`HEADER_TIMEOUT`]: close it.
+/// Reads the PROXY header if `stream`'s peer is trusted. `Err` when a trusted peer sent
+/// no valid header within [`HEADER_TIMEOUT`]: close it.
 pub async fn receive(stream: &Stream, trusted: &TrustedPeers) -> Result<Origin, &'static str> {
     if trusted.is_empty() {
         return Ok(Origin::Direct);
@@ -178,20 +174,11 @@ pub async fn receive(stream: &Stream, trusted: &TrustedPeers) -> Result<Origin, 
     if !trusted.contains(peer) {
         return Ok(Origin::Direct);
     }
-    read_counted(stream).await
-}
-
-/// Reads the header a connection must start with, counting a refusal in [`REFUSED`].
-pub async fn read_counted(stream: &Stream) -> Result<Origin, &'static str> {
-    let result = read_header(stream).await;
-    if result.is_err() {
-        REFUSED.fetch_add(1, Ordering::Relaxed);
-    }
-    result
+    read(stream).await
 }
 
 /// Peeks until the header is complete, then takes exactly its bytes off the socket.
-async fn read_header(stream: &Stream) -> Result<Origin, &'static str> {
+pub async fn read(stream: &Stream) -> Result<Origin, &'static str> {
     let deadline = Instant::now() + HEADER_TIMEOUT;
     let mut buf = vec![0u8; MAX_HEADER];
     let mut pause = Duration::from_millis(1);

@@ -83,6 +83,20 @@ impl AccessLog {
         }
     }
 
+    /// Lines written and lost, for `/metrics`.
+    pub fn render(&self, out: &mut crate::metrics::Exposition) {
+        out.counter(
+            "ringsock_access_log_lines_total",
+            "Access log lines written.",
+            self.lines.load(Ordering::Relaxed),
+        );
+        out.counter(
+            "ringsock_access_log_lines_lost_total",
+            "Access log lines that could not be written (full disk, unwritable path).",
+            self.lines_lost.load(Ordering::Relaxed),
+        );
+    }
+
     fn describe(&self) -> String {
         match &self.path {
             Some(path) => path.display().to_string(),

@@ -224,7 +224,9 @@ impl Responder<'_> {
             Ok(()) => handler.answer(req, &mut self.rel).await,
             Err(retry_after) => router::too_many(retry_after),
         };
-        let persistence = if answer.closes || !req.keep_alive || handler.worker.is_stopping() {
+        let settings = &handler.shared.settings;
+        let closes = answer.closes || !req.keep_alive || !settings.persistent;
+        let persistence = if closes || handler.worker.is_stopping() {
             Persistence::Close
         } else if req.http10 {
             Persistence::KeepAlive10
@@ -305,7 +307,7 @@ impl Responder<'_> {
         }
         let settings = &self.handler.shared.settings;
         // A file body comes only from the root.
-        let Some(root) = &settings.root else {
+        let Some(root) = &settings.routes.root else {
             return (0, Err(io::Error::other("a file body without a root")));
         };
         let mut sent = files::Sent::default();

@@ -1,20 +1,24 @@
-//! Request and byte counters. Each worker owns its own set (one writer, so plain
-//! load+store instead of locked read-modify-write, on its own cache lines); `/metrics`
-//! sums every worker's set.
+//! serve's own counters: responses by status class, bytes sent, what went to the I/O
+//! threads, and how long requests took. Each worker owns its set (one writer, so plain
+//! load+store, on its own cache lines); `/metrics` sums every worker's.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
 
-use crate::sync::lock;
+use crate::metrics::{bump, Exposition, Kind, PerWorker};
+
+/// Every worker's counters.
+pub type Metrics = PerWorker<WorkerCounters>;
 
 /// One worker's counters. Aligned so two workers never share a cache line.
 #[repr(align(128))]
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct WorkerCounters {
     /// Responses by status class: index 0 for 1xx up to 4 for 5xx.
     responses: [AtomicU64; 5],
     bytes_sent: AtomicU64,
-    disk: DiskCounters,
+    disk_opens: AtomicU64,
+    disk_sends: AtomicU64,
+    disk_bytes: AtomicU64,
     /// Request durations by [`DURATION_BOUNDS`] bucket (not cumulative; the last is +Inf).
     durations: [AtomicU64; DURATION_BOUNDS.len() + 1],
     duration_sum_micros: AtomicU64,
@@ -27,16 +31,8 @@ pub const DURATION_BOUNDS: [u64; 14] = [
     10_000_000, 60_000_000,
 ];
 
-/// File work moved to I/O threads because it would have waited for the disk.
-#[derive(Default)]
-struct DiskCounters {
-    opens: AtomicU64,
-    sends: AtomicU64,
-    bytes: AtomicU64,
-}
-
 impl WorkerCounters {
-    /// Only the owning worker calls this, so the load+store cannot lose an update.
+    /// Only the owning worker calls these, so the load+store cannot lose an update.
     pub fn count_response(&self, class: usize) {
         if let Some(counter) = self.responses.get(class.wrapping_sub(1)) {
             bump(counter, 1);
@@ -56,66 +52,67 @@ impl WorkerCounters {
     }
 
     pub fn count_disk_open(&self) {
-        bump(&self.disk.opens, 1);
+        bump(&self.disk_opens, 1);
     }
 
     /// `turns` sendfile calls on I/O threads sent `bytes` of a body.
     pub fn count_disk_sends(&self, turns: u64, bytes: u64) {
-        bump(&self.disk.sends, turns);
-        bump(&self.disk.bytes, bytes);
+        bump(&self.disk_sends, turns);
+        bump(&self.disk_bytes, bytes);
     }
 }
 
-/// Adds `n` to a counter only one thread writes: a load and a store, no locked
-/// read-modify-write, so counting costs the hot path next to nothing.
-pub(crate) fn bump(counter: &AtomicU64, n: u64) {
-    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
-}
-
-/// Every worker's counters, for summing.
-#[derive(Default)]
-pub struct Metrics {
-    workers: Mutex<Vec<Arc<WorkerCounters>>>,
-}
-
-/// A sum over all workers.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Totals {
-    pub responses: [u64; 5],
-    pub bytes_sent: u64,
-    pub disk_opens: u64,
-    pub disk_sends: u64,
-    pub disk_bytes: u64,
-    /// Per bucket, not cumulative.
-    pub durations: [u64; DURATION_BOUNDS.len() + 1],
-    pub duration_sum_micros: u64,
-}
-
-impl Metrics {
-    /// A new worker's counters, registered for summing.
-    pub fn register(&self) -> Arc<WorkerCounters> {
-        let counters = Arc::new(WorkerCounters::default());
-        lock(&self.workers).push(counters.clone());
-        counters
-    }
-
-    pub fn totals(&self) -> Totals {
-        let mut totals = Totals::default();
-        for worker in lock(&self.workers).iter() {
-            for (sum, counter) in totals.responses.iter_mut().zip(&worker.responses) {
-                *sum += counter.load(Ordering::Relaxed);
-            }
-            totals.bytes_sent += worker.bytes_sent.load(Ordering::Relaxed);
-            totals.disk_opens += worker.disk.opens.load(Ordering::Relaxed);
-            totals.disk_sends += worker.disk.sends.load(Ordering::Relaxed);
-            totals.disk_bytes += worker.disk.bytes.load(Ordering::Relaxed);
-            for (sum, bucket) in totals.durations.iter_mut().zip(&worker.durations) {
-                *sum += bucket.load(Ordering::Relaxed);
-            }
-            totals.duration_sum_micros += worker.duration_sum_micros.load(Ordering::Relaxed);
-        }
-        totals
-    }
+/// serve's families, summed over workers.
+pub fn render(out: &mut Exposition, all: &Metrics) {
+    let classes = [
+        "{code=\"1xx\"}",
+        "{code=\"2xx\"}",
+        "{code=\"3xx\"}",
+        "{code=\"4xx\"}",
+        "{code=\"5xx\"}",
+    ];
+    let responses: Vec<(&str, u64)> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, labels)| (*labels, all.sum(|w| &w.responses[i])))
+        .collect();
+    out.family(
+        "ringsock_http_responses_total",
+        Kind::Counter,
+        "HTTP responses sent, by status class.",
+        &responses,
+    );
+    out.counter(
+        "ringsock_http_response_bytes_total",
+        "Bytes sent in responses, heads and bodies.",
+        all.sum(|w| &w.bytes_sent),
+    );
+    out.counter(
+        "ringsock_http_file_opens_offloaded_total",
+        "Opens done on an I/O thread: their path was not in the kernel's lookup cache.",
+        all.sum(|w| &w.disk_opens),
+    );
+    out.counter(
+        "ringsock_http_file_sends_offloaded_total",
+        "sendfile calls done on an I/O thread: their pages were not in the page cache.",
+        all.sum(|w| &w.disk_sends),
+    );
+    out.counter(
+        "ringsock_http_file_bytes_offloaded_total",
+        "Body bytes sent by I/O threads.",
+        all.sum(|w| &w.disk_bytes),
+    );
+    let bounds: Vec<f64> = DURATION_BOUNDS.iter().map(|&b| b as f64 / 1e6).collect();
+    let counts: Vec<u64> = (0..=DURATION_BOUNDS.len())
+        .map(|i| all.sum(|w| &w.durations[i]))
+        .collect();
+    out.histogram(
+        "ringsock_http_request_duration_seconds",
+        "Time from a request head's first byte to its answer (the body sent, for files).",
+        &bounds,
+        &counts,
+        all.sum(|w| &w.duration_sum_micros) as f64 / 1e6,
+    );
 }
 
 #[cfg(test)]
@@ -137,17 +134,24 @@ mod tests {
         a.count_duration(std::time::Duration::from_micros(40));
         b.count_duration(std::time::Duration::from_micros(100));
         b.count_duration(std::time::Duration::from_secs(3600));
-        assert_eq!(
-            metrics.totals(),
-            Totals {
-                responses: [0, 2, 0, 1, 0],
-                bytes_sent: 15,
-                disk_opens: 1,
-                disk_sends: 2,
-                disk_bytes: 300,
-                durations: [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-                duration_sum_micros: 3_600_000_140,
-            }
-        );
+        let mut out = Exposition::default();
+        render(&mut out, &metrics);
+        let text = String::from_utf8(out.into_bytes()).unwrap();
+        for line in [
+            "ringsock_http_responses_total{code=\"2xx\"} 2\n",
+            "ringsock_http_responses_total{code=\"4xx\"} 1\n",
+            "ringsock_http_responses_total{code=\"5xx\"} 0\n",
+            "ringsock_http_response_bytes_total 15\n",
+            "ringsock_http_file_opens_offloaded_total 1\n",
+            "ringsock_http_file_sends_offloaded_total 2\n",
+            "ringsock_http_file_bytes_offloaded_total 300\n",
+            "ringsock_http_request_duration_seconds_bucket{le=\"0.0001\"} 2\n",
+            "ringsock_http_request_duration_seconds_bucket{le=\"60\"} 2\n",
+            "ringsock_http_request_duration_seconds_bucket{le=\"+Inf\"} 3\n",
+            "ringsock_http_request_duration_seconds_sum 3600.00014\n",
+            "ringsock_http_request_duration_seconds_count 3\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 }

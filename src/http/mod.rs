@@ -21,35 +21,36 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admission::client::{ClientRules, HeaderRule};
 use crate::net::{is_disconnect, Stream};
 use crate::runtime::{Handler, Worker};
-use files::Root;
 use metrics::{Metrics, WorkerCounters};
 use response::DateCache;
-pub use router::{route, Route};
+pub use router::{route, Route, Routes};
 
 /// What the server was configured with, shared by all workers.
 pub struct Settings {
-    pub root: Option<Arc<Root>>,
+    pub routes: Routes,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
+    /// Whether a connection stays open for more requests (keep-alive), or closes after
+    /// each answer.
+    pub persistent: bool,
     pub access_log: Option<Arc<access_log::AccessLog>>,
     /// `--proxy-protocol-from` and `--per-client-*`.
-    pub clients: Arc<crate::admission::client::ClientRules>,
+    pub clients: Arc<ClientRules>,
+    /// Every worker's counters, which the workers' handlers add to.
+    pub counters: Arc<Metrics>,
 }
 
 /// Built once; every worker's handler holds it.
 pub struct Shared {
     settings: Settings,
-    metrics: Metrics,
 }
 
 impl Shared {
     pub fn new(settings: Settings) -> Arc<Shared> {
-        Arc::new(Shared {
-            settings,
-            metrics: Metrics::default(),
-        })
+        Arc::new(Shared { settings })
     }
 }
 
@@ -65,7 +66,7 @@ pub struct HttpHandler {
 impl HttpHandler {
     pub fn new(shared: &Arc<Shared>, worker: &Rc<Worker>) -> HttpHandler {
         HttpHandler {
-            counters: shared.metrics.register(),
+            counters: shared.settings.counters.register(),
             shared: shared.clone(),
             worker: worker.clone(),
             date: DateCache::default(),
@@ -88,18 +89,26 @@ impl HttpHandler {
 }
 
 impl Handler for HttpHandler {
-    /// The listener's name, for `--proxy-protocol-on`.
-    type Plan = String;
+    /// Whether the listener's connections start with a PROXY header.
+    type Plan = HeaderRule;
 
-    async fn handle(self: Rc<Self>, stream: Stream, listener: Rc<String>) {
-        let client = match self.shared.settings.clients.admit(&stream, &listener).await {
+    async fn handle(self: Rc<Self>, stream: Stream, header: Rc<HeaderRule>) {
+        self.serve(stream, *header).await;
+    }
+}
+
+impl HttpHandler {
+    /// Serves one connection until it closes; `header` says whether it starts with a
+    /// PROXY header.
+    pub async fn serve(&self, stream: Stream, header: HeaderRule) {
+        let client = match self.shared.settings.clients.admit(&stream, header).await {
             Ok(client) => client,
             Err(why) => {
                 crate::debug!("closing a connection: {why}");
                 return;
             }
         };
-        let mut connection = connection::Connection::new(&self, stream, client);
+        let mut connection = connection::Connection::new(self, stream, client);
         if let Err(e) = connection.serve().await {
             if !is_disconnect(&e) {
                 crate::debug!("failed to serve a connection: {e}");

@@ -5,10 +5,23 @@ use std::fs::File;
 use std::sync::Arc;
 
 use super::answer::{Answer, Body, ContentRange, FileBody, Value};
-use super::files::{self, FileInfo, Kind, Pages, Plan, RelPath};
+use super::files::{self, FileInfo, Kind, Pages, Plan, RelPath, Root};
 use super::request::{Method, Request};
 use super::response::{self, Status};
 use super::{api, HttpHandler};
+use crate::metrics;
+
+/// What a server answers, decided at start.
+pub struct Routes {
+    /// The mirror tree, if any.
+    pub root: Option<Arc<Root>>,
+    /// `/api/version`, answered as aptly does.
+    pub api_version: bool,
+    /// Whether every path answers metrics (the proxy's metrics socket, which answered
+    /// whatever it was asked), rather than `/metrics` alone.
+    pub metrics_everywhere: bool,
+    pub metrics: metrics::Source,
+}
 
 /// Where a request goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,11 +33,12 @@ pub enum Route {
 }
 
 /// Routes on the path (query already stripped). The API wins over files of the same name.
-pub fn route(path: &[u8], has_root: bool) -> Route {
+pub fn route(path: &[u8], routes: &Routes) -> Route {
     match path {
-        b"/api/version" => Route::Version,
+        b"/api/version" if routes.api_version => Route::Version,
+        _ if routes.metrics_everywhere => Route::Metrics,
         b"/metrics" => Route::Metrics,
-        _ if has_root => Route::Files,
+        _ if routes.root.is_some() => Route::Files,
         _ => Route::NotFound,
     }
 }
@@ -36,32 +50,25 @@ impl HttpHandler {
             return Answer::reason(response::METHOD_NOT_ALLOWED)
                 .with("Allow", Value::Static(b"GET, HEAD"));
         }
-        match route(req.path, self.shared.settings.root.is_some()) {
+        match route(req.path, &self.shared.settings.routes) {
             Route::Version => Answer::ok(api::VERSION_TYPE, Body::Static(api::VERSION_BODY)),
-            Route::Metrics => Answer::ok(api::METRICS_TYPE, Body::Owned(self.metrics_text())),
+            Route::Metrics => Answer::ok(metrics::CONTENT_TYPE, Body::Owned(self.metrics_text())),
             Route::NotFound => Answer::reason(response::NOT_FOUND),
             Route::Files => self.file(req, rel).await.unwrap_or_else(failed_lookup),
         }
     }
 
     fn metrics_text(&self) -> Vec<u8> {
-        let mut text = String::with_capacity(1024);
-        api::render_metrics(
-            &mut text,
-            self.worker.limiter.accepted(),
-            self.worker.limiter.open(),
-            &self.shared.metrics.totals(),
-            &self.worker.pool.stats(),
-            self.shared.settings.access_log.as_deref(),
-            &self.shared.settings.clients,
-        );
-        text.into_bytes()
+        let mut out = metrics::Exposition::default();
+        (self.shared.settings.routes.metrics)(&mut out, &self.worker);
+        out.into_bytes()
     }
 
     async fn file(&self, req: &Request<'_>, rel: &mut RelPath) -> Result<Answer, Status> {
         let root = self
             .shared
             .settings
+            .routes
             .root
             .as_ref()
             .ok_or(response::NOT_FOUND)?;
@@ -181,11 +188,26 @@ pub fn too_many(retry_after: u64) -> Answer {
 mod tests {
     use super::*;
 
+    fn routes(root: bool, metrics_everywhere: bool) -> Routes {
+        let dir = std::env::temp_dir();
+        Routes {
+            root: root.then(|| Arc::new(Root::new(&dir, false, false).unwrap())),
+            api_version: !metrics_everywhere,
+            metrics_everywhere,
+            metrics: Arc::new(|_, _| {}),
+        }
+    }
+
     #[test]
-    fn routes() {
-        assert_eq!(route(b"/api/version", false), Route::Version);
-        assert_eq!(route(b"/metrics", true), Route::Metrics);
-        assert_eq!(route(b"/dists/x/InRelease", true), Route::Files);
-        assert_eq!(route(b"/dists/x/InRelease", false), Route::NotFound);
+    fn the_api_and_metrics_win_over_files() {
+        let (mirror, api_only) = (routes(true, false), routes(false, false));
+        assert_eq!(route(b"/api/version", &api_only), Route::Version);
+        assert_eq!(route(b"/metrics", &mirror), Route::Metrics);
+        assert_eq!(route(b"/dists/x/InRelease", &mirror), Route::Files);
+        assert_eq!(route(b"/dists/x/InRelease", &api_only), Route::NotFound);
+        // The proxy's metrics socket answers metrics whatever it is asked.
+        let side_door = routes(false, true);
+        assert_eq!(route(b"/", &side_door), Route::Metrics);
+        assert_eq!(route(b"/api/version", &side_door), Route::Metrics);
     }
 }

@@ -31,9 +31,10 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use super::metrics::WorkerBytes;
+use super::metrics::WorkerCounters;
 use super::pipe::PipePool;
 use super::pump::{pump, Failure, Progress};
+use crate::metrics::bump;
 use crate::net::{linger, Duplex, Linger, Stream};
 use crate::sys::{self, poll_now};
 
@@ -183,7 +184,7 @@ pub async fn forward(
     pipes: &PipePool,
     half_close_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
-    bytes: &WorkerBytes,
+    counters: &WorkerCounters,
 ) -> io::Result<()> {
     let (Some((from_client, to_client)), Some((from_upstream, to_upstream))) =
         (client.split(), upstream.split())
@@ -194,8 +195,8 @@ pub async fn forward(
     };
     // Indexed by the side each direction reads from.
     let progress = [
-        Progress::new(bytes, &bytes.to_target),
-        Progress::new(bytes, &bytes.to_client),
+        Progress::new(counters, &counters.to_target),
+        Progress::new(counters, &counters.to_client),
     ];
     let mut up = pin!(pump(from_client, to_upstream, pipes, &progress[0]));
     let mut down = pin!(pump(from_upstream, to_client, pipes, &progress[1]));
@@ -207,7 +208,7 @@ pub async fn forward(
     };
     let mut watch = None;
     // Only with --idle-timeout: the default (infinity) costs no timer.
-    let mut idle_watch = idle_timeout.map(|t| Box::pin(idle(&progress, t)));
+    let mut idle_watch = idle_timeout.map(|t| Box::pin(idle(&progress, t, counters)));
     let result = std::future::poll_fn(|cx| {
         if let Some(idle) = idle_watch.as_mut() {
             if let Poll::Ready(result) = idle.as_mut().poll(cx) {
@@ -259,7 +260,11 @@ pub async fn forward(
 
 /// `--idle-timeout`: fails once no byte was received or delivered in either direction
 /// for `timeout`, so a vanished client cannot hold a backend (and its locks) forever.
-async fn idle(progress: &[Progress<'_>; 2], timeout: Duration) -> io::Result<()> {
+async fn idle(
+    progress: &[Progress<'_>; 2],
+    timeout: Duration,
+    counters: &WorkerCounters,
+) -> io::Result<()> {
     let check = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let moved = || progress.iter().map(Progress::activity).sum::<u64>();
     let mut last = moved();
@@ -270,7 +275,7 @@ async fn idle(progress: &[Progress<'_>; 2], timeout: Duration) -> io::Result<()>
             last = moved();
             since = Instant::now();
         } else if since.elapsed() >= timeout {
-            IDLE_TIMEOUTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            bump(&counters.idle_timeouts, 1);
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "nothing moved either way for --idle-timeout",
@@ -278,9 +283,6 @@ async fn idle(progress: &[Progress<'_>; 2], timeout: Duration) -> io::Result<()>
         }
     }
 }
-
-/// Connections cut by `--idle-timeout`, for the proxy's metrics.
-pub static IDLE_TIMEOUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Watches a half-closed connection: `ended`'s direction is over; `toward` is the other
 /// direction, which delivers to it. Ends normally once `ended` closed completely with

@@ -1,18 +1,14 @@
 //! What the proxy has done, for `/metrics` on its own socket (a listener named
 //! `metrics`, or `--metrics ADDR`) and for the `STATUS=` line `systemctl status` shows.
-//! Connection events are counted once per connection in process-wide atomics; bytes
-//! are counted as they move, in per-worker counters that `/metrics` sums.
+//! Connection events are counted once per connection; bytes as they move, in per-worker
+//! counters that are summed when rendered.
 
-use std::fmt::Write;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
-use super::forward::IDLE_TIMEOUTS;
 use super::resolve::is_resolve_failure;
-use crate::http::metrics::bump;
+use crate::metrics::{bump, Exposition, Kind, PerWorker};
 use crate::runtime::limit::Limiter;
-use crate::sync::lock;
 
 /// The socket name that serves metrics instead of forwarding.
 pub const METRICS_LISTENER: &str = "metrics";
@@ -25,22 +21,24 @@ pub struct ProxyCounters {
     connect_other: AtomicU64,
     /// Connections that ended with an error on either side (cut with RST).
     resets: AtomicU64,
-    workers: Mutex<Vec<Arc<WorkerBytes>>>,
+    pub workers: PerWorker<WorkerCounters>,
 }
 
-/// One worker's byte counters, added to by its connections as bytes are delivered, so
+/// One worker's counters, added to by its connections as bytes are delivered, so
 /// `/metrics` shows a long transfer while it runs. Only that worker writes them ([`bump`]:
 /// no locked add per message); aligned so two workers never share a cache line.
 #[repr(align(128))]
 #[derive(Debug, Default)]
-pub struct WorkerBytes {
+pub struct WorkerCounters {
     pub to_target: AtomicU64,
     pub to_client: AtomicU64,
     /// Of both, the bytes spliced rather than copied.
     pub spliced: AtomicU64,
+    /// Connections cut by `--idle-timeout`.
+    pub idle_timeouts: AtomicU64,
 }
 
-impl WorkerBytes {
+impl WorkerCounters {
     /// `n` bytes delivered by copy (`spliced` false) or through a pipe; `counter` is
     /// the direction's. Only the owning worker may call this.
     pub fn delivered(&self, counter: &AtomicU64, n: usize, spliced: bool) {
@@ -49,14 +47,6 @@ impl WorkerBytes {
             bump(&self.spliced, n as u64);
         }
     }
-}
-
-/// Every worker's bytes, summed.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct ByteTotals {
-    to_target: u64,
-    to_client: u64,
-    spliced: u64,
 }
 
 impl ProxyCounters {
@@ -81,61 +71,12 @@ impl ProxyCounters {
         }
     }
 
-    /// A new worker's byte counters, registered for summing.
-    pub fn register(&self) -> Arc<WorkerBytes> {
-        let bytes = Arc::new(WorkerBytes::default());
-        lock(&self.workers).push(bytes.clone());
-        bytes
-    }
-
-    fn bytes(&self) -> ByteTotals {
-        let mut totals = ByteTotals::default();
-        for worker in lock(&self.workers).iter() {
-            totals.to_target += worker.to_target.load(Ordering::Relaxed);
-            totals.to_client += worker.to_client.load(Ordering::Relaxed);
-            totals.spliced += worker.spliced.load(Ordering::Relaxed);
-        }
-        totals
-    }
-
-    /// The Prometheus text.
-    pub fn render(&self, limiter: &Limiter) -> String {
+    /// The proxy's own families.
+    pub fn render(&self, out: &mut Exposition) {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let bytes = self.bytes();
-        let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, values: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in values {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        metric(
-            "ringsock_connections_accepted_total",
-            "counter",
-            "Connections accepted since start.",
-            &[("", limiter.accepted())],
-        );
-        metric(
-            "ringsock_connections_open",
-            "gauge",
-            "Connections open now.",
-            &[("", limiter.open() as u64)],
-        );
-        metric(
-            "ringsock_connections_max",
-            "gauge",
-            "--connections-max in force; at it, new clients wait in the listen backlog.",
-            &[("", limiter.max() as u64)],
-        );
-        metric(
-            "ringsock_connections_waiting_for_fds",
-            "gauge",
-            "Connections waiting for a file descriptor (accepting pauses meanwhile).",
-            &[("", limiter.waiting_for_fds() as u64)],
-        );
-        metric(
+        out.family(
             "ringsock_proxy_connect_failures_total",
-            "counter",
+            Kind::Counter,
             "Connections to TARGET that failed, by cause.",
             &[
                 ("{cause=\"refused\"}", load(&self.connect_refused)),
@@ -144,34 +85,36 @@ impl ProxyCounters {
                 ("{cause=\"other\"}", load(&self.connect_other)),
             ],
         );
-        metric(
+        out.counter(
             "ringsock_proxy_resets_total",
-            "counter",
             "Connections cut with RST after an error on either side.",
-            &[("", load(&self.resets))],
+            load(&self.resets),
         );
-        metric(
+        out.counter(
             "ringsock_proxy_idle_timeouts_total",
-            "counter",
             "Connections cut by --idle-timeout.",
-            &[("", IDLE_TIMEOUTS.load(Ordering::Relaxed))],
+            self.workers.sum(|w| &w.idle_timeouts),
         );
-        metric(
+        out.family(
             "ringsock_proxy_bytes_total",
-            "counter",
+            Kind::Counter,
             "Bytes forwarded, by direction, counted as they are delivered.",
             &[
-                ("{direction=\"to_target\"}", bytes.to_target),
-                ("{direction=\"to_client\"}", bytes.to_client),
+                (
+                    "{direction=\"to_target\"}",
+                    self.workers.sum(|w| &w.to_target),
+                ),
+                (
+                    "{direction=\"to_client\"}",
+                    self.workers.sum(|w| &w.to_client),
+                ),
             ],
         );
-        metric(
+        out.counter(
             "ringsock_proxy_spliced_bytes_total",
-            "counter",
             "Of those, bytes moved with splice(2) rather than copied.",
-            &[("", bytes.spliced)],
+            self.workers.sum(|w| &w.spliced),
         );
-        out
     }
 
     /// The `STATUS=` line: what `systemctl status` shows, refreshed at most once a second.
@@ -181,15 +124,14 @@ impl ProxyCounters {
             + load(&self.connect_timed_out)
             + load(&self.connect_unresolved)
             + load(&self.connect_other);
-        let bytes = self.bytes();
         format!(
             "Forwarding to {target}: {} open, {} accepted, {} connect failures, {} resets, {} MiB to target, {} MiB to clients",
             limiter.open(),
             limiter.accepted(),
             failures,
             load(&self.resets),
-            bytes.to_target >> 20,
-            bytes.to_client >> 20,
+            self.workers.sum(|w| &w.to_target) >> 20,
+            self.workers.sum(|w| &w.to_client) >> 20,
         )
     }
 }
@@ -199,20 +141,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sums_every_workers_bytes() {
+    fn sums_every_workers_counters() {
         let counters = ProxyCounters::default();
-        let (a, b) = (counters.register(), counters.register());
+        let (a, b) = (counters.workers.register(), counters.workers.register());
         a.delivered(&a.to_target, 100, true);
         a.delivered(&a.to_client, 7, false);
         b.delivered(&b.to_target, 20, false);
         b.delivered(&b.to_client, 3000, true);
-        assert_eq!(
-            counters.bytes(),
-            ByteTotals {
-                to_target: 120,
-                to_client: 3007,
-                spliced: 3100,
-            }
-        );
+        bump(&b.idle_timeouts, 1);
+        let mut out = Exposition::default();
+        counters.render(&mut out);
+        let text = String::from_utf8(out.into_bytes()).unwrap();
+        for line in [
+            "ringsock_proxy_bytes_total{direction=\"to_target\"} 120\n",
+            "ringsock_proxy_bytes_total{direction=\"to_client\"} 3007\n",
+            "ringsock_proxy_spliced_bytes_total 3100\n",
+            "ringsock_proxy_idle_timeouts_total 1\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 }

@@ -17,15 +17,16 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::admission::client::ClientRules;
+use crate::admission::client::{ClientRules, HeaderRule};
 use crate::admission::proxy_header;
+use crate::http::{self, HttpHandler};
 use crate::log::RateLimit;
 use crate::net::{is_disconnect, Duplex, Stream};
 use crate::runtime::limit::Limiter;
 use crate::runtime::{Handler, Worker};
 pub use forward::forward;
 pub use pipe::{PipeBudget, PipePool};
-pub use plan::{plan, ListenerPlan};
+pub use plan::{header_rule, plan, ListenerPlan};
 use resolve::Resolver;
 pub use target::Target;
 pub use targets::Targets;
@@ -71,11 +72,11 @@ pub struct ProxyHandler {
     /// One per target, index-aligned with [`Targets`]: each caches its own host lookup.
     resolvers: Vec<Resolver>,
     pipes: Rc<PipePool>,
-    /// This worker's byte counters, which its connections add to as bytes move.
-    bytes: Arc<metrics::WorkerBytes>,
+    /// This worker's counters, which its connections add to as bytes move.
+    counters: Arc<metrics::WorkerCounters>,
     limiter: Arc<Limiter>,
-    /// For the shutdown, which a scraper that has sent nothing yet does not hold.
-    worker: Rc<Worker>,
+    /// What answers the metrics socket: the HTTP server with metrics on every path.
+    metrics_door: HttpHandler,
     /// An fd held in reserve: when the accepted clients have taken every fd, closing it
     /// lets one of them reach the target, so one connection goes on and, once it
     /// closes, gives fds back to the others (instead of all of them waiting for each
@@ -84,9 +85,15 @@ pub struct ProxyHandler {
 }
 
 impl ProxyHandler {
-    /// One worker's handler; `pipes` is the process-wide pipe budget. Starts the task
-    /// that gives idle pipes back, so it must run on the worker's runtime.
-    pub fn new(settings: Settings, pipes: Arc<PipeBudget>, worker: &Rc<Worker>) -> ProxyHandler {
+    /// One worker's handler; `pipes` is the process-wide pipe budget, `metrics_door` the
+    /// HTTP server for the metrics socket. Starts the task that gives idle pipes back,
+    /// so it must run on the worker's runtime.
+    pub fn new(
+        settings: Settings,
+        pipes: Arc<PipeBudget>,
+        metrics_door: &Arc<http::Shared>,
+        worker: &Rc<Worker>,
+    ) -> ProxyHandler {
         let pipes = Rc::new(PipePool::new(pipes, PIPES_KEPT));
         let trimmed = Rc::downgrade(&pipes);
         monoio::spawn(async move {
@@ -102,11 +109,11 @@ impl ProxyHandler {
             resolvers: (0..settings.target.count())
                 .map(|_| Resolver::default())
                 .collect(),
-            bytes: settings.counters.register(),
+            counters: settings.counters.workers.register(),
             settings,
             pipes,
             limiter: worker.limiter.clone(),
-            worker: worker.clone(),
+            metrics_door: HttpHandler::new(metrics_door, worker),
             spare_fd: RefCell::new(spare_fd()),
         }
     }
@@ -152,25 +159,20 @@ fn spare_fd() -> Option<OwnedFd> {
     std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
 }
 
-/// How long a scraper has to send its request, and to take each part of the answer.
-const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// After a metrics answer: let the scraper read it before the close.
-const METRICS_LINGER: crate::net::Linger = crate::net::Linger {
-    limit: Duration::from_secs(2),
-    stall: Duration::from_secs(2),
-    max_dropped: 64 * 1024,
-};
-
 impl Handler for ProxyHandler {
     type Plan = ListenerPlan;
 
     async fn handle(self: Rc<Self>, client: Stream, plan: Rc<ListenerPlan>) {
-        let (name, target) = match &*plan {
-            ListenerPlan::Metrics => return self.answer_metrics(&client).await,
-            ListenerPlan::Forward { name, target } => (name, *target),
+        let (target, header) = match &*plan {
+            ListenerPlan::Metrics => {
+                return self
+                    .metrics_door
+                    .serve(client, HeaderRule::FromTrusted)
+                    .await
+            }
+            ListenerPlan::Forward { target, header } => (*target, *header),
         };
-        self.forward(client, name, target).await;
+        self.forward(client, target, header).await;
         let mut spare = self.spare_fd.borrow_mut();
         if spare.is_none() {
             *spare = spare_fd();
@@ -200,49 +202,12 @@ async fn send_header(
 }
 
 impl ProxyHandler {
-    /// A connection on the `metrics` socket: read the request head (whatever it asks),
-    /// answer the Prometheus text, close. Bounded: 4 KiB and 5 s, and the wait for the
-    /// head ends at shutdown (an answer under way is finished).
-    async fn answer_metrics(&self, client: &Stream) {
-        let mut head = Vec::with_capacity(512);
-        let mut buf = [0u8; 1024];
-        let deadline = Instant::now() + METRICS_TIMEOUT;
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 4096 {
-            match crate::sys::recv_now(client.as_raw_fd(), &mut buf) {
-                Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    monoio::select! {
-                        _ = client.readable() => {}
-                        _ = monoio::time::sleep(left) => return,
-                        _ = self.worker.stopping() => return,
-                    }
-                }
-                // EOF or an error before a whole head: nobody to answer.
-                _ => return,
-            }
-        }
-        let body = self.settings.counters.render(&self.limiter);
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let mut sent = 0;
-        let written = client.write_all_within(answer.as_bytes(), false, METRICS_TIMEOUT, &mut sent);
-        if written.await.is_err() {
-            return;
-        }
-        let _ = client.shutdown_write();
-        crate::net::linger(client, &METRICS_LINGER).await;
-    }
-
-    /// Forwards a connection that arrived on the socket named `listener` to target
-    /// `index`.
-    async fn forward(&self, client: Stream, listener: &str, index: usize) {
+    /// Forwards a connection to target `index`; `header` says whether it starts with a
+    /// PROXY header.
+    async fn forward(&self, client: Stream, index: usize, header: HeaderRule) {
         // A received PROXY header is taken off before any byte is forwarded; the client
         // it names is the one a sent header (-p) names.
-        let admitted = match self.settings.clients.admit(&client, listener).await {
+        let admitted = match self.settings.clients.admit(&client, header).await {
             Ok(admitted) => admitted,
             Err(why) => {
                 crate::debug!("closing a connection: {why}");
@@ -289,7 +254,7 @@ impl ProxyHandler {
             &self.pipes,
             self.settings.half_close_timeout,
             self.settings.idle_timeout,
-            &self.bytes,
+            &self.counters,
         )
         .await;
         self.settings.counters.ended(result.is_err());

@@ -3,6 +3,7 @@
 
 use super::metrics::METRICS_LISTENER;
 use super::Targets;
+use crate::admission::client::HeaderRule;
 use crate::runtime::{Admission, Planned};
 use crate::systemd::activation::Listener;
 
@@ -17,17 +18,20 @@ pub const METRICS_CONNECTIONS_MAX: usize = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenerPlan {
-    /// Forwarded to target `target` of [`Targets`]; `name` for `--proxy-protocol-on`.
-    Forward { name: String, target: usize },
+    /// Forwarded to target `target` of [`Targets`], after a PROXY header if `header`
+    /// asks for one.
+    Forward { target: usize, header: HeaderRule },
     /// Answered with the Prometheus text.
     Metrics,
 }
 
 /// Every listener's plan. A socket named `metrics` serves metrics unless a NAME=TARGET
 /// claims the name; every other socket must have a target (the error says which not).
+/// `header_required`: the names given to `--proxy-protocol-on`.
 pub fn plan(
     listeners: Vec<Listener>,
     targets: &Targets,
+    header_required: &[String],
 ) -> Result<Vec<Planned<ListenerPlan>>, String> {
     targets.check(&listeners)?;
     listeners
@@ -42,10 +46,13 @@ pub fn plan(
                 });
             }
             match targets.for_listener(&name) {
-                Some((target, _)) => Ok(Planned::counted(
-                    listener,
-                    ListenerPlan::Forward { name, target },
-                )),
+                Some((target, _)) => {
+                    let header = header_rule(&name, header_required);
+                    Ok(Planned::counted(
+                        listener,
+                        ListenerPlan::Forward { target, header },
+                    ))
+                }
                 None => Err(format!(
                     "the socket named {name} has no NAME=TARGET (FileDescriptorName= in the \
                      .socket unit, or the --listen text)"
@@ -53,6 +60,14 @@ pub fn plan(
             }
         })
         .collect()
+}
+
+/// Whether the socket named `name` requires a PROXY header (`--proxy-protocol-on`).
+pub fn header_rule(name: &str, header_required: &[String]) -> HeaderRule {
+    match header_required.iter().any(|n| n == name) {
+        true => HeaderRule::Required,
+        false => HeaderRule::FromTrusted,
+    }
 }
 
 #[cfg(test)]
@@ -75,13 +90,12 @@ mod tests {
 
     fn plans(names: &[&str], targets: &[&str]) -> Result<Vec<(Admission, ListenerPlan)>, String> {
         let targets = Targets::parse(&targets.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-        let planned = plan(listeners(names), &targets)?;
+        let planned = plan(listeners(names), &targets, &["lb".to_string()])?;
         Ok(planned.into_iter().map(|p| (p.admission, p.plan)).collect())
     }
 
-    fn forward(name: &str, target: usize) -> (Admission, ListenerPlan) {
-        let name = name.to_string();
-        (Admission::Counted, ListenerPlan::Forward { name, target })
+    fn forward(target: usize, header: HeaderRule) -> (Admission, ListenerPlan) {
+        (Admission::Counted, ListenerPlan::Forward { target, header })
     }
 
     #[test]
@@ -92,18 +106,30 @@ mod tests {
         );
         assert_eq!(
             plans(&["web", "metrics"], &["/run/a.sock"]),
-            Ok(vec![forward("web", 0), metrics.clone()])
+            Ok(vec![forward(0, HeaderRule::FromTrusted), metrics.clone()])
         );
         assert_eq!(
             plans(
                 &["api", "metrics", "admin"],
                 &["api=/run/a.sock", "admin=/run/b.sock"]
             ),
-            Ok(vec![forward("api", 0), metrics, forward("admin", 1)])
+            Ok(vec![
+                forward(0, HeaderRule::FromTrusted),
+                metrics,
+                forward(1, HeaderRule::FromTrusted)
+            ])
         );
         assert_eq!(
             plans(&["metrics"], &["metrics=/run/m.sock"]),
-            Ok(vec![forward("metrics", 0)])
+            Ok(vec![forward(0, HeaderRule::FromTrusted)])
+        );
+        // --proxy-protocol-on lb: decided here, once, not by name per connection.
+        assert_eq!(
+            plans(&["lb", "direct"], &["lb=/run/a.sock", "direct=/run/a.sock"]),
+            Ok(vec![
+                forward(0, HeaderRule::Required),
+                forward(1, HeaderRule::FromTrusted)
+            ])
         );
         assert!(plans(&["api", "other"], &["api=/run/a.sock"])
             .unwrap_err()

@@ -23,7 +23,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU64;
 
-use super::metrics::WorkerBytes;
+use super::metrics::WorkerCounters;
 use super::pipe::{Pipe, PipePool};
 use crate::net::{ReadHalf, Stream, WriteHalf};
 use crate::sys;
@@ -42,14 +42,14 @@ const BULK_BURST: usize = 16 * 1024;
 pub struct Progress<'a> {
     received: Cell<u64>,
     delivered: Cell<u64>,
-    bytes: &'a WorkerBytes,
+    bytes: &'a WorkerCounters,
     /// The direction's counter in `bytes`.
     counter: &'a AtomicU64,
 }
 
 impl<'a> Progress<'a> {
     /// Counts into `counter`, one of `bytes`' two directions.
-    pub fn new(bytes: &'a WorkerBytes, counter: &'a AtomicU64) -> Progress<'a> {
+    pub fn new(bytes: &'a WorkerCounters, counter: &'a AtomicU64) -> Progress<'a> {
         Progress {
             received: Cell::new(0),
             delivered: Cell::new(0),
