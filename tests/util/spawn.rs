@@ -428,15 +428,20 @@ impl NotifySocket {
 
     /// Waits for a datagram containing `needle`; returns it.
     pub fn expect(&self, needle: &str, timeout: Duration) -> String {
-        let start = Instant::now();
-        while let Some(left) = timeout.checked_sub(start.elapsed()) {
-            match self.recv(left) {
-                Some(msg) if msg.contains(needle) => return msg,
-                Some(_) => continue,
-                None => break,
-            }
-        }
-        panic!("no sd_notify message containing {needle:?} within {timeout:?}");
+        self.find(needle, timeout).unwrap_or_else(|| {
+            panic!("no sd_notify message containing {needle:?} within {timeout:?}")
+        })
+    }
+
+    /// The first datagram containing `needle` within `timeout` (those before it are
+    /// read and dropped), or None: for a test that a message does not come.
+    pub fn find(&self, needle: &str, timeout: Duration) -> Option<String> {
+        // Each look blocks in recv for a slice of the wait: a datagram is seen the moment
+        // it comes, with no sleep in between.
+        poll_every(Duration::ZERO, timeout, || {
+            self.recv(Duration::from_millis(20))
+                .filter(|msg| msg.contains(needle))
+        })
     }
 }
 
@@ -538,18 +543,10 @@ impl Ringsock {
     /// for checks of what must hold right after the process is gone.
     pub fn stop_promptly(mut self) -> String {
         self.signal(libc::SIGTERM);
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.exited() {
-                break status;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "no exit after SIGTERM:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_micros(200));
-        };
+        let status = poll_every(Duration::from_micros(200), Duration::from_secs(20), || {
+            self.exited()
+        })
+        .unwrap_or_else(|| panic!("no exit after SIGTERM:\n{}", self.stderr()));
         assert!(
             status.success(),
             "ringsock exited with {status}; stderr:\n{}",
