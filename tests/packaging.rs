@@ -4,7 +4,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -270,14 +269,14 @@ fn unit_command_lines_parse() {
     for (name, env) in cases {
         let words = expand(&value(&read_unit(name), "ExecStart"), env);
         assert_eq!(words[0], UNIT_BIN, "{name}");
-        let (status, said) = run_to_exit(
+        let (status, said) = Spawn::new(
             &words[1..]
                 .iter()
                 .map(String::as_str)
                 .chain(["--help"])
                 .collect::<Vec<_>>(),
-            &[],
-        );
+        )
+        .run();
         assert!(status.success(), "{name}: {words:?} was rejected:\n{said}");
     }
 }
@@ -832,56 +831,11 @@ fn deb_package_has_everything_installs_and_runs() {
     }
 }
 
-/// Installs, in the child before exec, a seccomp filter that gives the three io_uring
-/// calls `action` — what SystemCallFilter= without them does in a unit.
-fn seccomp_io_uring(cmd: &mut Command, action: u32) {
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    const ALLOW: u32 = 0x7fff_0000;
-    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    let calls = [
-        libc::SYS_io_uring_setup,
-        libc::SYS_io_uring_enter,
-        libc::SYS_io_uring_register,
-    ];
-    let mut filter = vec![insn(LD_W_ABS, 0, 0, 0)]; // seccomp_data.nr
-    for (i, nr) in calls.iter().enumerate() {
-        // Jump to the `action` return below the remaining checks and the allow.
-        let to_action = (calls.len() - i) as u8;
-        filter.push(insn(JEQ_K, to_action, 0, *nr as u32));
-    }
-    filter.push(insn(RET_K, 0, 0, ALLOW));
-    filter.push(insn(RET_K, 0, 0, action));
-    // SAFETY: between fork and exec only prctl(2) on memory allocated before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            let prog = libc::sock_fprog {
-                len: filter.len() as u16,
-                filter: filter.as_ptr() as *mut _,
-            };
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                || libc::prctl(
-                    libc::PR_SET_SECCOMP,
-                    libc::SECCOMP_MODE_FILTER,
-                    &prog as *const _,
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 fn proxy_under_seccomp(backend: &EchoBackend, port: u16, action: u32) -> Ringsock {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
-        .arg(&backend.path)
-        .env("RINGSOCK_LOG_LEVEL", "debug");
-    without_manager_env(&mut cmd).env_remove("MONOIO_FORCE_LEGACY_DRIVER");
-    seccomp_io_uring(&mut cmd, action);
-    spawn_logged(cmd)
+    let listen = format!("127.0.0.1:{port}");
+    Spawn::new(&["proxy", "--listen", &listen, backend.path.to_str().unwrap()])
+        .filter_io_uring(action)
+        .start()
 }
 
 /// What the README promises for a hardened unit whose SystemCallFilter= lacks the io_uring
