@@ -195,21 +195,24 @@ fn resp_len() -> String {
 fn listens_on_127_0_0_1_8080_without_sockets_or_listen() {
     // Port 8080 may be taken on a shared machine: then the error must name the address.
     let mut ringsock = Spawn::new(&["serve"]).start();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
+    let failed = within(Duration::from_secs(10), || {
+        // Whether it exited first: what it wrote just before still counts.
+        let status = ringsock.exited();
         let log = ringsock.stderr();
         if log.contains("listening on 127.0.0.1:8080") {
-            ringsock.stop();
-            return;
+            Some(None)
+        } else {
+            status.map(|status| Some((status, log)))
         }
-        if let Ok(Some(status)) = ringsock.child.try_wait() {
+    })
+    .unwrap_or_else(|| panic!("neither listened nor failed: {}", ringsock.stderr()));
+    match failed {
+        None => drop(ringsock.stop()),
+        Some((status, log)) => {
             assert!(!status.success());
             assert!(log.contains("127.0.0.1:8080"), "{log}");
-            return;
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("neither listened nor failed: {}", ringsock.stderr());
 }
 
 #[test]
