@@ -116,7 +116,12 @@ fn logrotate_while_requests_flow_loses_and_splits_no_line() {
         server
             .ringsock
             .wait_for_log("reopening the access log", Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(200));
+        // logrotate renamed the file and created none: it is back once ringsock reopened.
+        wait_until(
+            Duration::from_secs(5),
+            || log.exists().then_some(()),
+            || format!("{driver:?}: the access log was not reopened after the last rotation"),
+        );
         requests(&server, "after", 10);
         server.ringsock.stop();
         let current = std::fs::read_to_string(&log).unwrap_or_default();

@@ -463,9 +463,14 @@ fn serve_out_of_fds_answers_503_and_closes() {
         assert_eq!(resp.header("Connection"), Some("close"), "{driver:?}");
         assert_eq!(resp.header("Retry-After"), Some("1"), "{driver:?}");
         assert!(conn.closed_within(Duration::from_secs(5)), "{driver:?}");
-        // Freed fds serve again.
+        // Freed fds serve again, once the server has closed its side of two.
+        let open = ringsock.open_sockets();
         kept.truncate(kept.len() - 2);
-        std::thread::sleep(Duration::from_millis(200));
+        wait_until(
+            Duration::from_secs(5),
+            || (ringsock.open_sockets() <= open - 2).then_some(()),
+            || format!("{driver:?}: two closed connections still open in ringsock"),
+        );
         assert_eq!(
             probe(addr, Duration::from_secs(3)).as_deref(),
             Ok("HTTP/1.1 200"),
