@@ -105,6 +105,8 @@ fn a_half_closed_client_that_never_reads_costs_no_cpu_and_is_dropped() {
         set_receive_buffer(&client, 4096);
         client.write_all(get("/big").as_bytes()).unwrap();
         client.shutdown(Shutdown::Write).unwrap();
+        // Time to fill the client's small window: the CPU is measured once the server
+        // can only wait, and no event says when that is.
         std::thread::sleep(Duration::from_millis(300));
         assert_quiet(
             &server.ringsock,
@@ -152,7 +154,8 @@ fn a_backend_that_answers_half_closes_and_stops_reading_costs_no_cpu() {
         let mut answer = [0u8; 12];
         client.read_exact(&mut answer).unwrap();
         assert_eq!(&answer, b"early answer");
-        // The upload has filled every buffer on the way to the backend by now.
+        // Time for the upload to fill every buffer on the way to the backend (the
+        // writer blocks, which nothing outside it shows), before the CPU is measured.
         std::thread::sleep(Duration::from_millis(500));
         assert_quiet(
             &ringsock,
@@ -194,6 +197,7 @@ fn signals_other_than_term_and_int_are_logged_and_change_nothing() {
                 })
             })
             .collect();
+        // The signals come while the streams are under way, not before they start.
         std::thread::sleep(Duration::from_millis(150));
         for (signal, name) in [
             (libc::SIGHUP, "SIGHUP"),

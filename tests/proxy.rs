@@ -396,6 +396,7 @@ fn a_host_name_target_tries_every_address_and_follows_changes() {
         );
 
         point_at(["127.0.0.4", "127.0.0.5"]);
+        // The test is what a name resolves to once a second has passed: let it pass.
         std::thread::sleep(Duration::from_millis(1500));
         echo_transfer(connect_tcp(addr), 1 << 16, 2, None)
             .unwrap_or_else(|e| panic!("{driver:?}: through 127.0.0.4/.5: {e}"));
@@ -1124,6 +1125,7 @@ fn idle_timeout_cuts_a_silent_connection_and_spares_a_busy_one() {
             let mut reply = [0u8; 4];
             busy.read_exact(&mut reply)
                 .expect("the busy connection was cut");
+            // Pings 200 ms apart, well inside the 1 s idle timeout, for 2.4 s.
             std::thread::sleep(Duration::from_millis(200));
         }
         assert!(start.elapsed() >= Duration::from_millis(2400));

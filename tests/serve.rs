@@ -868,6 +868,8 @@ fn concurrent_large_downloads_and_a_stalled_client() {
         // A client that asks for the file and never reads.
         let mut stalled = server.connect();
         stalled.send(get("/pool/big.deb").as_bytes());
+        // Time for its answer to fill the socket, so the downloads share the worker with
+        // a client that is already stalled.
         std::thread::sleep(Duration::from_millis(200));
         let start = Instant::now();
         let threads: Vec<_> = (0..16)
@@ -913,6 +915,7 @@ fn a_client_that_stops_reading_is_dropped_after_the_keepalive_timeout() {
         server.file("big", &data);
         let mut conn = server.connect();
         conn.send(get("/big").as_bytes());
+        // Reading nothing for longer than --keepalive-timeout is the test.
         std::thread::sleep(Duration::from_millis(2500));
         let mut got = Vec::new();
         let start = Instant::now();
@@ -941,6 +944,7 @@ fn graceful_shutdown_finishes_responses_and_closes_idle_connections() {
         // A download in flight: the client has not read the body yet.
         let mut busy = server.connect();
         busy.send(get("/big").as_bytes());
+        // Time for the answer to get under way, so SIGTERM finds it in flight.
         std::thread::sleep(Duration::from_millis(200));
         server.ringsock.signal(libc::SIGTERM);
         assert!(idle.closed_within(Duration::from_secs(5)), "{driver:?}");

@@ -221,6 +221,7 @@ fn slow_clients_of_cold_files_hold_no_io_thread() {
                 conn
             })
             .collect();
+        // Time for every socket to fill: what must hold then is asserted, not waited for.
         std::thread::sleep(Duration::from_millis(1500));
         assert_eq!(metric(&server, "ringsock_io_threads_busy"), 0, "{driver:?}");
         assert_eq!(metric(&server, "ringsock_io_queue_length"), 0, "{driver:?}");
