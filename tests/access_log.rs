@@ -100,6 +100,7 @@ fn logrotate_while_requests_flow_loses_and_splits_no_line() {
                 let server = &server;
                 scope.spawn(move || requests(server, &format!("c{c}"), per_client));
             }
+            // Four rotations spread over the requests, not all at their start.
             for _ in 0..4 {
                 std::thread::sleep(Duration::from_millis(150));
                 let out = Command::new("logrotate")
@@ -116,7 +117,12 @@ fn logrotate_while_requests_flow_loses_and_splits_no_line() {
         server
             .ringsock
             .wait_for_log("reopening the access log", Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(200));
+        // logrotate renamed the file and created none: it is back once ringsock reopened.
+        wait_until(
+            Duration::from_secs(5),
+            || log.exists().then_some(()),
+            || format!("{driver:?}: the access log was not reopened after the last rotation"),
+        );
         requests(&server, "after", 10);
         server.ringsock.stop();
         let current = std::fs::read_to_string(&log).unwrap_or_default();
@@ -160,6 +166,7 @@ fn a_dash_logs_to_standard_error_with_errors_and_timeouts() {
         );
         let mut split = server.connect();
         split.send(b"GET /f.txt?two HTTP/1.8\r\nHost: t\r\n");
+        // A pause, so the rest comes in a read of its own.
         std::thread::sleep(Duration::from_millis(50));
         split.send(b"\r\n");
         assert_eq!(split.response(false).status, 200);

@@ -24,11 +24,11 @@ fn runs_under_systemd_socket_activate_with_named_listeners() {
         let path = dir.path().join("front.sock");
         let (hold4, hold6) = (PortHold::new("127.0.0.1"), PortHold::new("::1"));
         let (v4, v6) = (hold4.addr, hold6.addr);
-        let ringsock = Activate::new(&["proxy", &backend.target])
-            .listen(&v4.to_string())
-            .listen(path.to_str().unwrap())
-            .listen(&v6.to_string())
-            .fdnames("web:local:web6")
+        let ringsock = Spawn::new(&["proxy", &backend.target])
+            .activate(&v4.to_string())
+            .activate(path.to_str().unwrap())
+            .activate(&v6.to_string())
+            .names("web:local:web6")
             .env("NOTIFY_SOCKET", notify.env_value())
             .driver(driver)
             .start();
@@ -163,13 +163,8 @@ fn no_watchdog_pings_when_watchdog_pid_is_another_process() {
         .start();
     notify.expect("READY=1", LOG);
     // Ten ping intervals of silence: nothing to wait on but the absence itself.
-    let quiet_until = Instant::now() + Duration::from_millis(500);
-    while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
-        match notify.recv(left) {
-            Some(msg) => assert!(!msg.contains("WATCHDOG=1"), "pinged: {msg:?}"),
-            None => break,
-        }
-    }
+    let ping = notify.find("WATCHDOG=1", Duration::from_millis(500));
+    assert_eq!(ping, None, "pinged");
     ringsock.stop();
     notify.expect("STOPPING=1", LOG);
 }
@@ -187,7 +182,7 @@ fn fails_with(mut ringsock: Ringsock, needles: &[&str]) -> String {
 
 #[test]
 fn without_sockets_it_says_how_to_pass_them() {
-    let (status, out) = run_to_exit(&["proxy", "/run/backend.sock"], &[]);
+    let (status, out) = Spawn::new(&["proxy", "/run/backend.sock"]).run();
     assert_eq!(status.code(), Some(1), "{out}");
     assert!(out.contains("--listen") && out.contains("systemd"), "{out}");
 }
@@ -197,7 +192,7 @@ fn without_sockets_it_says_how_to_pass_them() {
 fn a_busy_listen_address_says_what_to_do() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (status, out) = run_to_exit(&["proxy", "--listen", &addr, "/run/backend.sock"], &[]);
+    let (status, out) = Spawn::new(&["proxy", "--listen", &addr, "/run/backend.sock"]).run();
     assert_eq!(status.code(), Some(1), "{out}");
     assert!(
         out.contains(&format!("failed to listen on {addr}")),
@@ -308,15 +303,15 @@ fn bad_arguments_exit_1() {
         ),
     ];
     for (args, needle) in cases {
-        let (status, out) = run_to_exit(args, &[]);
+        let (status, out) = Spawn::new(args).run();
         assert_eq!(status.code(), Some(1), "{args:?}: {out}");
         assert!(out.contains(needle), "{args:?}: no {needle:?} in {out:?}");
     }
-    let (status, out) = run_to_exit(&["proxy", "--log-level", "loud", "/run/b.sock"], &[]);
+    let (status, out) = Spawn::new(&["proxy", "--log-level", "loud", "/run/b.sock"]).run();
     assert_eq!(status.code(), Some(1), "{out}");
     assert!(out.contains("--log-level"), "{out}");
     let too_long = format!("/run/{}.sock", "a".repeat(110));
-    let (status, out) = run_to_exit(&["proxy", &too_long], &[]);
+    let (status, out) = Spawn::new(&["proxy", &too_long]).run();
     assert_eq!(status.code(), Some(1), "{out}");
     assert!(out.contains("at most 107 bytes"), "{out}");
 }
@@ -392,7 +387,7 @@ fn help_and_version_exit_0() {
         (&["proxy", "--help"][..], "--connections-max"),
         (&["--version"][..], env!("CARGO_PKG_VERSION")),
     ] {
-        let (status, out) = run_to_exit(args, &[]);
+        let (status, out) = Spawn::new(args).run();
         assert_eq!(status.code(), Some(0), "{args:?}: {out}");
         assert!(out.contains(needle), "{args:?}: no {needle:?} in {out:?}");
     }
@@ -514,14 +509,14 @@ fn each_named_socket_forwards_to_its_own_target() {
         let (api_addr, admin_addr) = (hold_api.addr, hold_admin.addr);
         let (api_before, admin_before) = (api.accepted(), admin.accepted());
         drop((hold_api, hold_admin));
-        let ringsock = Activate::new(&[
+        let ringsock = Spawn::new(&[
             "proxy",
             &format!("api={}", api.target),
             &format!("admin={}", admin.target),
         ])
-        .listen(&api_addr.to_string())
-        .listen(&admin_addr.to_string())
-        .fdnames("api:admin")
+        .activate(&api_addr.to_string())
+        .activate(&admin_addr.to_string())
+        .names("api:admin")
         .driver(driver)
         .start();
         ringsock.wait_for_log("as 4.", LOG);

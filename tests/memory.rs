@@ -34,6 +34,8 @@ fn burst(ringsock: &Ringsock, what: &str, open: impl Fn() -> TcpStream) {
     raise_own_fd_limit(3 * BURST as u64);
     // One round trip first, so the idle figure includes what any first use allocates.
     drop(open());
+    // Time for the server to end that connection and free what it held: the idle figure
+    // is taken after, and no count says when the freeing is done.
     std::thread::sleep(Duration::from_millis(300));
     let idle = rss_kib(ringsock);
     let conns: Vec<TcpStream> = (0..BURST).map(|_| open()).collect();

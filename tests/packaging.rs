@@ -4,10 +4,9 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -37,6 +36,14 @@ fn run(cmd: &mut Command) -> Output {
         text(&out)
     );
     out
+}
+
+/// Runs ringsock to a successful exit; its stdout.
+fn stdout_of(spawn: Spawn) -> String {
+    let mut ringsock = spawn.start();
+    let status = ringsock.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{status}:\n{}", ringsock.output());
+    ringsock.stdout()
 }
 
 /// Printed past the test harness's capture, so a skip is visible in a normal run.
@@ -270,87 +277,15 @@ fn unit_command_lines_parse() {
     for (name, env) in cases {
         let words = expand(&value(&read_unit(name), "ExecStart"), env);
         assert_eq!(words[0], UNIT_BIN, "{name}");
-        let (status, said) = run_to_exit(
+        let (status, said) = Spawn::new(
             &words[1..]
                 .iter()
                 .map(String::as_str)
                 .chain(["--help"])
                 .collect::<Vec<_>>(),
-            &[],
-        );
+        )
+        .run();
         assert!(status.success(), "{name}: {words:?} was rejected:\n{said}");
-    }
-}
-
-/// A child that is killed when the test ends, however it ends.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start(cmd: &mut Command, log: PathBuf) -> Proc {
-        let file = fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-        Proc { child, log }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if self.log().contains(needle) {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "exited with {status} before logging {needle:?}:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "never logged {needle:?} within {timeout:?}:\n{}",
-            self.log()
-        );
-    }
-
-    /// SIGTERM and expect a clean exit within `timeout`.
-    fn terminate(&mut self, timeout: Duration) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "exited with {status} on SIGTERM:\n{}",
-                    self.log()
-                );
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "did not exit within {timeout:?} of SIGTERM:\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -415,13 +350,13 @@ fn seed_aptly_setup_end_to_end_through_ringsock_proxy() {
         &[],
     );
     assert_eq!(aptly_cmd[0], aptly);
-    let mut backend = Proc::start(
-        Command::new("systemd-socket-activate")
-            .args(["-l", sock, "--"])
-            .args(&aptly_cmd)
-            .arg(format!("-config={}", config.display())),
-        dir.path().join("aptly.log"),
-    );
+    let config_arg = format!("-config={}", config.display());
+    let mut aptly_args: Vec<&str> = aptly_cmd[1..].iter().map(String::as_str).collect();
+    aptly_args.push(&config_arg);
+    let backend = Spawn::new(&aptly_args)
+        .program(aptly)
+        .activate(sock)
+        .start();
     backend.wait_for_log("Listening on", Duration::from_secs(10));
 
     // aptly-proxy.socket + aptly-proxy.service: TARGET is aptly.socket's ListenStream.
@@ -436,14 +371,10 @@ fn seed_aptly_setup_end_to_end_through_ringsock_proxy() {
     let port = free_port("127.0.0.1");
     let listen = listen_on(&read_unit("examples/aptly-proxy.socket"), port);
     assert_eq!(listen, format!("127.0.0.1:{port}"));
-    let mut proxy = Proc::start(
-        Command::new("systemd-socket-activate")
-            .args(["-l", &listen])
-            .arg(format!("-ENOTIFY_SOCKET={}", notify.path.display()))
-            .arg("-ERINGSOCK_LOG_LEVEL=debug")
-            .args(["--", BIN, "proxy", sock]),
-        dir.path().join("proxy.log"),
-    );
+    let proxy = Spawn::new(&["proxy", sock])
+        .activate(&listen)
+        .env("NOTIFY_SOCKET", notify.env_value())
+        .start();
     proxy.wait_for_log("Listening on", Duration::from_secs(10));
 
     // The first request starts ringsock, whose first connection starts aptly.
@@ -452,8 +383,8 @@ fn seed_aptly_setup_end_to_end_through_ringsock_proxy() {
         body,
         expected,
         "through ringsock; proxy log:\n{}\naptly log:\n{}",
-        proxy.log(),
-        backend.log()
+        proxy.output(),
+        backend.output()
     );
     assert!(meta.starts_with("200 application/json"), "{meta}");
     notify.expect("READY=1", Duration::from_secs(10));
@@ -475,30 +406,25 @@ fn seed_aptly_setup_end_to_end_through_ringsock_proxy() {
         &[("OPTIONS", "-c 4 --exit-idle-time 1h"), ("TARGET", sock)],
     );
     assert_eq!(template_cmd[0], UNIT_BIN);
-    let mut template = Proc::start(
-        Command::new("systemd-socket-activate")
-            .args(["-l", &listen2, "-ERINGSOCK_LOG_LEVEL=debug", "--", BIN])
-            .args(&template_cmd[1..]),
-        dir.path().join("template.log"),
-    );
+    let template_args: Vec<&str> = template_cmd[1..].iter().map(String::as_str).collect();
+    let template = Spawn::new(&template_args).activate(&listen2).start();
     template.wait_for_log("Listening on", Duration::from_secs(10));
     let (meta, body) = curl_version(&[], &format!("http://{listen2}/api/version"));
     assert_eq!(
         body,
         expected,
         "through ringsock-proxy@; log:\n{}",
-        template.log()
+        template.output()
     );
     assert!(meta.starts_with("200 "), "{meta}");
 
-    // Graceful stop: SIGTERM → exit 0, STOPPING=1.
-    proxy.terminate(Duration::from_secs(20));
+    // Graceful stop: SIGTERM → exit 0 (within 20 s), STOPPING=1.
+    let proxy_log = proxy.stop();
     notify.expect("STOPPING=1", Duration::from_secs(5));
-    template.terminate(Duration::from_secs(20));
+    template.stop();
     assert!(
-        proxy.log().contains("driver"),
-        "ringsock logs the driver in use:\n{}",
-        proxy.log()
+        proxy_log.contains("driver"),
+        "ringsock logs the driver in use:\n{proxy_log}"
     );
 }
 
@@ -519,14 +445,11 @@ fn serve_unit_serves_a_mirror_tree_end_to_end() {
     assert_eq!(command[0], UNIT_BIN);
     let listen = listen_on(&read_unit("ringsock-serve.socket"), free_port("127.0.0.1"));
     let notify = NotifySocket::new();
-    let mut serve = Proc::start(
-        Command::new("systemd-socket-activate")
-            .args(["-l", &listen])
-            .arg(format!("-ENOTIFY_SOCKET={}", notify.path.display()))
-            .args(["-ERINGSOCK_LOG_LEVEL=debug", "--", BIN])
-            .args(&command[1..]),
-        dir.path().join("serve.log"),
-    );
+    let serve_args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
+    let serve = Spawn::new(&serve_args)
+        .activate(&listen)
+        .env("NOTIFY_SOCKET", notify.env_value())
+        .start();
     serve.wait_for_log("Listening on", Duration::from_secs(10));
 
     let base = format!("http://{listen}");
@@ -537,7 +460,7 @@ fn serve_unit_serves_a_mirror_tree_end_to_end() {
         "Release: {} bytes of {}:\n{}",
         out.stdout.len(),
         release.len(),
-        serve.log()
+        serve.output()
     );
     notify.expect("READY=1", Duration::from_secs(10));
     // apt resumes with Range.
@@ -564,14 +487,13 @@ fn serve_unit_serves_a_mirror_tree_end_to_end() {
     assert!(meta.starts_with("200 application/json"), "{meta}");
     assert!(body.starts_with("{\"Version\":\""), "{body}");
 
-    serve.terminate(Duration::from_secs(20));
+    serve.stop();
     notify.expect("STOPPING=1", Duration::from_secs(5));
 }
 
 /// Flags (`-c`, `--connections-max`, ...) in the Options section of `ringsock ARGS --help`.
 fn help_flags(args: &[&str]) -> Vec<String> {
-    let out = run(Command::new(BIN).args(args).arg("--help"));
-    let help = String::from_utf8(out.stdout).unwrap();
+    let help = stdout_of(Spawn::new(&[args, &["--help"]].concat()));
     let mut flags = Vec::new();
     for line in help
         .lines()
@@ -796,9 +718,9 @@ fn deb_package_has_everything_installs_and_runs() {
     }
     let _installed = Installed;
     run(Command::new("dpkg").arg("-i").arg(&deb));
-    let version = run(Command::new("/usr/bin/ringsock").arg("--version"));
+    let version = stdout_of(Spawn::new(&["--version"]).program("/usr/bin/ringsock"));
     assert_eq!(
-        String::from_utf8_lossy(&version.stdout).trim(),
+        version.trim(),
         concat!("ringsock ", env!("CARGO_PKG_VERSION"))
     );
 
@@ -832,56 +754,11 @@ fn deb_package_has_everything_installs_and_runs() {
     }
 }
 
-/// Installs, in the child before exec, a seccomp filter that gives the three io_uring
-/// calls `action` — what SystemCallFilter= without them does in a unit.
-fn seccomp_io_uring(cmd: &mut Command, action: u32) {
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    const ALLOW: u32 = 0x7fff_0000;
-    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    let calls = [
-        libc::SYS_io_uring_setup,
-        libc::SYS_io_uring_enter,
-        libc::SYS_io_uring_register,
-    ];
-    let mut filter = vec![insn(LD_W_ABS, 0, 0, 0)]; // seccomp_data.nr
-    for (i, nr) in calls.iter().enumerate() {
-        // Jump to the `action` return below the remaining checks and the allow.
-        let to_action = (calls.len() - i) as u8;
-        filter.push(insn(JEQ_K, to_action, 0, *nr as u32));
-    }
-    filter.push(insn(RET_K, 0, 0, ALLOW));
-    filter.push(insn(RET_K, 0, 0, action));
-    // SAFETY: between fork and exec only prctl(2) on memory allocated before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            let prog = libc::sock_fprog {
-                len: filter.len() as u16,
-                filter: filter.as_ptr() as *mut _,
-            };
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                || libc::prctl(
-                    libc::PR_SET_SECCOMP,
-                    libc::SECCOMP_MODE_FILTER,
-                    &prog as *const _,
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 fn proxy_under_seccomp(backend: &EchoBackend, port: u16, action: u32) -> Ringsock {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
-        .arg(&backend.path)
-        .env("RINGSOCK_LOG_LEVEL", "debug");
-    without_manager_env(&mut cmd).env_remove("MONOIO_FORCE_LEGACY_DRIVER");
-    seccomp_io_uring(&mut cmd, action);
-    spawn_logged(cmd)
+    let listen = format!("127.0.0.1:{port}");
+    Spawn::new(&["proxy", "--listen", &listen, backend.path.to_str().unwrap()])
+        .filter_io_uring(action)
+        .start()
 }
 
 /// What the README promises for a hardened unit whose SystemCallFilter= lacks the io_uring

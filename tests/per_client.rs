@@ -55,6 +55,7 @@ fn serve_limits_each_prefix_exactly_across_workers() {
         let mut conns: Vec<TcpStream> = (0..5)
             .map(|_| connect_from("127.0.0.1", server.addr))
             .collect();
+        // Time for both workers to take all five (and close two) before any is judged.
         std::thread::sleep(Duration::from_millis(300));
         let open: Vec<bool> = conns.iter_mut().map(|c| !closed(c)).collect();
         assert_eq!(
@@ -68,6 +69,7 @@ fn serve_limits_each_prefix_exactly_across_workers() {
         // Closing one gives its slot back.
         let first_open = open.iter().position(|&o| o).unwrap();
         drop(conns.remove(first_open));
+        // Time for the server to see the close: the slot itself has no outside witness.
         std::thread::sleep(Duration::from_millis(200));
         let mut again = connect_from("127.0.0.1", server.addr);
         assert!(
@@ -155,6 +157,7 @@ fn proxy_limits_each_client_too() {
             backend.path.to_str().unwrap(),
         );
         let mut conns: Vec<TcpStream> = (0..4).map(|_| connect_from("127.0.0.1", addr)).collect();
+        // Time for both workers to take all four (and close two) before any is judged.
         std::thread::sleep(Duration::from_millis(300));
         let open: Vec<bool> = conns.iter_mut().map(|c| !closed(c)).collect();
         assert_eq!(
@@ -202,6 +205,7 @@ fn serve_answers_429_over_the_request_rate_and_keeps_the_connection() {
         // Another address has its own bucket; this one refills at 5 a second.
         let mut other = connect_from("127.0.0.2", server.addr);
         assert!(served(&mut other, b""), "{driver:?}");
+        // Time is what refills the bucket.
         std::thread::sleep(Duration::from_millis(1200));
         conn.send(crate::serve::get("/f.txt").as_bytes());
         assert_eq!(conn.response(false).status, 200, "{driver:?}: no refill");

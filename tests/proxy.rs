@@ -66,15 +66,15 @@ fn ended_connections_leave_no_socket_open_on_both_drivers() {
             assert_eq!(reply, data, "{driver:?}: connection {i}");
         }
         // The last close runs when its worker next enters the ring: bounded wait.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut open = ringsock.open_fds("socket:");
-        while open > before && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-            open = ringsock.open_fds("socket:");
-        }
-        assert!(
-            open <= before,
-            "{driver:?}: {open} sockets open after 300 ended connections, {before} before"
+        wait_until(
+            Duration::from_secs(5),
+            || (ringsock.open_fds("socket:") <= before).then_some(()),
+            || {
+                format!(
+                    "{driver:?}: {} sockets open after 300 ended connections, {before} before",
+                    ringsock.open_fds("socket:")
+                )
+            },
         );
         ringsock.stop();
     }
@@ -396,6 +396,7 @@ fn a_host_name_target_tries_every_address_and_follows_changes() {
         );
 
         point_at(["127.0.0.4", "127.0.0.5"]);
+        // The test is what a name resolves to once a second has passed: let it pass.
         std::thread::sleep(Duration::from_millis(1500));
         echo_transfer(connect_tcp(addr), 1 << 16, 2, None)
             .unwrap_or_else(|e| panic!("{driver:?}: through 127.0.0.4/.5: {e}"));
@@ -587,14 +588,11 @@ fn connect_timeout_gives_up_on_a_backend_that_never_accepts() {
         let transfer = std::thread::spawn(move || echo_transfer(stream, 64 << 10, 9, None));
         // Accepted means its connect is under way, and failing with EAGAIN for as long
         // as the queue stays full.
-        let start = Instant::now();
-        while ringsock.open_sockets() <= idle_sockets {
-            assert!(
-                start.elapsed() < LOG,
-                "{driver:?}: the client was never accepted"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(
+            LOG,
+            || (ringsock.open_sockets() > idle_sockets).then_some(()),
+            || format!("{driver:?}: the client was never accepted"),
+        );
         // The backend accepts again: the filler, then whoever comes next.
         std::thread::spawn(move || {
             for conn in listener.incoming().take(2) {
@@ -689,15 +687,8 @@ fn out_of_fds_holds_clients_in_the_backlog_instead_of_resetting_them() {
         for client in &clients {
             client.set_nonblocking(true).unwrap();
         }
-        let start = Instant::now();
         let mut waiting: Vec<(usize, TcpStream)> = clients.drain(..).enumerate().collect();
-        while !waiting.is_empty() {
-            assert!(
-                start.elapsed() < 3 * LOG,
-                "{driver:?}: {} clients never served\n{}",
-                waiting.len(),
-                ringsock.stderr()
-            );
+        let served = within(3 * LOG, || {
             waiting.retain_mut(|(i, client)| {
                 let mut echo = [0u8; 1];
                 match client.read(&mut echo) {
@@ -712,8 +703,14 @@ fn out_of_fds_holds_clients_in_the_backlog_instead_of_resetting_them() {
                     ),
                 }
             });
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            waiting.is_empty().then_some(())
+        });
+        assert!(
+            served.is_some(),
+            "{driver:?}: {} clients never served\n{}",
+            waiting.len(),
+            ringsock.stderr()
+        );
         let mut client = connect_tcp(addr);
         assert_eq!(
             round_trip(&mut client, b"again")
@@ -947,21 +944,19 @@ fn a_client_that_stops_reading_stalls_no_one_else() {
 
         let mut flooded = connect_tcp(addr);
         flooded.write_all(b"f").unwrap();
-        // Stalled: every buffer on the way is full and the count stops moving.
-        let start = Instant::now();
-        let mut last = usize::MAX;
-        loop {
-            std::thread::sleep(Duration::from_millis(100));
+        // Stalled: every buffer on the way is full and the count stops moving (for the
+        // 100 ms between two looks).
+        let mut before = usize::MAX;
+        let last = poll_every(Duration::from_millis(100), LOG, || {
             let now = written.load(Ordering::SeqCst);
-            if now == last && now > 0 {
-                break;
-            }
-            assert!(
-                start.elapsed() < LOG,
-                "{driver:?}: the flood never stalled ({now} bytes)"
-            );
-            last = now;
-        }
+            let stalled = now == before && now > 0;
+            before = now;
+            stalled.then_some(now)
+        })
+        .unwrap_or_else(|| {
+            let now = written.load(Ordering::SeqCst);
+            panic!("{driver:?}: the flood never stalled ({now} bytes)")
+        });
         assert!(
             last < FLOOD,
             "{driver:?}: {last} bytes went through a client that reads nothing"
@@ -1130,6 +1125,7 @@ fn idle_timeout_cuts_a_silent_connection_and_spares_a_busy_one() {
             let mut reply = [0u8; 4];
             busy.read_exact(&mut reply)
                 .expect("the busy connection was cut");
+            // Pings 200 ms apart, well inside the 1 s idle timeout, for 2.4 s.
             std::thread::sleep(Duration::from_millis(200));
         }
         assert!(start.elapsed() >= Duration::from_millis(2400));

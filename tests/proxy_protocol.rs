@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::serve::{get, serve};
@@ -286,8 +286,9 @@ fn haproxy_in_front_of_serve() {
     }
 }
 
+/// HAProxy, run by the harness; killed when dropped.
 struct HaProxy {
-    child: Child,
+    process: Ringsock,
     _dir: tempfile::TempDir,
 }
 
@@ -305,31 +306,19 @@ impl HaProxy {
             ),
         )
         .unwrap();
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy");
+        let process = Spawn::new(&["-db", "-f", config.to_str().unwrap()])
+            .program("haproxy")
+            .start();
         wait_until(
             Duration::from_secs(10),
             || TcpStream::connect(listen).ok(),
-            || "haproxy did not listen".into(),
+            || format!("haproxy did not listen:\n{}", process.output()),
         );
-        HaProxy { child, _dir: dir }
+        HaProxy { process, _dir: dir }
     }
 
     fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        self.stop();
+        self.process.kill();
     }
 }
 

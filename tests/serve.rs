@@ -195,21 +195,24 @@ fn resp_len() -> String {
 fn listens_on_127_0_0_1_8080_without_sockets_or_listen() {
     // Port 8080 may be taken on a shared machine: then the error must name the address.
     let mut ringsock = Spawn::new(&["serve"]).start();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
+    let failed = within(Duration::from_secs(10), || {
+        // Whether it exited first: what it wrote just before still counts.
+        let status = ringsock.exited();
         let log = ringsock.stderr();
         if log.contains("listening on 127.0.0.1:8080") {
-            ringsock.stop();
-            return;
+            Some(None)
+        } else {
+            status.map(|status| Some((status, log)))
         }
-        if let Ok(Some(status)) = ringsock.child.try_wait() {
+    })
+    .unwrap_or_else(|| panic!("neither listened nor failed: {}", ringsock.stderr()));
+    match failed {
+        None => drop(ringsock.stop()),
+        Some((status, log)) => {
             assert!(!status.success());
             assert!(log.contains("127.0.0.1:8080"), "{log}");
-            return;
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("neither listened nor failed: {}", ringsock.stderr());
 }
 
 #[test]
@@ -865,6 +868,8 @@ fn concurrent_large_downloads_and_a_stalled_client() {
         // A client that asks for the file and never reads.
         let mut stalled = server.connect();
         stalled.send(get("/pool/big.deb").as_bytes());
+        // Time for its answer to fill the socket, so the downloads share the worker with
+        // a client that is already stalled.
         std::thread::sleep(Duration::from_millis(200));
         let start = Instant::now();
         let threads: Vec<_> = (0..16)
@@ -910,6 +915,7 @@ fn a_client_that_stops_reading_is_dropped_after_the_keepalive_timeout() {
         server.file("big", &data);
         let mut conn = server.connect();
         conn.send(get("/big").as_bytes());
+        // Reading nothing for longer than --keepalive-timeout is the test.
         std::thread::sleep(Duration::from_millis(2500));
         let mut got = Vec::new();
         let start = Instant::now();
@@ -938,6 +944,7 @@ fn graceful_shutdown_finishes_responses_and_closes_idle_connections() {
         // A download in flight: the client has not read the body yet.
         let mut busy = server.connect();
         busy.send(get("/big").as_bytes());
+        // Time for the answer to get under way, so SIGTERM finds it in flight.
         std::thread::sleep(Duration::from_millis(200));
         server.ringsock.signal(libc::SIGTERM);
         assert!(idle.closed_within(Duration::from_secs(5)), "{driver:?}");

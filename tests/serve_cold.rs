@@ -40,23 +40,24 @@ fn evict(path: &Path) {
     let file = File::open(path).unwrap();
     // Pages still being read in (the server's readahead of an earlier request) cannot be
     // dropped yet: advise again until none is left, for at most 5 s.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        // SAFETY: plain advice on an open fd.
-        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(rc, 0, "posix_fadvise");
-        let cached = cached_pages(&file);
-        if cached == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} still has {cached} pages cached after POSIX_FADV_DONTNEED (a file system \
-             without a disk?)",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(5),
+        || {
+            // SAFETY: plain advice on an open fd.
+            let rc =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(rc, 0, "posix_fadvise");
+            (cached_pages(&file) == 0).then_some(())
+        },
+        || {
+            format!(
+                "{} still has {} pages cached after POSIX_FADV_DONTNEED (a file system \
+                 without a disk?)",
+                path.display(),
+                cached_pages(&file)
+            )
+        },
+    );
 }
 
 /// cachestat(2): how many of `file`'s pages are in the page cache.
@@ -220,6 +221,7 @@ fn slow_clients_of_cold_files_hold_no_io_thread() {
                 conn
             })
             .collect();
+        // Time for every socket to fill: what must hold then is asserted, not waited for.
         std::thread::sleep(Duration::from_millis(1500));
         assert_eq!(metric(&server, "ringsock_io_threads_busy"), 0, "{driver:?}");
         assert_eq!(metric(&server, "ringsock_io_queue_length"), 0, "{driver:?}");
@@ -262,18 +264,21 @@ fn read_head(conn: &mut crate::serve::Conn) -> String {
 
 /// Reads until EOF or an error within `limit`: the bytes read and whether it ended.
 fn read_until_end(conn: &mut crate::serve::Conn, limit: Duration) -> (usize, bool) {
-    let deadline = Instant::now() + limit;
     let mut total = 0;
     let mut buf = vec![0u8; 64 << 10];
-    while Instant::now() < deadline {
-        match conn.reader.read(&mut buf) {
-            Ok(0) => return (total, true),
-            Ok(n) => total += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => return (total, true),
+    // Each look blocks in read (up to the connection's read timeout): no pause between.
+    let ended = poll_every(Duration::ZERO, limit, || match conn.reader.read(&mut buf) {
+        Ok(0) => Some(()),
+        Ok(n) => {
+            total += n;
+            None
         }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => None,
+        Err(_) => Some(()),
+    });
+    if ended.is_none() {
+        let _ = conn.reader.get_mut().flush();
     }
-    let _ = conn.reader.get_mut().flush();
-    (total, false)
+    (total, ended.is_some())
 }

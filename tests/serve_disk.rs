@@ -2,11 +2,9 @@
 //! FUSE mount, tests/fixtures/hangfs.py, whose daemon leaves READ unanswered) must hold
 //! up only its own requests, never the API, the metrics or other files.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -25,10 +23,8 @@ const OK_TXT: &[u8] = b"ok: this file answers\n";
 /// hangfs mounted on a directory. Dropping it (also while a panic unwinds) ends the
 /// daemon, which fails every read still waiting on it, and detaches the mount.
 struct HangFs {
-    daemon: Child,
+    daemon: Ringsock,
     mnt: PathBuf,
-    log: PathBuf,
-    _log_dir: tempfile::TempDir,
 }
 
 impl HangFs {
@@ -38,41 +34,29 @@ impl HangFs {
         if !Path::new("/dev/fuse").exists() {
             return Err("/dev/fuse does not exist (no FUSE in this kernel or container)".into());
         }
-        let log_dir = tempfile::tempdir().expect("tempdir");
-        let log = log_dir.path().join("hangfs.log");
-        let daemon = Command::new("python3")
-            .arg(HANGFS)
-            .arg(mnt)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("hangfs log"))
-            .spawn()
-            .expect("run python3 tests/fixtures/hangfs.py");
+        let daemon = Spawn::new(&[HANGFS, mnt.to_str().unwrap()])
+            .program("python3")
+            .start();
         let mut fs = HangFs {
-            mnt: mnt.to_path_buf(),
-            log,
-            _log_dir: log_dir,
             daemon,
+            mnt: mnt.to_path_buf(),
         };
-        // Read "ready" on a thread of its own, so the wait for it is bounded.
-        let stdout = fs.daemon.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) if line.trim() == "ready" => return Ok(fs),
-            Ok(_) => {}
-            Err(_) => panic!("hangfs not ready within 10 s:\n{}", fs.log()),
+        // "ready" on stdout once it serves, or an exit without it.
+        let ready = within(Duration::from_secs(10), || {
+            // Whether it exited first: a "ready" written just before still counts.
+            let exited = fs.daemon.exited().is_some();
+            if fs.daemon.stdout().trim() == "ready" {
+                Some(true)
+            } else {
+                exited.then_some(false)
+            }
+        })
+        .unwrap_or_else(|| panic!("hangfs not ready within 10 s:\n{}", fs.log()));
+        if ready {
+            return Ok(fs);
         }
         // It ended without "ready": 77 means FUSE is not permitted, anything else is a bug.
-        let status = wait_until(
-            Duration::from_secs(5),
-            || fs.daemon.try_wait().expect("try_wait hangfs"),
-            || "hangfs closed its stdout but did not exit".into(),
-        );
+        let status = fs.daemon.exited().expect("exited");
         if status.code() == Some(77) {
             return Err(fs.log().trim().to_string());
         }
@@ -80,7 +64,7 @@ impl HangFs {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.daemon.stderr()
     }
 
     /// READs of hang.deb the daemon holds unanswered (it logs each one).
@@ -95,17 +79,17 @@ impl Drop for HangFs {
         // READs. Until then a thread asleep on one cannot even be killed (the kernel waits
         // uninterruptibly for a request the daemon already took), so this must happen
         // before the ringsock that reads the file is stopped or killed.
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        while let Ok(None) = self.daemon.try_wait() {
-            if start.elapsed() > Duration::from_secs(5) {
-                // Dying closes /dev/fuse all the same.
-                let _ = self.daemon.kill();
-                let _ = self.daemon.wait();
-                break;
+        self.daemon.signal(libc::SIGTERM);
+        let ended = within(Duration::from_secs(5), || {
+            match self.daemon.child.try_wait() {
+                Ok(None) => None,
+                // Exited, or nothing left to wait for: no panic here, this may be unwinding.
+                _ => Some(()),
             }
-            std::thread::sleep(Duration::from_millis(10));
+        });
+        if ended.is_none() {
+            // Dying closes /dev/fuse all the same.
+            self.daemon.kill();
         }
         // Whatever became of the daemon, leave no mount behind (EINVAL if it is gone).
         use std::os::unix::ffi::OsStrExt;

@@ -1,6 +1,6 @@
 //! Runs the built binary the way systemd would: listening sockets at fds 3.. with
-//! LISTEN_FDS/LISTEN_PID (or through `systemd-socket-activate`), stderr captured; and the
-//! clients, backends and waits the tests share.
+//! LISTEN_FDS/LISTEN_PID (or through `systemd-socket-activate`), its output captured;
+//! and the clients, backends and waits the tests share.
 
 #![allow(dead_code)]
 

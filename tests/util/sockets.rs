@@ -7,7 +7,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::poll_every;
 
 /// Connects with retries (the listener may be in another process's backlog handling).
 pub fn connect_tcp(addr: SocketAddr) -> TcpStream {
@@ -125,26 +127,19 @@ pub fn accept_queue(addr: SocketAddr) -> Option<usize> {
 /// hanging.
 pub fn accept_within(listener: &TcpListener, timeout: Duration) -> TcpStream {
     listener.set_nonblocking(true).unwrap();
-    let start = Instant::now();
-    loop {
+    let stream = poll_every(Duration::from_millis(5), timeout, || {
         match listener.accept() {
-            Ok((stream, _)) => {
-                stream.set_nonblocking(false).unwrap();
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(30)))
-                    .unwrap();
-                return stream;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(
-                    start.elapsed() < timeout,
-                    "no connection within {timeout:?}"
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            Ok((stream, _)) => Some(stream),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
             Err(e) => panic!("accept: {e}"),
         }
-    }
+    })
+    .unwrap_or_else(|| panic!("no connection within {timeout:?}"));
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
 }
 
 /// A connected stream the helpers drive from two threads (writer and reader).
