@@ -81,6 +81,9 @@ impl HttpHandler {
 }
 
 impl Handler for HttpHandler {
+    /// A typical request head (what a connection's reads take now: conn.rs's READ_BUF).
+    const RECV_BUFFER: usize = 4 * 1024;
+
     async fn handle(self: Rc<Self>, mut stream: Stream, listener: Rc<str>) {
         if let Err(e) = self.serve(&mut stream, &listener).await {
             if !is_disconnect(&e) {

@@ -9,7 +9,9 @@
 //! construction rather than by a comment.
 
 use std::cell::{Cell, UnsafeCell};
+use std::io;
 
+use monoio::buf::ProvidedBuf;
 use monoio::BufResult;
 
 use super::Stream;
@@ -60,6 +62,13 @@ impl ReadHalf<'_> {
         } else {
             stream.recv(buf).await
         }
+    }
+
+    /// [`Stream::recv_provided`]; `&mut self`: one receive at a time.
+    pub async fn recv_provided(&mut self, expect_empty: bool) -> io::Result<ProvidedBuf> {
+        // SAFETY: as for `recv`.
+        let stream = unsafe { &mut *self.0.stream.get() };
+        stream.recv_provided(expect_empty).await
     }
 
     pub fn stream(&self) -> &Stream {

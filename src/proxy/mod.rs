@@ -25,6 +25,7 @@ use crate::runtime::{Handler, Worker};
 pub use forward::forward;
 use forward::Moved;
 pub use pipe::{PipeBudget, PipePool};
+use pump::RECV_SIZE;
 use resolve::Resolver;
 pub use target::Target;
 pub use targets::Targets;
@@ -156,6 +157,8 @@ const METRICS_LINGER: crate::net::Linger = crate::net::Linger {
 };
 
 impl Handler for ProxyHandler {
+    const RECV_BUFFER: usize = RECV_SIZE;
+
     async fn handle(self: Rc<Self>, client: Stream, listener: Rc<str>) {
         if &*listener == metrics::METRICS_LISTENER && !self.settings.target.names(&listener) {
             self.answer_metrics(&client).await;

@@ -33,6 +33,10 @@ pub use worker::Worker;
 
 /// What a subcommand does with each accepted connection. One instance per worker.
 pub trait Handler: 'static {
+    /// Bytes per buffer of each worker's receive pool (`Stream::recv_provided`): the most
+    /// one receive returns.
+    const RECV_BUFFER: usize;
+
     /// `listener`: the name of the socket it arrived on (`FileDescriptorName=`, or the
     /// `--listen` text).
     fn handle(self: Rc<Self>, stream: Stream, listener: Rc<str>) -> impl Future<Output = ()>;
