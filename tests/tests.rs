@@ -6,6 +6,7 @@ mod access_log;
 
 mod activation;
 mod hostile;
+mod provided_buffers;
 mod proxy;
 mod proxy_faults;
 mod proxy_protocol;
