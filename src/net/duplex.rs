@@ -9,9 +9,8 @@
 //! construction rather than by a comment.
 
 use std::cell::{Cell, UnsafeCell};
-use std::io;
 
-use monoio::buf::ProvidedBuf;
+use monoio::buf::ProvidedRecv;
 use monoio::BufResult;
 
 use super::Stream;
@@ -65,10 +64,10 @@ impl ReadHalf<'_> {
     }
 
     /// [`Stream::recv_provided`]; `&mut self`: one receive at a time.
-    pub async fn recv_provided(&mut self, expect_empty: bool) -> io::Result<ProvidedBuf> {
-        // SAFETY: as for `recv`.
+    pub fn recv_provided(&mut self, expect_empty: bool) -> ProvidedRecv<'_> {
+        // SAFETY: as for `recv`; the future holds this half borrowed until it is done.
         let stream = unsafe { &mut *self.0.stream.get() };
-        stream.recv_provided(expect_empty).await
+        stream.recv_provided(expect_empty)
     }
 
     pub fn stream(&self) -> &Stream {

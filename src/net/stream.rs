@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use monoio::buf::{IoBuf, IoBufMut, ProvidedBuf};
+use monoio::buf::{IoBuf, IoBufMut, ProvidedRecv};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpStream, UnixStream};
 use monoio::BufResult;
@@ -99,10 +99,10 @@ impl Stream {
     /// means EOF. `poll_first`: as for [`Stream::recv_poll_first`]. The buffer size is the
     /// handler's choice (`runtime::Handler::RECV_BUFFER`); monoio's PATCHES.md (patch 4)
     /// says how it copes with an old kernel or a spent pool.
-    pub async fn recv_provided(&mut self, poll_first: bool) -> io::Result<ProvidedBuf> {
+    pub fn recv_provided(&mut self, poll_first: bool) -> ProvidedRecv<'_> {
         match self {
-            Stream::Tcp(s) => s.recv_provided(poll_first).await,
-            Stream::Unix(s) => s.recv_provided(poll_first).await,
+            Stream::Tcp(s) => s.recv_provided(poll_first),
+            Stream::Unix(s) => s.recv_provided(poll_first),
         }
     }
 

@@ -26,6 +26,7 @@ pub use msg::{MsgBuf, MsgBufMut, MsgMeta};
 
 // ringsock patch: receive buffers that exist only while data moves.
 mod provided;
+pub use crate::driver::op::recv_provided::ProvidedRecv;
 pub(crate) use provided::BufPool;
 pub use provided::{
     configure_provided_bufs, provided_buf_stats, ProvidedBuf, ProvidedBufConfig, ProvidedBufMode,

@@ -142,10 +142,7 @@ impl BufPool {
             config.check()?;
         }
         if !crate::driver::CURRENT.is_set() {
-            return Err(io::Error::new(
-                io::ErrorKind::Other,
-                "provided buffers need a monoio runtime on this thread",
-            ));
+            return Err(BufPool::no_runtime());
         }
         crate::driver::CURRENT.with(|inner| match inner.provided_pool() {
             Some(pool) => match config {
@@ -157,6 +154,13 @@ impl BufPool {
             },
             None => Ok(inner.create_provided_pool(config.unwrap_or_default())),
         })
+    }
+
+    pub(crate) fn no_runtime() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::Other,
+            "provided buffers need a monoio runtime on this thread",
+        )
     }
 
     #[cfg(feature = "legacy")]
@@ -281,9 +285,9 @@ impl BufPool {
     #[cfg(all(target_os = "linux", feature = "iouring"))]
     pub(crate) fn recycle(&self, flags: u32) {
         if let (Some(bid), Some(ring)) = (io_uring::cqueue::buffer_select(flags), &self.ring) {
-            if ring.buf_ptr(bid).is_some() {
+            if let Some(ptr) = ring.buf_ptr(bid) {
                 ring.taken(bid);
-                ring.give_back(bid);
+                ring.give_back(bid, ptr);
             }
         }
     }
@@ -392,10 +396,10 @@ impl Drop for ProvidedBuf {
     fn drop(&mut self) {
         match &mut self.kind {
             #[cfg(all(target_os = "linux", feature = "iouring"))]
-            Kind::Ring { bid, .. } => {
+            Kind::Ring { bid, ptr } => {
                 self.pool.lent.set(self.pool.lent.get() - 1);
                 if let Some(ring) = &self.pool.ring {
-                    ring.give_back(*bid);
+                    ring.give_back(*bid, *ptr);
                 }
             }
             Kind::Own(buf) => self.pool.keep_spare(std::mem::take(buf)),

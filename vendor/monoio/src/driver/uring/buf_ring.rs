@@ -57,7 +57,9 @@ pub(crate) struct BufRing {
     tail: Cell<u16>,
     size: usize,
     max: usize,
-    per_chunk: usize,
+    /// Buffers a chunk holds (the last may hold fewer): a power of two, so that finding
+    /// a buffer from its id is a shift and a mask.
+    chunk_shift: u32,
     chunks: RefCell<Vec<(NonNull<u8>, Layout)>>,
     /// Buffers in all chunks: ids `0..allocated` exist.
     allocated: Cell<usize>,
@@ -113,7 +115,7 @@ impl BufRing {
             tail: Cell::new(0),
             size,
             max,
-            per_chunk: (CHUNK_BYTES / size).clamp(1, max),
+            chunk_shift: (CHUNK_BYTES / size).max(1).ilog2(),
             chunks: RefCell::new(Vec::new()),
             allocated: Cell::new(0),
             registered: Cell::new(true),
@@ -157,7 +159,7 @@ impl BufRing {
             return false;
         }
         let first = self.allocated();
-        let count = self.per_chunk.min(self.max - first);
+        let count = (1 << self.chunk_shift).min(self.max - first);
         if count == 0 {
             return false;
         }
@@ -175,9 +177,11 @@ impl BufRing {
         self.owned_by_kernel
             .borrow_mut()
             .resize(first + count, false);
-        for bid in first..first + count {
+        for i in 0..count {
+            // SAFETY: buffer `i` of `count` lies inside the chunk just allocated.
+            let buf = unsafe { NonNull::new_unchecked(base.as_ptr().add(i * self.size)) };
             // `first + count <= max <= MAX_BUFFERS`: every id fits in u16.
-            self.push(bid as u16);
+            self.push((first + i) as u16, buf);
         }
         self.publish();
         true
@@ -190,10 +194,10 @@ impl BufRing {
             return None;
         }
         let chunks = self.chunks.borrow();
-        let (base, _) = chunks.get(bid / self.per_chunk)?;
-        let offset = (bid % self.per_chunk) * self.size;
-        // SAFETY: every chunk but the last holds `per_chunk` buffers and the last holds
-        // the rest of `allocated`, so buffer `bid` lies inside this chunk's allocation.
+        let (base, _) = chunks.get(bid >> self.chunk_shift)?;
+        let offset = (bid & ((1 << self.chunk_shift) - 1)) * self.size;
+        // SAFETY: every chunk but the last holds 2^chunk_shift buffers and the last the
+        // rest of `allocated`, so buffer `bid` lies inside this chunk's allocation.
         Some(unsafe { NonNull::new_unchecked(base.as_ptr().add(offset)) })
     }
 
@@ -207,18 +211,17 @@ impl BufRing {
         }
     }
 
-    /// Puts buffer `bid` back in the ring for the kernel to fill again.
-    pub(crate) fn give_back(&self, bid: u16) {
+    /// Puts buffer `bid`, at `buf`, back in the ring for the kernel to fill again.
+    pub(crate) fn give_back(&self, bid: u16, buf: NonNull<u8>) {
         if self.registered.get() {
-            self.push(bid);
+            self.push(bid, buf);
             self.publish();
         }
     }
 
-    fn push(&self, bid: u16) {
-        let Some(buf) = self.buf_ptr(bid) else {
-            return;
-        };
+    /// `buf` is buffer `bid` of this ring (from `buf_ptr`, or as `grow` lays them out).
+    fn push(&self, bid: u16, buf: NonNull<u8>) {
+        debug_assert_eq!(self.buf_ptr(bid), Some(buf));
         #[cfg(debug_assertions)]
         if let Some(owned) = self.owned_by_kernel.borrow_mut().get_mut(bid as usize) {
             assert!(!*owned, "buffer {bid} given back twice");

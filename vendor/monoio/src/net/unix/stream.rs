@@ -273,8 +273,8 @@ impl UnixStream {
     /// only when data arrives, so a receive waiting on an idle socket holds no buffer
     /// (see [`crate::buf::ProvidedBuf`]). An empty buffer means EOF. `poll_first`: as for
     /// [`Self::read_poll_first`].
-    pub async fn recv_provided(&mut self, poll_first: bool) -> io::Result<crate::buf::ProvidedBuf> {
-        crate::driver::op::recv_provided::recv_provided(&self.fd, poll_first).await
+    pub fn recv_provided(&mut self, poll_first: bool) -> crate::buf::ProvidedRecv<'_> {
+        crate::driver::op::recv_provided::recv_provided(&self.fd, poll_first)
     }
 }
 
