@@ -7,6 +7,7 @@ mod access_log;
 mod activation;
 mod hostile;
 mod memory;
+mod provided_buffers;
 mod proxy;
 mod proxy_faults;
 mod proxy_metrics;

@@ -91,6 +91,8 @@ impl HttpHandler {
 impl Handler for HttpHandler {
     /// Whether the listener's connections start with a PROXY header.
     type Plan = HeaderRule;
+    /// A typical request head: what a connection's first read takes.
+    const RECV_BUFFER: usize = 4 * 1024;
 
     async fn handle(self: Rc<Self>, stream: Stream, header: Rc<HeaderRule>) {
         self.serve(stream, *header).await;

@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, UnsafeCell};
 
+use monoio::buf::ProvidedRecv;
 use monoio::BufResult;
 
 use super::Stream;
@@ -60,6 +61,13 @@ impl ReadHalf<'_> {
         } else {
             stream.recv(buf).await
         }
+    }
+
+    /// [`Stream::recv_provided`]; `&mut self`: one receive at a time.
+    pub fn recv_provided(&mut self, expect_empty: bool) -> ProvidedRecv<'_> {
+        // SAFETY: as for `recv`; the future holds this half borrowed until it is done.
+        let stream = unsafe { &mut *self.0.stream.get() };
+        stream.recv_provided(expect_empty)
     }
 
     pub fn stream(&self) -> &Stream {

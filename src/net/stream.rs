@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use monoio::buf::{IoBuf, IoBufMut};
+use monoio::buf::{IoBuf, IoBufMut, ProvidedRecv};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpStream, UnixStream};
 use monoio::BufResult;
@@ -89,6 +89,20 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.read_poll_first(buf).await,
             Stream::Unix(s) => s.read_poll_first(buf).await,
+        }
+    }
+
+    /// Receives once into a buffer of this worker's pool that is taken only when data
+    /// arrives, so an idle connection waiting here holds no receive buffer: on io_uring
+    /// one RECV that the kernel gives a buffer of its registered ring, on epoll a recv(2)
+    /// once readable. The buffer goes back to the pool when the result is dropped; empty
+    /// means EOF. `poll_first`: as for [`Stream::recv_poll_first`]. The buffer size is the
+    /// handler's choice (`runtime::Handler::RECV_BUFFER`); monoio's PATCHES.md (patch 4)
+    /// says how it copes with an old kernel or a spent pool.
+    pub fn recv_provided(&mut self, poll_first: bool) -> ProvidedRecv<'_> {
+        match self {
+            Stream::Tcp(s) => s.recv_provided(poll_first),
+            Stream::Unix(s) => s.recv_provided(poll_first),
         }
     }
 

@@ -27,6 +27,7 @@ use crate::runtime::{Handler, Worker};
 pub use forward::forward;
 pub use pipe::{PipeBudget, PipePool};
 pub use plan::{header_rule, plan, ListenerPlan};
+use pump::RECV_SIZE;
 use resolve::Resolver;
 pub use target::Target;
 pub use targets::Targets;
@@ -161,6 +162,7 @@ fn spare_fd() -> Option<OwnedFd> {
 
 impl Handler for ProxyHandler {
     type Plan = ListenerPlan;
+    const RECV_BUFFER: usize = RECV_SIZE;
 
     async fn handle(self: Rc<Self>, client: Stream, plan: Rc<ListenerPlan>) {
         let (target, header) = match &*plan {

@@ -39,6 +39,10 @@ pub trait Handler: 'static {
     type Plan: Clone + Send + Sync + 'static;
 
     /// `plan`: the plan of the listener it arrived on.
+    /// Bytes per buffer of each worker's receive pool (`Stream::recv_provided`): the most
+    /// one receive returns.
+    const RECV_BUFFER: usize;
+
     fn handle(self: Rc<Self>, stream: Stream, plan: Rc<Self::Plan>) -> impl Future<Output = ()>;
 }
 

@@ -4,6 +4,7 @@
 use std::io;
 use std::sync::Arc;
 
+use monoio::buf::{ProvidedBufConfig, ProvidedBufMode};
 use monoio::time::TimeDriver;
 use monoio::{FusionDriver, FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 
@@ -14,6 +15,11 @@ use super::Driver;
 /// of polls in flight; monoio grows its completion handling past this, so it bounds
 /// batching, not connections.
 const RING_ENTRIES: u32 = 4096;
+
+/// Most memory one worker's receive pool may hold: buffers exist only while a message is
+/// in hand, so this bounds a burst, not the connections. Receives beyond it use buffers
+/// of their own (see monoio's `ProvidedBufConfig`).
+const RECV_POOL_BYTES: usize = 4 << 20;
 
 pub type WorkerRuntime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
 
@@ -43,6 +49,20 @@ pub fn build_runtime(pool: &Arc<BlockingPool>) -> io::Result<WorkerRuntime> {
         }
     }
     builder().build()
+}
+
+/// Sets up this worker's pool of `size`-byte receive buffers (`Stream::recv_provided`);
+/// call inside the runtime, before the first receive.
+pub fn configure_recv_pool(size: usize) -> io::Result<()> {
+    let config = ProvidedBufConfig::new(size, (RECV_POOL_BYTES / size.max(1)).clamp(1, 1 << 15));
+    match monoio::buf::configure_provided_bufs(config)? {
+        ProvidedBufMode::Refused(errno) => crate::debug!(
+            "io_uring refused a provided-buffer ring ({}); idle receives hold a buffer each",
+            io::Error::from_raw_os_error(errno)
+        ),
+        ProvidedBufMode::Ring | ProvidedBufMode::Epoll => {}
+    }
+    Ok(())
 }
 
 pub fn log_driver(driver: Option<Driver>, threads: usize) {

@@ -13,7 +13,7 @@ use monoio::FusionRuntime;
 use super::accept::{accept_loop, Entrance, WorkerListener};
 use super::blocking::BlockingPool;
 use super::limit::{Limiter, Permit};
-use super::ring::build_runtime;
+use super::ring::{build_runtime, configure_recv_pool};
 use super::shutdown::{LocalShutdown, Shutdown, ShutdownWait};
 use super::supervisor::Finished;
 use super::{Driver, Handler};
@@ -141,6 +141,10 @@ where
         FusionRuntime::Legacy(_) => Driver::Epoll,
     };
     runtime.block_on(async move {
+        if let Err(e) = configure_recv_pool(H::RECV_BUFFER) {
+            let _ = ready.send(Err(e));
+            return;
+        }
         let worker = Rc::new(Worker {
             index,
             limiter,

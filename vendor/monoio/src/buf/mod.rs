@@ -24,6 +24,15 @@ pub(crate) use vec_wrapper::{read_vec_meta, write_vec_meta, IoVecMeta};
 mod msg;
 pub use msg::{MsgBuf, MsgBufMut, MsgMeta};
 
+// ringsock patch: receive buffers that exist only while data moves.
+mod provided;
+pub use crate::driver::op::recv_provided::ProvidedRecv;
+pub(crate) use provided::BufPool;
+pub use provided::{
+    configure_provided_bufs, provided_buf_stats, ProvidedBuf, ProvidedBufConfig, ProvidedBufMode,
+    ProvidedBufStats,
+};
+
 pub(crate) fn deref(buf: &impl IoBuf) -> &[u8] {
     // Safety: the `IoBuf` trait is marked as unsafe and is expected to be
     // implemented correctly.

@@ -35,6 +35,10 @@ use self::op::{CompletionMeta, Op, OpAble};
 pub use self::uring::IoUringDriver;
 #[cfg(all(target_os = "linux", feature = "iouring"))]
 use self::uring::UringInner;
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+pub(crate) use self::uring::{
+    BufRing, BUF_GROUP as PROVIDED_BUF_GROUP, MAX_BUFFERS as MAX_PROVIDED_BUFFERS,
+};
 
 /// Unpark a runtime of another thread.
 pub(crate) mod unpark {
@@ -191,6 +195,46 @@ impl Inner {
             _ => {
                 util::feature_panic();
             }
+        }
+    }
+
+    /// ringsock patch: this runtime's pool of provided receive buffers, if created.
+    pub(crate) fn provided_pool(&self) -> Option<std::rc::Rc<crate::buf::BufPool>> {
+        match self {
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
+            // SAFETY: a shared borrow for this clone only, on the runtime's thread.
+            Inner::Uring(this) => unsafe { &*this.get() }.provided.clone(),
+            #[cfg(feature = "legacy")]
+            // SAFETY: as above.
+            Inner::Legacy(this) => unsafe { &*this.get() }.provided.clone(),
+            #[cfg(all(
+                not(feature = "legacy"),
+                not(all(target_os = "linux", feature = "iouring"))
+            ))]
+            _ => util::feature_panic(),
+        }
+    }
+
+    /// ringsock patch: creates this runtime's pool (see `provided_pool`).
+    pub(crate) fn create_provided_pool(
+        &self,
+        config: crate::buf::ProvidedBufConfig,
+    ) -> std::rc::Rc<crate::buf::BufPool> {
+        match self {
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
+            Inner::Uring(this) => UringInner::create_provided_pool(this, config),
+            #[cfg(feature = "legacy")]
+            Inner::Legacy(this) => {
+                let pool = std::rc::Rc::new(crate::buf::BufPool::epoll(config));
+                // SAFETY: as above.
+                unsafe { &mut *this.get() }.provided = Some(pool.clone());
+                pool
+            }
+            #[cfg(all(
+                not(feature = "legacy"),
+                not(all(target_os = "linux", feature = "iouring"))
+            ))]
+            _ => util::feature_panic(),
         }
     }
 

@@ -16,6 +16,8 @@ mod open;
 mod poll;
 mod read;
 mod recv;
+// ringsock patch: receives into buffers chosen when data arrives.
+pub(crate) mod recv_provided;
 mod send;
 mod write;
 

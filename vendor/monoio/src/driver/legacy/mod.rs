@@ -42,6 +42,9 @@ pub(crate) struct LegacyInner {
     // Waker receiver
     #[cfg(feature = "sync")]
     waker_receiver: flume::Receiver<std::task::Waker>,
+
+    /// ringsock patch: receive buffers for `recv_provided`, made on first use.
+    pub(crate) provided: Option<Rc<crate::buf::BufPool>>,
 }
 
 /// Driver with Poll-like syscall.
@@ -100,6 +103,7 @@ impl LegacyDriver {
             shared_waker,
             #[cfg(feature = "sync")]
             waker_receiver,
+            provided: None,
         };
         let driver = Self {
             inner: Rc::new(UnsafeCell::new(inner)),

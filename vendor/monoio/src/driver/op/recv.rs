@@ -101,12 +101,12 @@ impl<T: IoBufMut> Op<Recv<T>> {
 
 /// `sqe->ioprio` flag of RECV/SEND: arm the poll before the first attempt.
 #[cfg(all(target_os = "linux", feature = "iouring"))]
-const IORING_RECVSEND_POLL_FIRST: u16 = 1;
+pub(super) const IORING_RECVSEND_POLL_FIRST: u16 = 1;
 
 /// ringsock patch: io-uring 0.6's `opcode::Recv` has no setter for `ioprio`, which is
 /// where RECV takes its flags; sets it on the built entry.
 #[cfg(all(target_os = "linux", feature = "iouring"))]
-fn with_ioprio(entry: io_uring::squeue::Entry, ioprio: u16) -> io_uring::squeue::Entry {
+pub(super) fn with_ioprio(entry: io_uring::squeue::Entry, ioprio: u16) -> io_uring::squeue::Entry {
     // SAFETY: `Entry` is `#[repr(C)]` around the 64-byte `io_uring_sqe`, whose `ioprio`
     // (u16) sits at byte 2 after `opcode` and `flags` (u8 each); every bit pattern of the
     // struct is valid.

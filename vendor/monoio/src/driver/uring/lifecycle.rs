@@ -25,7 +25,9 @@ pub(crate) enum Lifecycle {
 }
 
 impl<'a> Ref<'a, Lifecycle> {
-    pub(crate) fn complete(mut self, result: io::Result<u32>, flags: u32) {
+    /// ringsock patch: returns `true` when nobody will read this completion (the op was
+    /// dropped in flight), so the driver can give back a provided buffer it carries.
+    pub(crate) fn complete(mut self, result: io::Result<u32>, flags: u32) -> bool {
         let ref_mut = &mut *self;
         match ref_mut {
             Lifecycle::Submitted => {
@@ -42,9 +44,11 @@ impl<'a> Ref<'a, Lifecycle> {
             }
             Lifecycle::Ignored(..) => {
                 self.remove();
+                return true;
             }
             Lifecycle::Completed(..) => unsafe { std::hint::unreachable_unchecked() },
         }
+        false
     }
 
     #[allow(clippy::needless_pass_by_ref_mut)]
@@ -70,8 +74,10 @@ impl<'a> Ref<'a, Lifecycle> {
         }
     }
 
-    // return if the op must has been finished
-    pub(crate) fn drop_op<T: 'static>(mut self, data: &mut Option<T>) -> bool {
+    /// ringsock patch: `Some(flags)` of its completion if the op had finished (its
+    /// result unread, so a provided buffer it carries must be given back), `None` if it
+    /// is still in flight (upstream returned just whether it had finished).
+    pub(crate) fn drop_op<T: 'static>(mut self, data: &mut Option<T>) -> Option<u32> {
         let ref_mut = &mut *self;
         match ref_mut {
             Lifecycle::Submitted | Lifecycle::Waiting(_) => {
@@ -81,13 +87,14 @@ impl<'a> Ref<'a, Lifecycle> {
                     *ref_mut = Lifecycle::Ignored(Box::new(())); // () is a ZST, so it does not
                                                                  // allocate
                 };
-                return false;
+                None
             }
-            Lifecycle::Completed(..) => {
+            Lifecycle::Completed(_, flags) => {
+                let flags = *flags;
                 self.remove();
+                Some(flags)
             }
             Lifecycle::Ignored(..) => unsafe { std::hint::unreachable_unchecked() },
         }
-        true
     }
 }

@@ -24,6 +24,9 @@ use super::{
 };
 use crate::utils::slab::Slab;
 
+// ringsock patch: the ring of provided receive buffers.
+mod buf_ring;
+pub(crate) use buf_ring::{BufRing, BUF_GROUP, MAX_BUFFERS};
 mod lifecycle;
 #[cfg(feature = "sync")]
 mod waker;
@@ -86,6 +89,10 @@ pub(crate) struct UringInner {
 
     // Uring support ext_arg
     ext_arg: bool,
+
+    /// ringsock patch: receive buffers for `recv_provided`, made on first use; the
+    /// driver gives back the buffers of completions nobody reads.
+    pub(crate) provided: Option<Rc<crate::buf::BufPool>>,
 }
 
 // When dropping the driver, all in-flight operations must have completed. This
@@ -116,6 +123,7 @@ impl IoUringDriver {
             ops: Ops::new(),
             ext_arg: uring.params().is_feature_ext_arg(),
             uring,
+            provided: None,
         }));
 
         Ok(IoUringDriver {
@@ -153,6 +161,7 @@ impl IoUringDriver {
             shared_waker: std::sync::Arc::new(waker::EventWaker::new(waker)),
             eventfd_installed: false,
             waker_receiver,
+            provided: None,
         }));
 
         let thread_id = crate::builder::BUILD_THREAD_ID.with(|id| *id);
@@ -395,10 +404,42 @@ impl UringInner {
                     self.poll.tick(Some(Duration::ZERO))?;
                 }
                 _ if index >= MIN_REVERSED_USERDATA => (),
-                _ => self.ops.complete(index as _, resultify(&cqe), cqe.flags()),
+                _ => {
+                    let flags = cqe.flags();
+                    if self.ops.complete(index as _, resultify(&cqe), flags) {
+                        Self::recycle_unclaimed(&self.provided, flags);
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// ringsock patch: a completion nobody will read may carry a provided buffer, which
+    /// would otherwise never go back to the ring.
+    fn recycle_unclaimed(provided: &Option<Rc<crate::buf::BufPool>>, flags: u32) {
+        if cqueue::buffer_select(flags).is_some() {
+            if let Some(pool) = provided {
+                pool.recycle(flags);
+            }
+        }
+    }
+
+    /// ringsock patch: creates the pool of provided receive buffers, registering its
+    /// ring with this io_uring.
+    pub(crate) fn create_provided_pool(
+        this: &Rc<UnsafeCell<UringInner>>,
+        config: crate::buf::ProvidedBufConfig,
+    ) -> Rc<crate::buf::BufPool> {
+        // SAFETY: nothing else borrows the driver while a task runs this.
+        let inner = unsafe { &mut *this.get() };
+        let pool = Rc::new(crate::buf::BufPool::uring(
+            config,
+            &inner.uring.submitter(),
+            inner.uring.as_raw_fd(),
+        ));
+        inner.provided = Some(pool.clone());
+        pool
     }
 
     fn submit(&mut self) -> io::Result<()> {
@@ -520,9 +561,13 @@ impl UringInner {
             return;
         }
         if let Some(lifecycle) = inner.ops.slab.get(index) {
-            let _must_finished = lifecycle.drop_op(data);
+            let finished = lifecycle.drop_op(data);
+            // ringsock patch: it completed and nobody read it.
+            if let Some(flags) = finished {
+                Self::recycle_unclaimed(&inner.provided, flags);
+            }
             #[cfg(feature = "async-cancel")]
-            if !_must_finished {
+            if finished.is_none() {
                 unsafe {
                     let cancel = opcode::AsyncCancel::new(index as u64)
                         .build()
@@ -603,6 +648,11 @@ impl Drop for IoUringDriver {
 
 impl Drop for UringInner {
     fn drop(&mut self) {
+        // ringsock patch: the kernel must stop picking provided buffers before the ring
+        // goes; `ProvidedBuf`s still held by tasks keep their memory until dropped.
+        if let Some(pool) = self.provided.take() {
+            pool.detach(&self.uring.submitter());
+        }
         // no need to wait for completion, as the kernel will clean up the ring asynchronically.
         let _ = self.uring.submitter().submit();
         unsafe {
@@ -621,9 +671,10 @@ impl Ops {
         self.slab.insert(Lifecycle::Submitted)
     }
 
-    fn complete(&mut self, index: usize, result: io::Result<u32>, flags: u32) {
+    /// ringsock patch: `true` if nobody will read this completion.
+    fn complete(&mut self, index: usize, result: io::Result<u32>, flags: u32) -> bool {
         let lifecycle = unsafe { self.slab.get(index).unwrap_unchecked() };
-        lifecycle.complete(result, flags);
+        lifecycle.complete(result, flags)
     }
 }
 

@@ -418,6 +418,14 @@ impl TcpStream {
         let op = Op::recv_poll_first(self.fd.clone(), buf).unwrap();
         op.read()
     }
+
+    /// ringsock patch: receives once into a buffer of this runtime's pool that is chosen
+    /// only when data arrives, so a receive waiting on an idle socket holds no buffer
+    /// (see [`crate::buf::ProvidedBuf`]). An empty buffer means EOF. `poll_first`: as for
+    /// [`Self::read_poll_first`].
+    pub fn recv_provided(&mut self, poll_first: bool) -> crate::buf::ProvidedRecv<'_> {
+        crate::driver::op::recv_provided::recv_provided(&self.fd, poll_first)
+    }
 }
 
 impl AsyncReadRent for TcpStream {
