@@ -29,7 +29,7 @@ use criterion::{Criterion, Throughput};
 use monoio::buf::{ProvidedBufConfig, ProvidedBufMode};
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
-use ringsock::activation::Family;
+use ringsock::systemd::activation::Family;
 use ringsock::net::Stream;
 
 type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;

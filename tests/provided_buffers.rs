@@ -12,7 +12,7 @@ use std::time::Duration;
 use monoio::buf::{provided_buf_stats, ProvidedBufConfig, ProvidedBufMode, ProvidedBufStats};
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
-use ringsock::activation::Family;
+use ringsock::systemd::activation::Family;
 use ringsock::net::Stream;
 
 use crate::util::{Driver, DRIVERS};
