@@ -33,7 +33,7 @@ complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l half-close-t
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l idle-timeout -d 'Cut (RST both sides) a connection on which no byte moved either way for this long' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s p -l proxy-protocol -d 'Send a PROXY protocol header (v1, as systemd-socket-proxyd\'s -p, or v2) naming the client to TARGET before any of its bytes' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l metrics -d 'Answer Prometheus metrics on ADDR (HOST:PORT, /path, @name); an activated socket named `metrics` does the same' -r
-complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l listen -d 'Listen on ADDR when not socket-activated: HOST:PORT, [V6]:PORT, PORT, /path or @name (repeatable)' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l listen -d 'Listen on ADDR as well as on any activated sockets: HOST:PORT, [V6]:PORT, PORT, /path or @name (repeatable)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l threads -d 'Worker threads [default: the CPUs this process may use]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s c -l connections-max -d 'Maximum simultaneous connections; more wait in the listen backlog [default: 16384, or fewer if the open file limit cannot hold that many]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l exit-idle-time -d 'Exit once no connection was open for this long (e.g. 30s, 5min, infinity)' -r
@@ -45,7 +45,7 @@ complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l per-client-c
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l per-client-ipv4-prefix -d 'The IPv4 prefix length that makes one client for --per-client-connections (e.g. 29)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l per-client-ipv6-prefix -d 'The IPv6 prefix length that makes one client for --per-client-connections (e.g. 64)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -l keepalive -d 'Turn on TCP keepalive (probes after 60 s idle, every 10 s, 6 of them) on client and TCP target sockets, so a peer that vanished is noticed'
-complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s h -l help -d 'Print help'
+complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c ringsock -n "__fish_ringsock_using_subcommand proxy" -s V -l version -d 'Print version'
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l root -d 'Directory to serve (e.g. aptly\'s rootDir/public); without it only the API answers' -r -F
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l header-timeout -d 'Close a client that has not sent a full request head within this long (408)' -r
@@ -54,7 +54,7 @@ complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l io-threads -
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l per-client-rate -d 'At most R requests a second from one client address range (prefixes as for --per-client-connections); more are answered 429 with Retry-After [default: no limit]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l per-client-burst -d 'Requests a client may make at once above --per-client-rate [default: R]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l access-log -d 'Write an access log line per response (nginx\'s combined format plus the request time) to PATH, or `-` for standard error; SIGUSR1 reopens it (logrotate)' -r
-complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l listen -d 'Listen on ADDR when not socket-activated: HOST:PORT, [V6]:PORT, PORT, /path or @name (repeatable)' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l listen -d 'Listen on ADDR as well as on any activated sockets: HOST:PORT, [V6]:PORT, PORT, /path or @name (repeatable)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l threads -d 'Worker threads [default: the CPUs this process may use]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -s c -l connections-max -d 'Maximum simultaneous connections; more wait in the listen backlog [default: 16384, or fewer if the open file limit cannot hold that many]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l exit-idle-time -d 'Exit once no connection was open for this long (e.g. 30s, 5min, infinity)' -r
@@ -67,5 +67,5 @@ complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l per-client-i
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l per-client-ipv6-prefix -d 'The IPv6 prefix length that makes one client for --per-client-connections (e.g. 64)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l follow-symlinks -d 'Serve symlinks that point outside --root'
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l autoindex -d 'List directories as HTML instead of answering 403'
-complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -s h -l help -d 'Print help'
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -s V -l version -d 'Print version'
