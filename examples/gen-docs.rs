@@ -25,7 +25,9 @@ const COMMON_TAIL: &str = r#".SH ENVIRONMENT
 .TP
 \fBLISTEN_FDS\fR, \fBLISTEN_PID\fR, \fBLISTEN_FDNAMES\fR
 Listening sockets passed by systemd (socket activation) or by
-\fBsystemd\-socket\-activate\fR(1). Without them, \fB\-\-listen\fR addresses are bound.
+\fBsystemd\-socket\-activate\fR(1); \fB\-\-listen\fR addresses are bound beside them.
+Every passed fd must be a listening stream socket (TCP over IPv4 or IPv6, or Unix); anything
+else is an error at start that names the fd.
 .TP
 \fBNOTIFY_SOCKET\fR, \fBWATCHDOG_USEC\fR, \fBWATCHDOG_PID\fR
 sd_notify: READY=1 and STATUS= once listening, STOPPING=1 on shutdown, WATCHDOG=1 at half
@@ -50,9 +52,23 @@ Serve the mirror tree set in \fI/etc/ringsock/serve.env\fR on port 80.
 .TP
 \fI/usr/share/doc/ringsock/examples/systemd/\fR
 The aptly units of the systemd\-socket\-proxyd setup, migrated to ringsock.
+.SH SIGNALS
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR
+Stop accepting and let open connections finish for \fB\-\-shutdown\-timeout\fR; a second
+one cuts what is left at once.
+.TP
+\fBSIGUSR1\fR
+\fBringsock serve \-\-access\-log\fR reopens its log file (what logrotate sends). Otherwise
+logged and ignored, as below.
+.TP
+\fBSIGHUP\fR, \fBSIGUSR2\fR, \fBSIGALRM\fR, \fBSIGVTALRM\fR, \fBSIGIO\fR
+Logged and ignored: ringsock has nothing to reload, so flags change with a restart.
+Connections in flight are not touched.
 .SH EXIT STATUS
 0 on \-\-help, \-\-version, a graceful shutdown (SIGTERM, SIGINT) or after
-\-\-exit\-idle\-time; 1 on a usage or startup error.
+\-\-exit\-idle\-time; 1 on a usage or startup error, or when a worker thread stopped
+unexpectedly.
 .SH SEE ALSO
 \fBringsock\fR(1), \fBringsock\-proxy\fR(1), \fBringsock\-serve\fR(1),
 \fBsystemd\-socket\-proxyd\fR(8), \fBsystemd\-socket\-activate\fR(1), \fBsystemd.socket\fR(5),
