@@ -305,11 +305,12 @@ pub struct ProxyArgs {
     /// connections, nor as activity for --exit-idle-time. Exported:
     /// ringsock_connections_accepted_total, ringsock_connections_open,
     /// ringsock_connections_max, ringsock_connections_waiting_for_fds,
-    /// ringsock_proxy_connect_failures_total by cause (refused, timeout, other),
+    /// ringsock_proxy_connect_failures_total by cause (refused, timeout, resolve, other),
     /// ringsock_proxy_resets_total, ringsock_proxy_idle_timeouts_total,
     /// ringsock_proxy_bytes_total by direction (to_target, to_client) and
-    /// ringsock_proxy_spliced_bytes_total; bytes are counted when a connection ends. The
-    /// same counts go to STATUS= (systemctl status), refreshed at most once a second.
+    /// ringsock_proxy_spliced_bytes_total; bytes are counted as they are delivered, so a
+    /// long transfer shows while it runs. The same counts go to STATUS= (systemctl
+    /// status), refreshed at most once a second.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
 
