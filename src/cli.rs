@@ -273,6 +273,8 @@ pub struct ProxyArgs {
 
     /// Turn on TCP keepalive (probes after 60 s idle, every 10 s, 6 of them) on client and
     /// TCP target sockets, so a peer that vanished is noticed
+    ///
+    /// A peer that answers none of the 6 probes is dropped, and its connection cut.
     #[arg(long)]
     pub keepalive: bool,
 
@@ -408,6 +410,7 @@ pub struct ServeArgs {
     /// and the serve unit has LogsDirectory=ringsock for /var/log/ringsock/access.log. A path
     /// that cannot be opened or written is a warning (a failing write at most once a minute)
     /// and its lines are counted in ringsock_access_log_lines_lost_total; answers go on.
+    /// Lines written are counted in ringsock_access_log_lines_total.
     #[arg(long, value_name = "PATH")]
     pub access_log: Option<String>,
 
