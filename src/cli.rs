@@ -60,7 +60,8 @@ pub enum Command {
     /// GET /api/version answers {"Version":"X.Y.Z"} with Content-Type: application/json;
     /// charset=utf-8, exactly as aptly does (no trailing newline). GET /metrics answers the
     /// Prometheus text format: ringsock_connections_accepted_total,
-    /// ringsock_connections_open, ringsock_http_responses_total by status class
+    /// ringsock_connections_open, ringsock_connections_max,
+    /// ringsock_connections_waiting_for_fds, ringsock_http_responses_total by status class
     /// (code="2xx"...), ringsock_http_response_bytes_total; what went to the I/O threads
     /// (ringsock_http_file_opens_offloaded_total, ringsock_http_file_sends_offloaded_total,
     /// ringsock_http_file_bytes_offloaded_total, ringsock_io_threads,
@@ -173,7 +174,7 @@ pub struct CommonArgs {
     /// count, serve's access log shows and a header sent with -p names; a v2 LOCAL, a v1
     /// UNKNOWN or a Unix-socket client leaves the balancer's own address. A missing,
     /// malformed, truncated or over-long header, or one not complete within 3 s, closes the
-    /// connection (counted in serve's ringsock_proxy_protocol_refused_total). Connections
+    /// connection (counted in ringsock_proxy_protocol_refused_total). Connections
     /// from anyone else never have a header parsed: their first bytes are their own.
     /// Parsing is the ppp crate's.
     #[arg(long, value_name = "CIDR")]
@@ -200,8 +201,8 @@ pub struct CommonArgs {
     /// trusted balancer), before any request byte is read: nothing is spent on it, and the
     /// client sees in effect the refusal nginx's limit_conn gives, without a request being
     /// parsed first. A range is in the table only while it has a connection open, so a flood
-    /// of distinct addresses cannot grow it beyond --connections-max entries. serve's
-    /// /metrics shows ringsock_per_client_refused_total and ringsock_per_client_ranges.
+    /// of distinct addresses cannot grow it beyond --connections-max entries. /metrics
+    /// shows ringsock_per_client_refused_total and ringsock_per_client_ranges.
     #[arg(long, value_name = "N")]
     pub per_client_connections: Option<u32>,
 
@@ -301,18 +302,21 @@ pub struct ProxyArgs {
     /// Answer Prometheus metrics on ADDR (HOST:PORT, /path, @name); an activated socket
     /// named `metrics` does the same
     ///
-    /// Whatever the request, the answer is the metrics, then the connection closes. Scrapes
-    /// have a limit of their own (16 at once, more wait in the backlog), so they are
-    /// answered when the proxy is at -c and take no client's slot; they are not counted as
-    /// connections, nor as activity for --exit-idle-time. Exported:
-    /// ringsock_connections_accepted_total, ringsock_connections_open,
-    /// ringsock_connections_max, ringsock_connections_waiting_for_fds,
+    /// Every path is answered with the metrics, then the connection closes; a scraper has
+    /// 5 s to send its request and to take the answer. Scrapes have a limit of their own
+    /// (16 at once, more wait in the backlog), so they are answered when the proxy is at -c
+    /// and take no client's slot; they are not counted as connections, nor as activity for
+    /// --exit-idle-time. Exported: ringsock_connections_accepted_total,
+    /// ringsock_connections_open, ringsock_connections_max,
+    /// ringsock_connections_waiting_for_fds; the I/O pool's ringsock_io_threads,
+    /// ringsock_io_threads_busy and ringsock_io_queue_length;
     /// ringsock_proxy_connect_failures_total by cause (refused, timeout, resolve, other),
     /// ringsock_proxy_resets_total, ringsock_proxy_idle_timeouts_total,
     /// ringsock_proxy_bytes_total by direction (to_target, to_client) and
-    /// ringsock_proxy_spliced_bytes_total; bytes are counted as they are delivered, so a
-    /// long transfer shows while it runs. The same counts go to STATUS= (systemctl
-    /// status), refreshed at most once a second.
+    /// ringsock_proxy_spliced_bytes_total, bytes counted as they are delivered, so a long
+    /// transfer shows while it runs; ringsock_proxy_protocol_refused_total, and the
+    /// counters of --per-client-connections when it is given. The connection counts and
+    /// bytes also go to STATUS= (systemctl status), refreshed at most once a second.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
 
