@@ -29,8 +29,8 @@ use criterion::{Criterion, Throughput};
 use monoio::buf::{ProvidedBufConfig, ProvidedBufMode};
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
-use ringsock::systemd::activation::Family;
 use ringsock::net::Stream;
+use ringsock::systemd::activation::Family;
 
 type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
 

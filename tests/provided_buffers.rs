@@ -12,8 +12,8 @@ use std::time::Duration;
 use monoio::buf::{provided_buf_stats, ProvidedBufConfig, ProvidedBufMode, ProvidedBufStats};
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
-use ringsock::systemd::activation::Family;
 use ringsock::net::Stream;
+use ringsock::systemd::activation::Family;
 
 use crate::util::{Driver, DRIVERS};
 
