@@ -13,7 +13,9 @@ use monoio::io::{AsyncReadRentExt, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::UnixStream;
 use ringsock::net::{Duplex, Stream};
 use ringsock::proxy::metrics::WorkerCounters;
-use ringsock::proxy::{forward, PipeBudget, PipePool};
+use ringsock::proxy::{forward, Lent, PipeBudget, PipePool, RECV_SIZE};
+use ringsock::runtime::buffers::RecvBuffers;
+use ringsock::runtime::park::Parking;
 use ringsock::systemd::activation::Family;
 
 /// A connected pair: one end for the test (monoio stream), one for the proxy (`Stream`).
@@ -45,13 +47,20 @@ fn pump(c: &mut Criterion) {
         let (backend, proxy_out) = pair();
         monoio::spawn(async move {
             let pipes = PipePool::new(PipeBudget::from_system(), 16);
+            let (parking, counters) = (Parking::default(), WorkerCounters::default());
+            let buffers = RecvBuffers::new(RECV_SIZE);
+            let lent = Lent {
+                pipes: &pipes,
+                parking: &parking,
+                buffers: &buffers,
+                counters: &counters,
+            };
             let _ = forward(
                 &Duplex::new(proxy_in),
                 &Duplex::new(proxy_out),
-                &pipes,
+                &lent,
                 None,
                 None,
-                &WorkerCounters::default(),
             )
             .await;
         });
@@ -144,16 +153,17 @@ async fn one_connection(pipes: &PipePool) {
     let (mut backend, proxy_out) = pair();
     let proxied = async {
         let (client, upstream) = (Duplex::new(proxy_in), Duplex::new(proxy_out));
-        forward(
-            &client,
-            &upstream,
+        let (parking, counters) = (Parking::default(), WorkerCounters::default());
+        let buffers = RecvBuffers::new(RECV_SIZE);
+        let lent = Lent {
             pipes,
-            None,
-            None,
-            &WorkerCounters::default(),
-        )
-        .await
-        .expect("forward");
+            parking: &parking,
+            buffers: &buffers,
+            counters: &counters,
+        };
+        forward(&client, &upstream, &lent, None, None)
+            .await
+            .expect("forward");
     };
     let peers = async {
         let (r, request) = client.write_all(vec![7u8; 64]).await;

@@ -5,7 +5,9 @@
   perf/idle_memory.py serve ADDR PID N      # each connection: one GET /api/version, kept open
   perf/idle_memory.py proxy ADDR PID N      # each connection: one 8-byte echo round trip
 
-Prints one line per phase; the per-connection figure is (RSS with N - RSS idle) / N.
+Prints one line per phase; the per-connection figure is (RSS with N - RSS idle) / N, 1 s
+after the connections opened and again 4 s after (when ringsock has moved their waiting
+receives off their buffers).
 Loopback only; every loop is bounded.
 """
 import socket
@@ -59,7 +61,11 @@ def main():
         conns.append(s)
     time.sleep(1)
     held = rss_kib(pid)
-    print(f"idle_kib={idle} with_{n}_kib={held} per_conn_kib={(held - idle) / n:.2f}")
+    print(f"idle_kib={idle} with_{n}_kib={held} per_conn_kib={(held - idle) / n:.2f} (1 s after)")
+    # ringsock moves a receive that waited 1-2 s off its buffer, then gives the memory back.
+    time.sleep(3)
+    quiet = rss_kib(pid)
+    print(f"with_{n}_quiet_kib={quiet} per_conn_kib={(quiet - idle) / n:.2f} (4 s after)")
     for s in conns:
         s.close()
     start = time.time()

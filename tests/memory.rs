@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::proxy::proxy;
+use crate::proxy::{metric_value, proxy, proxy_with_metrics, scrape};
 use crate::serve::{get, serve};
 use crate::util::*;
 
@@ -94,6 +94,69 @@ fn memory_comes_back_after_a_burst_of_connections() {
             conn.read_exact(&mut echo).unwrap();
             conn
         });
+        ringsock.stop();
+    }
+}
+
+/// Waits until `/metrics` (fetched by `scrape`) says at least `n` waits went quiet.
+fn wait_quieted(what: &str, n: u64, scrape: impl Fn() -> String) {
+    wait_until(
+        Duration::from_secs(10),
+        || (metric_value(&scrape(), "ringsock_connections_quieted_total") >= n).then_some(()),
+        || {
+            format!(
+                "{what}: the sweep never moved {n} waits off their buffers:\n{}",
+                scrape()
+            )
+        },
+    );
+}
+
+/// A keep-alive connection idle past the sweep (1 to 2 s) gives up its buffers and waits
+/// on without any; its next requests, pipelined, are answered exactly.
+#[test]
+fn a_quiet_keep_alive_connection_gives_up_its_buffers_and_still_answers() {
+    for driver in DRIVERS {
+        let server = serve(driver, &[]);
+        let body: Vec<u8> = (0..6000u32).map(|i| (i % 251) as u8).collect();
+        server.file("f", &body);
+        let mut conn = server.connect();
+        conn.send(get("/f").as_bytes());
+        assert_eq!(conn.response(false).body, body);
+        wait_quieted(&format!("serve {driver:?}"), 1, || {
+            String::from_utf8(server.get(&get("/metrics")).body).unwrap()
+        });
+        conn.send((get("/f") + &get("/api/version")).as_bytes());
+        assert_eq!(conn.response(false).body, body, "{driver:?}");
+        assert_eq!(conn.response(false).status, 200, "{driver:?}");
+        server.ringsock.stop();
+    }
+}
+
+/// Both directions of a proxied connection idle past the sweep wait without buffers; a
+/// burst right after (which goes to splicing from its first buffer) and a small message
+/// arrive exact.
+#[test]
+fn a_quiet_proxied_connection_gives_up_its_buffers_and_still_forwards() {
+    let backend = EchoBackend::unix();
+    for driver in DRIVERS {
+        let (ringsock, addr, metrics) =
+            proxy_with_metrics(driver, &[], backend.path.to_str().unwrap());
+        let mut client = connect_tcp(addr);
+        assert_eq!(round_trip(&mut client, b"hello").unwrap(), b"hello");
+        wait_quieted(&format!("proxy {driver:?}"), 2, || scrape(metrics));
+        let burst = pattern(256 * 1024, 7);
+        let mut writer = client.try_clone().unwrap();
+        let sent = burst.clone();
+        let sending = std::thread::spawn(move || writer.write_all(&sent));
+        let mut echoed = vec![0u8; burst.len()];
+        client
+            .read_exact(&mut echoed)
+            .expect("the echo of the burst");
+        sending.join().unwrap().expect("sending the burst");
+        assert!(echoed == burst, "{driver:?}: the burst came back different");
+        assert_eq!(round_trip(&mut client, b"again").unwrap(), b"again");
+        drop(client);
         ringsock.stop();
     }
 }

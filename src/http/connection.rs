@@ -6,10 +6,9 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use monoio::buf::IoBufMut;
-
 use super::answer::{Answer, Body, FileBody};
 use super::files::{self, RelPath};
+use super::input::{Input, ReadBuf};
 use super::request::{self, Method, Request};
 use super::response::{self, Connection as Persistence};
 use super::{access_log, router, HttpHandler};
@@ -36,7 +35,7 @@ const AFTER_ERROR: Linger = Linger {
 /// A connection: the request bytes not yet answered, and what answers them.
 pub(super) struct Connection<'h> {
     /// Request bytes read and not yet answered.
-    input: Vec<u8>,
+    input: Input,
     /// When the head being read began; `None` while idle between requests.
     head_started: Option<Instant>,
     responder: Responder<'h>,
@@ -64,7 +63,7 @@ enum Next {
 }
 
 /// How the wait for more request bytes ended, for the connection.
-enum Input {
+enum Waited {
     More,
     /// EOF, the keep-alive timeout, or shutdown while idle: close quietly.
     End,
@@ -74,7 +73,7 @@ enum Input {
 
 /// Why the wait for more request bytes ended.
 enum Wake {
-    Read((io::Result<usize>, Vec<u8>)),
+    Read(io::Result<usize>),
     Timeout,
     Shutdown,
 }
@@ -86,7 +85,7 @@ impl<'h> Connection<'h> {
             None => Vec::new(),
         };
         Connection {
-            input: Vec::with_capacity(READ_BUF),
+            input: Input::Empty,
             head_started: Some(Instant::now()),
             responder: Responder {
                 handler,
@@ -112,9 +111,9 @@ impl<'h> Connection<'h> {
                 return self.responder.close_gracefully().await;
             }
             match self.wait_for_input().await? {
-                Input::More => {}
-                Input::End => return Ok(()),
-                Input::HeadTimedOut => {
+                Waited::More => {}
+                Waited::End => return Ok(()),
+                Waited::HeadTimedOut => {
                     let started = self.head_started.unwrap_or_else(Instant::now);
                     let status = response::REQUEST_TIMEOUT;
                     self.responder.answer_unparsed(b"", status, false, started);
@@ -130,7 +129,7 @@ impl<'h> Connection<'h> {
         let mut start = 0;
         let started = self.head_started.unwrap_or_else(Instant::now);
         while start < self.input.len() {
-            let req = match request::parse_head(&mut self.input[start..]) {
+            let req = match request::parse_head(&mut self.input.bytes_mut()[start..]) {
                 Ok(Some(req)) => req,
                 Ok(None) => break,
                 Err(reject) => {
@@ -139,7 +138,7 @@ impl<'h> Connection<'h> {
                         reject.status.code,
                         reject.why
                     );
-                    let unparsed = &self.input[start..];
+                    let unparsed = &self.input.bytes_mut()[start..];
                     // Even a rejected HEAD gets no body: the client reads none.
                     let head_only = unparsed.starts_with(b"HEAD ");
                     let line = request::request_line(unparsed);
@@ -158,17 +157,11 @@ impl<'h> Connection<'h> {
         Ok(Next::KeepGoing)
     }
 
-    /// Drops the first `answered` input bytes, keeping the unanswered rest at the front,
-    /// and makes room for a head up to [`request::MAX_HEAD`].
+    /// Drops the first `answered` input bytes, keeping the unanswered rest at the front.
     fn consume(&mut self, answered: usize) {
         if answered > 0 {
-            self.input.copy_within(answered.., 0);
-            self.input.truncate(self.input.len() - answered);
+            self.input.consume(answered);
             self.head_started = (!self.input.is_empty()).then(Instant::now);
-        }
-        if self.input.len() == self.input.capacity() {
-            self.input
-                .reserve_exact(request::MAX_HEAD - self.input.len());
         }
     }
 
@@ -176,42 +169,89 @@ impl<'h> Connection<'h> {
     /// applies and ends the connection silently, as nginx does; reading a head (or
     /// waiting for the first one) the header timeout applies, answered with 408.
     /// Shutdown ends every connection with no request bytes pending; one whose head is
-    /// arriving gets its answer (with `Connection: close`).
-    async fn wait_for_input(&mut self) -> io::Result<Input> {
-        let handler = self.responder.handler;
-        let settings = &handler.shared.settings;
+    /// arriving gets its answer (with `Connection: close`). A connection that waits
+    /// between requests long enough for the worker's sweep (1 to 2 s) gives up its
+    /// buffers and waits on without any (`runtime::park`).
+    async fn wait_for_input(&mut self) -> io::Result<Waited> {
+        let settings = &self.responder.handler.shared.settings;
         let (idle, wait) = match self.head_started {
             None => (true, settings.keepalive_timeout),
             Some(at) => (false, settings.header_timeout.saturating_sub(at.elapsed())),
         };
-        let closable = self.input.is_empty();
-        let wake = {
-            let read = read_more(&mut self.responder.stream, std::mem::take(&mut self.input));
-            let shutdown = async {
-                if closable {
-                    handler.worker.stopping().await
-                } else {
-                    std::future::pending().await
-                }
+        let deadline = Instant::now() + wait;
+        let mut quiet = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wake = if quiet {
+                self.wait_quietly(left).await
+            } else {
+                self.wait_with_buffer(left).await
             };
-            monoio::select! {
-                r = read => Wake::Read(r),
-                _ = monoio::time::sleep(wait) => Wake::Timeout,
-                _ = shutdown => Wake::Shutdown,
-            }
+            return Ok(match wake {
+                Wake::Read(Ok(0)) => Waited::End,
+                Wake::Read(Ok(_)) => {
+                    self.head_started.get_or_insert_with(Instant::now);
+                    Waited::More
+                }
+                Wake::Read(Err(e)) if e.raw_os_error() == Some(libc::ECANCELED) && !quiet => {
+                    // Swept: idle long enough to give up the buffers.
+                    quiet = true;
+                    self.responder.out = Vec::new();
+                    continue;
+                }
+                Wake::Read(Err(e)) => return Err(e),
+                Wake::Shutdown => Waited::End,
+                Wake::Timeout if idle => Waited::End,
+                Wake::Timeout => Waited::HeadTimedOut,
+            });
+        }
+    }
+
+    /// One receive with a buffer of the pool (what was read so far at its front), for at
+    /// most `left`. Between requests it is parked where the worker's sweep can cancel it.
+    async fn wait_with_buffer(&mut self, left: Duration) -> Wake {
+        let worker = &self.responder.handler.worker;
+        let closable = self.input.is_empty();
+        let buf = self.input.take_for_read(&worker.buffers);
+        let recv = self.responder.stream.recv_owned(buf, false);
+        let ticket = closable.then(|| worker.parking.park(recv.canceller()));
+        let wake = monoio::select! {
+            (result, buf) = recv => {
+                self.input.put_back(buf);
+                Wake::Read(result)
+            },
+            _ = monoio::time::sleep(left) => Wake::Timeout,
+            _ = stopping(worker, closable) => Wake::Shutdown,
         };
-        Ok(match wake {
-            Wake::Read((Ok(0), _)) => Input::End,
-            Wake::Read((Ok(_), back)) => {
-                self.input = back;
-                self.head_started.get_or_insert_with(Instant::now);
-                Input::More
-            }
-            Wake::Read((Err(e), _)) => return Err(e),
-            Wake::Shutdown => Input::End,
-            Wake::Timeout if idle => Input::End,
-            Wake::Timeout => Input::HeadTimedOut,
-        })
+        drop(ticket);
+        wake
+    }
+
+    /// One receive into a buffer the kernel picks when data comes, for a connection that
+    /// was idle: it holds none meanwhile.
+    async fn wait_quietly(&mut self, left: Duration) -> Wake {
+        let worker = &self.responder.handler.worker;
+        let recv = Box::pin(self.responder.stream.recv_provided(true));
+        monoio::select! {
+            got = recv => Wake::Read(got.map(|data| {
+                let mut buf = worker.buffers.take();
+                let n = buf.extend_from_slice(&data);
+                self.input.put_back(ReadBuf::Pooled(buf));
+                n
+            })),
+            _ = monoio::time::sleep(left) => Wake::Timeout,
+            _ = worker.stopping() => Wake::Shutdown,
+        }
+    }
+}
+
+/// Resolves at shutdown for a connection that may be closed then (`closable`: no request
+/// bytes pending), never for one whose head is arriving.
+async fn stopping(worker: &crate::runtime::Worker, closable: bool) {
+    if closable {
+        worker.stopping().await
+    } else {
+        std::future::pending().await
     }
 }
 
@@ -372,14 +412,4 @@ fn client_text(origin: Origin, stream: &Stream) -> Vec<u8> {
         },
     };
     ip.to_string().into_bytes()
-}
-
-/// Appends what the socket has to `buf`'s spare capacity with the runtime's own receive:
-/// on io_uring one RECV submission that completes with the data, on epoll a recv(2) that
-/// keeps the driver's readiness cache right. On io_uring this beat waiting for readiness
-/// (POLL_ADD) and calling recv(2) ourselves (perf/results/notes-from-code.md).
-async fn read_more(stream: &mut Stream, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-    let len = buf.len();
-    let (result, slice) = stream.recv(buf.slice_mut(len..)).await;
-    (result, slice.into_inner())
 }

@@ -12,6 +12,7 @@ pub mod answer;
 pub mod api;
 mod connection;
 pub mod files;
+mod input;
 pub mod metrics;
 pub mod request;
 pub mod response;

@@ -94,6 +94,11 @@ pub fn common(out: &mut Exposition, limiter: &Limiter, pool: &PoolStats) {
         "Connections waiting for a file descriptor (accepting pauses meanwhile).",
         limiter.waiting_for_fds() as u64,
     );
+    out.counter(
+        "ringsock_connections_quieted_total",
+        "Waits of idle connections moved off their receive buffers (after 1 to 2 s).",
+        limiter.quieted(),
+    );
     out.gauge(
         "ringsock_io_threads",
         "I/O threads running now (--io-threads is the most).",

@@ -10,7 +10,8 @@
 
 use std::cell::{Cell, UnsafeCell};
 
-use monoio::buf::ProvidedRecv;
+use monoio::buf::{IoBuf, IoBufMut, ProvidedRecv};
+use monoio::net::OwnedRecv;
 use monoio::BufResult;
 
 use super::Stream;
@@ -63,6 +64,13 @@ impl ReadHalf<'_> {
         }
     }
 
+    /// [`Stream::recv_owned`]; `&mut self`: the caller awaits one receive before the next.
+    pub fn recv_owned<T: IoBufMut + Unpin>(&mut self, buf: T, expect_empty: bool) -> OwnedRecv<T> {
+        // SAFETY: as for `recv`.
+        let stream = unsafe { &mut *self.0.stream.get() };
+        stream.recv_owned(buf, expect_empty)
+    }
+
     /// [`Stream::recv_provided`]; `&mut self`: one receive at a time.
     pub fn recv_provided(&mut self, expect_empty: bool) -> ProvidedRecv<'_> {
         // SAFETY: as for `recv`; the future holds this half borrowed until it is done.
@@ -79,7 +87,7 @@ impl WriteHalf<'_> {
     /// [`Stream::send_all`]; `&mut self`: one send at a time. On io_uring this costs
     /// less than a direct send(2) (perf/results/notes-from-code.md): the SEND completes
     /// inside the next ring enter along with everything else.
-    pub async fn send_all(&mut self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+    pub async fn send_all<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         // SAFETY: as for ReadHalf::recv, with the roles swapped.
         unsafe { &mut *self.0.stream.get() }.send_all(buf).await
     }

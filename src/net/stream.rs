@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut, ProvidedRecv};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::{TcpStream, UnixStream};
+use monoio::net::{OwnedRecv, TcpStream, UnixStream};
 use monoio::BufResult;
 
 use crate::sys;
@@ -103,6 +103,16 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.recv_provided(poll_first),
             Stream::Unix(s) => s.recv_provided(poll_first),
+        }
+    }
+
+    /// [`Stream::recv`] (or [`Stream::recv_poll_first`]) as a receive that can be
+    /// cancelled from outside its future without losing what it received (the worker's
+    /// sweep of idle connections does: `runtime::park`).
+    pub fn recv_owned<T: IoBufMut + Unpin>(&mut self, buf: T, poll_first: bool) -> OwnedRecv<T> {
+        match self {
+            Stream::Tcp(s) => s.recv_owned(buf, poll_first),
+            Stream::Unix(s) => s.recv_owned(buf, poll_first),
         }
     }
 

@@ -36,6 +36,8 @@ use super::pipe::PipePool;
 use super::pump::{pump, Failure, Progress};
 use crate::metrics::bump;
 use crate::net::{linger, Duplex, Linger, Stream};
+use crate::runtime::buffers::RecvBuffers;
+use crate::runtime::park::Parking;
 use crate::sys::{self, poll_now};
 
 /// How long a side that is about to be cut gets to read what was sent to it (nginx's
@@ -175,17 +177,29 @@ impl Ends<'_> {
     }
 }
 
+/// What a worker lends each of its proxied connections.
+pub struct Lent<'a> {
+    /// Pipes to splice through.
+    pub pipes: &'a PipePool,
+    /// Where receives wait, and are swept off their buffers when idle.
+    pub parking: &'a Parking,
+    /// The buffers busy connections receive into.
+    pub buffers: &'a RecvBuffers,
+    /// The worker's counters, added to as bytes move.
+    pub counters: &'a WorkerCounters,
+}
+
 /// Runs both directions until both finished (each half-closed in turn), or until the
 /// rules above end the connection: then the error to report, after which the caller
 /// cuts both sides. `half_close_timeout`: `None` for never.
 pub async fn forward(
     client: &Duplex,
     upstream: &Duplex,
-    pipes: &PipePool,
+    lent: &Lent<'_>,
     half_close_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
-    counters: &WorkerCounters,
 ) -> io::Result<()> {
+    let counters = lent.counters;
     let (Some((from_client, to_client)), Some((from_upstream, to_upstream))) =
         (client.split(), upstream.split())
     else {
@@ -198,8 +212,8 @@ pub async fn forward(
         Progress::new(counters, &counters.to_target),
         Progress::new(counters, &counters.to_client),
     ];
-    let mut up = pin!(pump(from_client, to_upstream, pipes, &progress[0]));
-    let mut down = pin!(pump(from_upstream, to_client, pipes, &progress[1]));
+    let mut up = pin!(pump(from_client, to_upstream, lent, &progress[0]));
+    let mut down = pin!(pump(from_upstream, to_client, lent, &progress[1]));
     let mut ends = Ends {
         sockets: [client, upstream],
         done: [false, false],
@@ -251,7 +265,8 @@ pub async fn forward(
         Some((side, e)) => {
             let cut = ends.sockets[side.other().index()].stream();
             if matches!(cut, Stream::Tcp(_)) {
-                linger(cut, &BEFORE_CUT).await;
+                // Boxed: only a cut lingers; inline, every connection's task would carry it.
+                Box::pin(linger(cut, &BEFORE_CUT)).await;
             }
             Err(e)
         }

@@ -24,10 +24,10 @@ use crate::log::RateLimit;
 use crate::net::{is_disconnect, Duplex, Stream};
 use crate::runtime::limit::Limiter;
 use crate::runtime::{Handler, Worker};
-pub use forward::forward;
+pub use forward::{forward, Lent};
 pub use pipe::{PipeBudget, PipePool};
 pub use plan::{header_rule, plan, ListenerPlan};
-use pump::RECV_SIZE;
+pub use pump::RECV_SIZE;
 use resolve::Resolver;
 pub use target::Target;
 pub use targets::Targets;
@@ -78,6 +78,8 @@ pub struct ProxyHandler {
     limiter: Arc<Limiter>,
     /// What answers the metrics socket: the HTTP server with metrics on every path.
     metrics_door: HttpHandler,
+    /// Its parking of idle receives.
+    worker: Rc<Worker>,
     /// An fd held in reserve: when the accepted clients have taken every fd, closing it
     /// lets one of them reach the target, so one connection goes on and, once it
     /// closes, gives fds back to the others (instead of all of them waiting for each
@@ -115,6 +117,7 @@ impl ProxyHandler {
             pipes,
             limiter: worker.limiter.clone(),
             metrics_door: HttpHandler::new(metrics_door, worker),
+            worker: worker.clone(),
             spare_fd: RefCell::new(spare_fd()),
         }
     }
@@ -250,13 +253,18 @@ impl ProxyHandler {
             }
         }
         let (client, upstream) = (Duplex::new(client), Duplex::new(upstream));
+        let lent = Lent {
+            pipes: &self.pipes,
+            parking: &self.worker.parking,
+            buffers: &self.worker.buffers,
+            counters: &self.counters,
+        };
         let result = forward(
             &client,
             &upstream,
-            &self.pipes,
+            &lent,
             self.settings.half_close_timeout,
             self.settings.idle_timeout,
-            &self.counters,
         )
         .await;
         self.settings.counters.ended(result.is_err());

@@ -23,9 +23,14 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU64;
 
+use super::forward::Lent;
 use super::metrics::WorkerCounters;
 use super::pipe::{Pipe, PipePool};
+use monoio::buf::ProvidedBuf;
+
 use crate::net::{ReadHalf, Stream, WriteHalf};
+use crate::runtime::buffers::RecvBuf;
+use crate::runtime::park::Parking;
 use crate::sys;
 
 /// Receive buffer per direction, held for the connection's life (a parked RECV owns it).
@@ -97,31 +102,60 @@ pub enum Failure {
 pub async fn pump(
     mut src: ReadHalf<'_>,
     mut dst: WriteHalf<'_>,
-    pipes: &PipePool,
+    lent: &Lent<'_>,
     progress: &Progress<'_>,
 ) -> Result<(), Failure> {
-    let mut buf = Vec::with_capacity(RECV_SIZE);
+    let (pipes, parking) = (lent.pipes, lent.parking);
+    // `None` while the direction has been idle: it takes a buffer again when it is busy.
+    let mut buf = Some(lent.buffers.take());
     // Every receive but the first follows one that came up short or a splice burst that
     // did: the socket is most likely empty, and the receive had better wait for data
     // before trying. The first may find bytes sent before the connection was accepted.
     let mut drained = false;
     loop {
-        let (received, returned) = src.recv(buf, drained).await;
-        let n = received.map_err(Failure::Read)?;
+        let own = buf.take().unwrap_or_else(|| lent.buffers.take());
+        let n = match receive(&mut src, own, drained, parking)
+            .await
+            .map_err(Failure::Read)?
+        {
+            Received::Own(data) => {
+                let n = data.len();
+                if n > 0 {
+                    progress.received(n);
+                    let (sent, mut returned) = dst.send_all(data).await;
+                    sent.map_err(Failure::Write)?;
+                    returned.clear();
+                    buf = Some(returned);
+                }
+                n
+            }
+            Received::Pooled(data) => {
+                let n = data.len();
+                if n > 0 {
+                    progress.received(n);
+                    // Boxed, as the wait that got it: the first message after a quiet
+                    // spell is rare, and its state would weigh on every task.
+                    let sent = Box::pin(dst.send_all(data)).await.0;
+                    sent.map_err(Failure::Write)?;
+                }
+                n
+            }
+        };
         if n == 0 {
             return Ok(());
         }
-        progress.received(n);
-        let (sent, mut returned) = dst.send_all(returned).await;
-        sent.map_err(Failure::Write)?;
         progress.delivered(n, false);
-        returned.clear();
-        buf = returned;
         drained = true;
         if n == RECV_SIZE {
-            if let Some(spilled) =
-                splice_while_bulk(src.stream(), dst.stream(), pipes, progress).await?
-            {
+            // Boxed: bulk is the rarer state, and its splices and waits would otherwise
+            // make every connection's task larger for as long as it lives.
+            let bulk = Box::pin(splice_while_bulk(
+                src.stream(),
+                dst.stream(),
+                pipes,
+                progress,
+            ));
+            if let Some(spilled) = bulk.await? {
                 // The destination filled up before a pipe's bytes were all in: they go
                 // by copy, through the runtime's send, which waits for room holding no
                 // pipe. The source has more, most likely: no need to wait for it.
@@ -132,6 +166,41 @@ pub async fn pump(
                 drained = false;
             }
         }
+    }
+}
+
+/// What one receive got: bytes in the direction's own buffer, or, after it had waited long
+/// enough to be swept off its buffer, in a buffer of the worker's pool.
+enum Received {
+    Own(RecvBuf),
+    Pooled(ProvidedBuf),
+}
+
+/// One receive. It waits with `buf` (one submission, as cheap as a receive gets) unless
+/// the worker's sweep finds it parked a whole period: then it is cancelled, keeping
+/// whatever it had received, and the wait goes on with no buffer (`runtime::park`).
+/// Empty means EOF.
+async fn receive(
+    src: &mut ReadHalf<'_>,
+    buf: RecvBuf,
+    expect_empty: bool,
+    parking: &Parking,
+) -> io::Result<Received> {
+    let recv = src.recv_owned(buf, expect_empty);
+    let ticket = parking.park(recv.canceller());
+    let (result, buf) = recv.await;
+    drop(ticket);
+    match result {
+        Ok(_) => Ok(Received::Own(buf)),
+        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+            // Swept: idle for a second or more. The buffer goes, the wait goes on (boxed:
+            // its state would otherwise weigh on every connection's task).
+            drop(buf);
+            Box::pin(src.recv_provided(true))
+                .await
+                .map(Received::Pooled)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -97,6 +97,8 @@ pub struct Limiter {
     open: AtomicUsize,
     /// The most connections open at once since [`Limiter::take_peak`] last read it.
     peak: AtomicUsize,
+    /// Waits of quiet connections moved off their receive buffers, since start.
+    quieted: AtomicU64,
     accepted: AtomicU64,
     has_waiters: AtomicBool,
     waiters: Mutex<Vec<Waker>>,
@@ -122,6 +124,7 @@ impl Limiter {
             max,
             open: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
+            quieted: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             has_waiters: AtomicBool::new(false),
             waiters: Mutex::new(Vec::new()),
@@ -201,6 +204,18 @@ impl Limiter {
     /// two looks is still seen.
     pub fn take_peak(&self) -> usize {
         self.peak.swap(self.open(), Ordering::Relaxed)
+    }
+
+    /// `n` receives were swept off their buffers for having waited a whole period.
+    pub fn note_quieted(&self, n: usize) {
+        if n > 0 {
+            self.quieted.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Receives swept off their buffers since start.
+    pub fn quieted(&self) -> u64 {
+        self.quieted.load(Ordering::Relaxed)
     }
 
     /// `--connections-max` as in force.

@@ -7,7 +7,9 @@
 
 mod accept;
 pub mod blocking;
+pub mod buffers;
 pub mod limit;
+pub mod park;
 mod ring;
 pub mod shutdown;
 mod signals;

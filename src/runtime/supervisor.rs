@@ -27,7 +27,11 @@ impl Supervisor<'_> {
         let mut status = String::new();
         let mut memory = MemoryReturn::default();
         loop {
-            memory.after_closes(self.limiter.take_peak(), self.limiter.open());
+            memory.after_closes(
+                self.limiter.take_peak(),
+                self.limiter.open(),
+                self.limiter.quieted(),
+            );
             // The loop wakes at least once a second: the live status is never older.
             if let Some(live) = self.live_status {
                 let now = live(self.limiter);
@@ -116,16 +120,20 @@ impl Supervisor<'_> {
     }
 }
 
-/// Gives memory back once a burst of connections has ended. glibc's malloc keeps what
-/// freed connections held in each worker's arena, fragmented, so a host would otherwise
-/// keep the memory of its busiest minute for good: 5,000 idle connections left 62 MB of
-/// a 4 MB process behind (perf/results/idle-memory-2026-12-08.md).
+/// Gives memory back once a burst of connections has ended, or gone quiet. glibc's malloc
+/// keeps what freed connections held in each worker's arena, fragmented, so a host would
+/// otherwise keep the memory of its busiest minute for good: 5,000 idle connections left
+/// 62 MB of a 4 MB process behind (perf/results/idle-memory-2026-12-08.md).
 #[derive(Default)]
 struct MemoryReturn {
     /// The most connections open since memory was last given back.
     peak: usize,
     /// The count a second ago.
     last: usize,
+    /// Connections that gave up their receive buffers since memory was last given back.
+    quieted: usize,
+    /// The limiter's count of those when last looked at.
+    quieted_seen: u64,
 }
 
 /// Connections that must have closed since the peak before memory is given back: a few
@@ -134,21 +142,28 @@ const RETURN_AFTER_CLOSES: usize = 512;
 
 impl MemoryReturn {
     /// Called about once a second with the most connections open at once since the last
-    /// call and those open now. Gives memory back once enough closed and the count
-    /// stopped falling: trimming while they still close would miss what their tasks free
-    /// afterwards.
-    fn after_closes(&mut self, peak: usize, open: usize) {
+    /// call, those open now, and how many went quiet since start (gave up their receive
+    /// buffers).
+    /// Gives memory back once enough closed or went quiet and both stopped: trimming
+    /// while connections still close would miss what their tasks free afterwards.
+    fn after_closes(&mut self, peak: usize, open: usize, quieted_total: u64) {
+        let quieted = (quieted_total - self.quieted_seen) as usize;
+        self.quieted_seen = quieted_total;
         self.peak = self.peak.max(peak);
-        let settled = open >= self.last;
+        let settled = open >= self.last && quieted == 0;
         self.last = open;
-        if self.peak - open >= RETURN_AFTER_CLOSES && settled {
+        self.quieted += quieted;
+        if self.peak - open + self.quieted >= RETURN_AFTER_CLOSES && settled {
             let returned = crate::sys::return_free_memory();
             crate::debug!(
-                "{} connections closed since the peak of {}; free memory given back: {returned}",
+                "{} connections closed since the peak of {} and {} went quiet; free memory \
+                 given back: {returned}",
                 self.peak - open,
-                self.peak
+                self.peak,
+                self.quieted
             );
             self.peak = open;
+            self.quieted = 0;
         }
     }
 }

@@ -12,7 +12,9 @@ use monoio::FusionRuntime;
 
 use super::accept::{accept_loop, Entrance, WorkerListener};
 use super::blocking::BlockingPool;
+use super::buffers::RecvBuffers;
 use super::limit::{Limiter, Permit};
+use super::park::{Parking, SWEEP_EVERY};
 use super::ring::{build_runtime, configure_recv_pool};
 use super::shutdown::{LocalShutdown, Shutdown, ShutdownWait};
 use super::supervisor::Finished;
@@ -32,6 +34,10 @@ pub struct Worker {
     local: Rc<LocalShutdown>,
     open: Cell<usize>,
     drained: RefCell<Option<Waker>>,
+    /// Receives waiting on this worker's connections, swept off their buffers when idle.
+    pub parking: Parking,
+    /// The buffers its busy connections receive into.
+    pub buffers: RecvBuffers,
 }
 
 /// What every open connection holds until it ends: its share of `--connections-max`
@@ -153,6 +159,8 @@ where
             local: Rc::new(LocalShutdown::default()),
             open: Cell::new(0),
             drained: RefCell::new(None),
+            parking: Parking::default(),
+            buffers: RecvBuffers::new(H::RECV_BUFFER),
         });
         let own_listeners = listeners.iter().map(WorkerListener::new).collect();
         let own_listeners: Vec<WorkerListener<H::Plan>> = match own_listeners {
@@ -183,6 +191,7 @@ async fn serve<H: Handler>(
         shutdown.wait().await;
         local.trigger();
     });
+    monoio::spawn(sweep_parked(Rc::downgrade(&worker)));
     let accepting: Vec<_> = listeners
         .into_iter()
         .map(|l| monoio::spawn(accept_loop(l, worker.clone(), handler.clone())))
@@ -200,4 +209,16 @@ async fn serve<H: Handler>(
     // teardown after exit.
     monoio::time::sleep(Duration::from_millis(1)).await;
     worker.drained().await;
+}
+
+/// Moves the receives of this worker's quiet connections off their buffers, every
+/// [`SWEEP_EVERY`], for as long as the worker lives.
+async fn sweep_parked(worker: std::rc::Weak<Worker>) {
+    loop {
+        monoio::time::sleep(SWEEP_EVERY).await;
+        match worker.upgrade() {
+            Some(worker) => worker.limiter.note_quieted(worker.parking.sweep()),
+            None => return,
+        }
+    }
 }

@@ -16,6 +16,7 @@ mod open;
 mod poll;
 mod read;
 mod recv;
+pub(crate) mod recv_owned;
 // ringsock patch: receives into buffers chosen when data arrives.
 pub(crate) mod recv_provided;
 mod send;

@@ -11,6 +11,8 @@ pub use listener_config::ListenerOpts;
 #[deprecated(since = "0.2.0", note = "use ListenerOpts")]
 pub use listener_config::ListenerOpts as ListenerConfig;
 pub use tcp::{TcpConnectOpts, TcpListener, TcpStream};
+// ringsock patch: receives cancellable without losing what they received.
+pub use crate::driver::op::recv_owned::{OwnedRecv, RecvCanceller};
 #[cfg(unix)]
 pub use unix::{Pipe, UnixDatagram, UnixListener, UnixStream};
 #[cfg(windows)]

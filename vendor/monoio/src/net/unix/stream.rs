@@ -269,6 +269,17 @@ impl UnixStream {
         op.read()
     }
 
+    /// ringsock patch: [`AsyncReadRent::read`] (or [`Self::read_poll_first`]) whose
+    /// receive can be cancelled from outside the future ([`crate::net::OwnedRecv::canceller`])
+    /// without losing what it received.
+    pub fn recv_owned<T: IoBufMut + Unpin>(
+        &mut self,
+        buf: T,
+        poll_first: bool,
+    ) -> crate::net::OwnedRecv<T> {
+        crate::net::OwnedRecv::new(self.fd.clone(), buf, poll_first)
+    }
+
     /// ringsock patch: receives once into a buffer of this runtime's pool that is chosen
     /// only when data arrives, so a receive waiting on an idle socket holds no buffer
     /// (see [`crate::buf::ProvidedBuf`]). An empty buffer means EOF. `poll_first`: as for
