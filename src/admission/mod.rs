@@ -2,4 +2,5 @@
 //! balancer puts first, then the per-client limits on connections and requests.
 
 pub mod client;
+pub mod networks;
 pub mod proxy_header;
