@@ -79,15 +79,17 @@ fn check_request(req: &Request<'_>, buf_len: usize) {
     assert!(req.path.len() <= MAX_URI, "path of {}", req.path.len());
     // Only what is refused anyway (405: CONNECT's authority, OPTIONS *) may carry a
     // target that is not a path.
-    if req.method != Method::NotAllowed {
+    if !matches!(req.method, Method::Other | Method::Refused) {
         assert_eq!(req.path.first(), Some(&b'/'));
         // A fragment never reaches the path or the query, nor the query the path.
         assert!(!req.path.contains(&b'#') && !req.query.is_some_and(|q| q.contains(&b'#')));
         assert!(!req.path.contains(&b'?'));
     }
-    if req.has_body {
-        assert!(req.method == Method::NotAllowed && !req.keep_alive);
+    if req.has_body() {
+        assert!(matches!(req.method, Method::Other | Method::Refused));
     }
+    // The head a route copies is exactly what was parsed.
+    assert_eq!(req.head.len(), req.head_len);
 }
 
 /// `files::plan` for any head: a partial answer lies within the file.
@@ -124,6 +126,8 @@ pub struct Conditionals {
 pub fn plan(headers: &Conditionals, len: u64, mtime: i64, now: i64) {
     let req = Request {
         line: b"GET /f HTTP/1.1",
+        head: b"",
+        method_name: b"GET",
         method: if headers.head {
             Method::Head
         } else {
@@ -135,7 +139,9 @@ pub fn plan(headers: &Conditionals, len: u64, mtime: i64, now: i64) {
         keep_alive: true,
         http10: false,
         head_len: 0,
-        has_body: false,
+        framing: request::Framing::None,
+        other_codings: false,
+        expect: None,
         if_match: headers.if_match.as_deref(),
         if_unmodified_since: headers.if_unmodified_since.as_deref(),
         if_none_match: headers.if_none_match.as_deref(),

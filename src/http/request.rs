@@ -17,8 +17,21 @@ const MAX_HEADERS: usize = 64;
 pub enum Method {
     Get,
     Head,
-    /// A standard method this server does not serve: 405 with `Allow`.
-    NotAllowed,
+    /// POST, PUT, DELETE, OPTIONS or PATCH: passed on by a route (`--route`), answered
+    /// 405 with `Allow` anywhere else.
+    Other,
+    /// TRACE and CONNECT: 405 everywhere, as nginx answers them.
+    Refused,
+}
+
+/// How a message's body is delimited (RFC 9112 §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// An answer that ends when its sender closes (HTTP/1.0, no length); never a request.
+    UntilClose,
 }
 
 /// One parsed request head, borrowing from the read buffer.
@@ -26,7 +39,12 @@ pub enum Method {
 pub struct Request<'b> {
     /// The request line without its CR LF, for the access log (see [`Request::line_as_sent`]).
     pub line: &'b [u8],
+    /// The whole head as received, request line to the empty line: a route copies its
+    /// header lines.
+    pub head: &'b [u8],
     pub method: Method,
+    /// The method as sent (`POST`), for a route.
+    pub method_name: &'b [u8],
     /// The path as sent, still percent-encoded: the target without its query and
     /// fragment, an absolute-form target reduced to its path (`/` when it has none).
     pub path: &'b [u8],
@@ -39,9 +57,15 @@ pub struct Request<'b> {
     pub http10: bool,
     /// Bytes the head occupies in the buffer; the next pipelined request starts there.
     pub head_len: usize,
-    /// A body follows that this server does not read (only possible with NotAllowed):
-    /// the connection has to close after the answer.
-    pub has_body: bool,
+    /// Where the body ends. Only a route reads a body: any other answer to a request
+    /// with one closes the connection, the body unread.
+    pub framing: Framing,
+    /// A transfer coding before the final `chunked` (`gzip, chunked`), which a route
+    /// cannot pass on after decoding the chunks: 501 there.
+    pub other_codings: bool,
+    /// The `Expect` value, if any: a route answers `100-continue` itself, anything else
+    /// 417.
+    pub expect: Option<&'b [u8]>,
     pub if_match: Option<&'b [u8]>,
     pub if_unmodified_since: Option<&'b [u8]>,
     pub if_none_match: Option<&'b [u8]>,
@@ -137,14 +161,18 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
     let (method, http10, (path, query)) = method_version_target(&req)?;
     let mut parsed = Request {
         line: request_line(buf),
+        head: &buf[..head_len],
         method,
+        method_name: req.method.unwrap_or("").as_bytes(),
         path,
         query,
         minor_sent: None,
         keep_alive: !http10,
         http10,
         head_len,
-        has_body: false,
+        framing: Framing::None,
+        other_codings: false,
+        expect: None,
         if_match: None,
         if_unmodified_since: None,
         if_none_match: None,
@@ -154,11 +182,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
         user_agent: None,
         referer: None,
     };
-    let mut framing = Framing::default();
+    let mut framing = FramingHeaders::default();
     for header in req.headers.iter() {
         let name = header.name.as_bytes();
         if !framing.read(name, header.value, &parsed)? {
-            parsed.note_conditional(name, header.value);
+            parsed.note_header(name, header.value);
         }
     }
     framing.check(&mut parsed)?;
@@ -173,7 +201,8 @@ fn method_version_target<'b>(
     let method = match req.method.unwrap_or("") {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
-        "POST" | "PUT" | "DELETE" | "OPTIONS" | "PATCH" | "TRACE" | "CONNECT" => Method::NotAllowed,
+        "POST" | "PUT" | "DELETE" | "OPTIONS" | "PATCH" => Method::Other,
+        "TRACE" | "CONNECT" => Method::Refused,
         _ => return Err(reject(response::NOT_IMPLEMENTED, "unknown method")),
     };
     let http10 = req.version.unwrap_or(1) == 0;
@@ -190,15 +219,16 @@ fn method_version_target<'b>(
 
 /// What the headers say about the connection and where the request ends.
 #[derive(Default)]
-struct Framing {
+struct FramingHeaders {
     /// `Connection: close` (or, in HTTP/1.0, `keep-alive`), once seen.
     keep_alive: Option<bool>,
     content_length: Option<u64>,
     chunked: bool,
+    other_codings: bool,
     hosts: usize,
 }
 
-impl Framing {
+impl FramingHeaders {
     /// Takes a framing header (Host, Connection, Content-Length, Transfer-Encoding);
     /// `Ok(false)` for any other.
     fn read(&mut self, name: &[u8], value: &[u8], req: &Request<'_>) -> Result<bool, Reject> {
@@ -237,6 +267,8 @@ impl Framing {
                         "Transfer-Encoding without a final chunked",
                     ));
                 }
+                // `gzip, chunked`, or chunked twice (also over two lines).
+                self.other_codings |= self.chunked || codings(value) > 1;
                 self.chunked = true;
             }
             _ => return Ok(false),
@@ -260,12 +292,16 @@ impl Framing {
                 "a request has at most one Host, and HTTP/1.1 exactly one",
             ));
         }
-        let has_body = self.chunked || self.content_length.is_some_and(|l| l > 0);
-        if has_body && req.method != Method::NotAllowed {
+        req.framing = match (self.chunked, self.content_length) {
+            (true, _) => Framing::Chunked,
+            (false, Some(len)) => Framing::Length(len),
+            (false, None) => Framing::None,
+        };
+        if req.has_body() && matches!(req.method, Method::Get | Method::Head) {
             return Err(reject(response::BAD_REQUEST, "GET and HEAD take no body"));
         }
-        req.keep_alive = self.keep_alive.unwrap_or(!req.http10) && !has_body;
-        req.has_body = has_body;
+        req.keep_alive = self.keep_alive.unwrap_or(!req.http10);
+        req.other_codings = self.other_codings;
         Ok(())
     }
 }
@@ -284,10 +320,16 @@ impl<'b> Request<'b> {
         }
     }
 
-    /// Keeps a conditional or range header for [`crate::http::files::plan`], and what the
-    /// access log shows.
-    fn note_conditional(&mut self, name: &[u8], value: &'b [u8]) {
+    /// Whether a body follows the head.
+    pub fn has_body(&self) -> bool {
+        !matches!(self.framing, Framing::None | Framing::Length(0))
+    }
+
+    /// Keeps a conditional or range header for [`crate::http::files::plan`], what the
+    /// access log shows, and `Expect`.
+    fn note_header(&mut self, name: &[u8], value: &'b [u8]) {
         let slot = match name.len() {
+            6 if name.eq_ignore_ascii_case(b"expect") => &mut self.expect,
             5 if name.eq_ignore_ascii_case(b"range") => &mut self.range,
             7 if name.eq_ignore_ascii_case(b"referer") => &mut self.referer,
             10 if name.eq_ignore_ascii_case(b"user-agent") => &mut self.user_agent,
@@ -459,6 +501,14 @@ fn is_ip_literal(inner: &[u8]) -> bool {
     std::str::from_utf8(inner).is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok())
 }
 
+/// How many codings a Transfer-Encoding value lists (empty list elements do not count).
+fn codings(value: &[u8]) -> usize {
+    value
+        .split(|&b| b == b',')
+        .filter(|coding| !trim(coding).is_empty())
+        .count()
+}
+
 /// Whether the last coding in a Transfer-Encoding value is `chunked`.
 fn ends_in_chunked(value: &[u8]) -> bool {
     let last = value.rsplit(|&b| b == b',').next().unwrap_or(value);
@@ -502,7 +552,7 @@ mod tests {
         let req = parse(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(req.method, Method::NotAllowed);
+        assert_eq!(req.method, Method::Other);
         assert!(parse(b"GET * HTTP/1.1\r\nHost: x\r\n\r\n").is_err());
     }
 
@@ -648,7 +698,7 @@ mod tests {
         let req = parse(b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(req.method, Method::NotAllowed);
+        assert_eq!(req.method, Method::Refused);
         assert_eq!(
             status(b"GET example.org:443 HTTP/1.1\r\nHost: a\r\n\r\n"),
             400
