@@ -41,6 +41,7 @@ fn routing(c: &mut Criterion) {
         api_version: true,
         metrics_everywhere: false,
         metrics: std::sync::Arc::new(|_, _| {}),
+        upstreams: std::sync::Arc::new(ringsock::http::upstream::Upstreams::none()),
     };
     // Picking the handler for a path: API endpoints first, then the file tree.
     c.bench_function("route/api_and_file", |b| {

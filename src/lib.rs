@@ -85,6 +85,7 @@ fn proxy_metrics_door(proxy: &cli::ProxyConfig) -> http::Settings {
             api_version: false,
             metrics_everywhere: true,
             metrics: source,
+            upstreams: Arc::new(http::upstream::Upstreams::none()),
         },
         header_timeout: scrape,
         keepalive_timeout: scrape,
@@ -101,11 +102,14 @@ fn serve_metrics(
     counters: &Arc<http::metrics::Metrics>,
     clients: &Arc<admission::client::ClientRules>,
     access_log: Option<&Arc<http::access_log::AccessLog>>,
+    upstreams: &Arc<http::upstream::Upstreams>,
 ) -> metrics::Source {
     let (counters, clients, access_log) = (counters.clone(), clients.clone(), access_log.cloned());
+    let upstreams = upstreams.clone();
     Arc::new(move |out, worker| {
         metrics::common(out, &worker.limiter, &worker.pool.stats());
         http::metrics::render(out, &counters);
+        upstreams.render(out);
         clients.render(out);
         if let Some(log) = &access_log {
             log.render(out);
@@ -138,12 +142,15 @@ fn run_serve(common: &Common, serve: cli::ServeConfig, notifier: &Notifier) -> R
         .map(http::access_log::AccessLog::open);
     let reopen_log = access_log.clone().map(|log| move || log.reopen());
     let counters = Arc::new(http::metrics::Metrics::default());
+    let upstreams = Arc::new(http::upstream::Upstreams::none());
+    let metrics = serve_metrics(&counters, &common.clients, access_log.as_ref(), &upstreams);
     let shared = http::Shared::new(http::Settings {
         routes: http::Routes {
             root,
             api_version: true,
             metrics_everywhere: false,
-            metrics: serve_metrics(&counters, &common.clients, access_log.as_ref()),
+            metrics,
+            upstreams,
         },
         clients: common.clients.clone(),
         access_log,

@@ -225,11 +225,24 @@ pub struct Entry<'a> {
     pub referer: Option<&'a [u8]>,
     pub user_agent: Option<&'a [u8]>,
     pub started: Instant,
+    /// On a server with routes (`--route`), every line ends with the backend's status and
+    /// time (nginx's `$upstream_status $upstream_response_time`), `- -` for a request no
+    /// backend answered; `None` on a server without, whose lines stay as they were.
+    pub backend: Option<Backend>,
+}
+
+/// A routed request's backend answer, for the log.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Backend {
+    pub status: Option<u16>,
+    /// From the request's start to the backend's answer head.
+    pub time: Option<Duration>,
 }
 
 impl Entry<'_> {
     /// `$remote_addr - - [$time_local] "$request" $status $body_bytes_sent
-    /// "$http_referer" "$http_user_agent" $request_time`
+    /// "$http_referer" "$http_user_agent" $request_time`, then with routes
+    /// `$upstream_status $upstream_response_time`.
     fn format(&self, out: &mut Vec<u8>, time_local: &[u8]) {
         out.extend_from_slice(self.client);
         out.extend_from_slice(b" - - [");
@@ -248,18 +261,35 @@ impl Entry<'_> {
             }
             out.push(b'"');
         }
-        let millis = self.started.elapsed().as_millis() as u64;
         out.push(b' ');
-        crate::http::response::push_u64(out, millis / 1000);
-        out.push(b'.');
-        let frac = millis % 1000;
-        out.extend_from_slice(&[
-            b'0' + (frac / 100) as u8,
-            b'0' + (frac / 10 % 10) as u8,
-            b'0' + (frac % 10) as u8,
-        ]);
+        seconds(self.started.elapsed(), out);
+        if let Some(backend) = self.backend {
+            out.push(b' ');
+            match backend.status {
+                Some(status) => crate::http::response::push_u64(out, u64::from(status)),
+                None => out.push(b'-'),
+            }
+            out.push(b' ');
+            match backend.time {
+                Some(time) => seconds(time, out),
+                None => out.push(b'-'),
+            }
+        }
         out.push(b'\n');
     }
+}
+
+/// Seconds with milliseconds, as nginx writes times: `0.004`.
+fn seconds(took: Duration, out: &mut Vec<u8>) {
+    let millis = took.as_millis() as u64;
+    crate::http::response::push_u64(out, millis / 1000);
+    out.push(b'.');
+    let frac = millis % 1000;
+    out.extend_from_slice(&[
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
 }
 
 /// Copies `value` as nginx escapes log variables: `"`, `\`, control bytes and bytes
@@ -350,6 +380,7 @@ mod tests {
             referer: None,
             user_agent: Some(b"Debian APT-HTTP/1.3 (2.6.1)\"\n\x01"),
             started: Instant::now(),
+            backend: None,
         };
         let mut out = Vec::new();
         entry.format(&mut out, b"02/Dec/2026:08:14:43 +0000");
@@ -358,6 +389,35 @@ mod tests {
             "192.0.2.7 - - [02/Dec/2026:08:14:43 +0000] \"GET /dists/stable/InRelease HTTP/1.1\" \
              200 4096 \"-\" \"Debian APT-HTTP/1.3 (2.6.1)\\x22\\x0A\\x01\" 0.000\n"
         );
+    }
+
+    #[test]
+    fn with_routes_a_line_ends_with_the_backends_status_and_time() {
+        let line = |backend| {
+            let entry = Entry {
+                client: b"192.0.2.7",
+                request: b"GET /api/version HTTP/1.1",
+                status: 200,
+                body_bytes: 2,
+                referer: None,
+                user_agent: None,
+                started: Instant::now(),
+                backend: Some(backend),
+            };
+            let mut out = Vec::new();
+            entry.format(&mut out, b"02/Dec/2026:08:14:43 +0000");
+            String::from_utf8(out).unwrap()
+        };
+        let routed = line(Backend {
+            status: Some(201),
+            time: Some(Duration::from_millis(1234)),
+        });
+        assert!(
+            routed.ends_with("\"-\" \"-\" 0.000 201 1.234\n"),
+            "{routed}"
+        );
+        let local = line(Backend::default());
+        assert!(local.ends_with(" 0.000 - -\n"), "{local}");
     }
 
     #[test]

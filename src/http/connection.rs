@@ -1,8 +1,12 @@
 //! One HTTP connection: it owns the socket and its buffers, answers every complete
 //! request it has read in order (pipelining), writes each [`Answer`] and sends its body,
 //! applies the header and keep-alive timeouts, and closes with a linger after an error.
+//! A request to a `--route` is passed to its backend (`routed`).
+
+mod routed;
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -50,6 +54,9 @@ struct Responder<'h> {
     /// The file path of the request being answered.
     rel: RelPath,
     client: Client,
+    /// The client's address, when the access log or a route needs it: the one a
+    /// trusted PROXY header named, else the socket's peer (`None` for a Unix socket).
+    client_ip: Option<IpAddr>,
     /// The client's address as the access log shows it (empty when there is no log).
     client_text: Vec<u8>,
 }
@@ -80,9 +87,15 @@ enum Wake {
 
 impl<'h> Connection<'h> {
     pub(super) fn new(handler: &'h HttpHandler, stream: Stream, client: Client) -> Self {
-        let client_text = match handler.log {
-            Some(_) => client_text(client.origin, &stream),
-            None => Vec::new(),
+        let has_routes = !handler.shared.settings.routes.upstreams.is_empty();
+        let client_ip = match handler.log.is_some() || has_routes {
+            true => client_ip(client.origin, &stream),
+            false => None,
+        };
+        let client_text = match (&handler.log, client_ip) {
+            (None, _) => Vec::new(),
+            (Some(_), Some(ip)) => ip.to_string().into_bytes(),
+            (Some(_), None) => b"unix:".to_vec(),
         };
         Connection {
             input: Input::Empty,
@@ -93,6 +106,7 @@ impl<'h> Connection<'h> {
                 out: Vec::new(),
                 rel: RelPath::default(),
                 client,
+                client_ip,
                 client_text,
             },
         }
@@ -148,7 +162,15 @@ impl<'h> Connection<'h> {
                 }
             };
             start += req.head_len;
-            if self.responder.respond(&req, started).await? == Next::Close {
+            let next = match self.responder.route(&req).await {
+                None => self.responder.respond(&req, started).await?,
+                Some(Err(refusal)) => self.responder.refuse(&req, refusal, started).await?,
+                Some(Ok((routed, line))) => {
+                    self.answer_routed(&routed, &line, &mut start, started)
+                        .await?
+                }
+            };
+            if next == Next::Close {
                 return Ok(Next::Close);
             }
         }
@@ -264,15 +286,20 @@ impl Responder<'_> {
             Ok(()) => handler.answer(req, &mut self.rel).await,
             Err(retry_after) => router::too_many(retry_after),
         };
-        let settings = &handler.shared.settings;
-        let closes = answer.closes || !req.keep_alive || !settings.persistent;
-        let persistence = if closes || handler.worker.is_stopping() {
-            Persistence::Close
-        } else if req.http10 {
-            Persistence::KeepAlive10
-        } else {
-            Persistence::KeepAlive
-        };
+        self.respond_with(req, answer, started).await
+    }
+
+    /// Writes, sends, counts and logs `answer` to `req`. A body the request carried is
+    /// not read: the connection closes after the answer.
+    async fn respond_with(
+        &mut self,
+        req: &Request<'_>,
+        answer: Answer,
+        started: Instant,
+    ) -> io::Result<Next> {
+        let handler = self.handler;
+        let closes = answer.closes || !req.keep_alive || req.has_body();
+        let persistence = self.persistence(closes, req.http10);
         let head_only = req.method == Method::Head;
         answer.write(&mut self.out, &handler.date.now(), persistence, head_only);
         let (body_bytes, sent) = match answer.body {
@@ -280,18 +307,16 @@ impl Responder<'_> {
             _ if head_only => (0, Ok(())),
             _ => (answer.body_len().unwrap_or(0), Ok(())),
         };
-        handler.record(
-            answer.status,
-            &access_log::Entry {
-                client: &self.client_text,
-                request: &req.line_as_sent(),
-                status: answer.status.code,
-                body_bytes,
-                referer: req.referer,
-                user_agent: req.user_agent,
-                started,
-            },
-        );
+        handler.record(&access_log::Entry {
+            client: &self.client_text,
+            request: &req.line_as_sent(),
+            status: answer.status.code,
+            body_bytes,
+            referer: req.referer,
+            user_agent: req.user_agent,
+            started,
+            backend: self.no_backend(),
+        });
         sent?;
         if persistence == Persistence::Close {
             return Ok(Next::Close);
@@ -300,6 +325,26 @@ impl Responder<'_> {
             self.flush(false).await?;
         }
         Ok(Next::KeepGoing)
+    }
+
+    /// How the connection goes on after an answer: closed when the answer or request
+    /// says so, when the server does not keep connections, or when it is stopping.
+    fn persistence(&self, closes: bool, http10: bool) -> Persistence {
+        let handler = self.handler;
+        if closes || !handler.shared.settings.persistent || handler.worker.is_stopping() {
+            Persistence::Close
+        } else if http10 {
+            Persistence::KeepAlive10
+        } else {
+            Persistence::KeepAlive
+        }
+    }
+
+    /// The backend fields of a log line for an answer made here: `- -` on a server with
+    /// routes, nothing on one without.
+    fn no_backend(&self) -> Option<access_log::Backend> {
+        let has_routes = !self.handler.shared.settings.routes.upstreams.is_empty();
+        has_routes.then(access_log::Backend::default)
     }
 
     /// The answer to what could not be parsed (a refused head, or none within the header
@@ -319,18 +364,16 @@ impl Responder<'_> {
         } else {
             answer.body_len().unwrap_or(0)
         };
-        self.handler.record(
-            status,
-            &access_log::Entry {
-                client: &self.client_text,
-                request: line,
-                status: status.code,
-                body_bytes,
-                referer: None,
-                user_agent: None,
-                started,
-            },
-        );
+        self.handler.record(&access_log::Entry {
+            client: &self.client_text,
+            request: line,
+            status: status.code,
+            body_bytes,
+            referer: None,
+            user_agent: None,
+            started,
+            backend: self.no_backend(),
+        });
     }
 
     /// A small cached body joins its head in the output buffer; any other is sent now,
@@ -401,15 +444,11 @@ impl Responder<'_> {
     }
 }
 
-/// The client as the access log names it: the one a trusted balancer's PROXY header
-/// named, else the socket's peer; `unix:` for a Unix socket, as nginx.
-fn client_text(origin: Origin, stream: &Stream) -> Vec<u8> {
-    let ip = match origin {
-        Origin::Client(addr) => addr.ip().to_canonical(),
-        Origin::Direct | Origin::Balancer => match crate::sys::peer_ip(stream.as_raw_fd()) {
-            Some(ip) => ip,
-            None => return b"unix:".to_vec(),
-        },
-    };
-    ip.to_string().into_bytes()
+/// The client: the one a trusted balancer's PROXY header named, else the socket's peer;
+/// `None` for a Unix socket (which the access log shows as `unix:`, as nginx).
+fn client_ip(origin: Origin, stream: &Stream) -> Option<IpAddr> {
+    match origin {
+        Origin::Client(addr) => Some(addr.ip().to_canonical()),
+        Origin::Direct | Origin::Balancer => crate::sys::peer_ip(stream.as_raw_fd()),
+    }
 }

@@ -29,6 +29,14 @@ impl Input {
         self.len() == 0
     }
 
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Input::Empty => &[],
+            Input::Pooled(buf) => buf,
+            Input::Heap(buf) => buf,
+        }
+    }
+
     /// The bytes read, for parsing (which may rewrite a version digit in place).
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         match self {

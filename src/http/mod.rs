@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod request;
 pub mod response;
 mod router;
+pub mod upstream;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use crate::admission::client::{ClientRules, HeaderRule};
 use crate::net::{is_disconnect, Stream};
+use crate::proxy::PipePool;
 use crate::runtime::{Handler, Worker};
 use metrics::{Metrics, WorkerCounters};
 use response::DateCache;
@@ -62,6 +64,50 @@ pub struct HttpHandler {
     counters: Arc<WorkerCounters>,
     date: DateCache,
     log: Option<Rc<access_log::WorkerLog>>,
+    /// What routed requests use, on a server with routes.
+    routing: Option<Routing>,
+}
+
+/// One worker's backend connections and pipes, for `--route`.
+struct Routing {
+    backends: Rc<upstream::BackendPool>,
+    pipes: Rc<PipePool>,
+}
+
+/// Empty pipes a worker keeps for bodies, and how often idle pipes and backend
+/// connections are closed.
+const PIPES_KEPT: usize = 64;
+const TRIMMED_EVERY: Duration = Duration::from_secs(5);
+
+impl Routing {
+    /// A worker's, with the task that closes what stays unused.
+    fn start(upstreams: &upstream::Upstreams, worker: &Rc<Worker>) -> Routing {
+        let routing = Routing {
+            backends: Rc::new(upstream::BackendPool::new(upstreams.len())),
+            pipes: Rc::new(PipePool::new(upstreams.pipes.clone(), PIPES_KEPT)),
+        };
+        let (backends, pipes) = (
+            Rc::downgrade(&routing.backends),
+            Rc::downgrade(&routing.pipes),
+        );
+        let worker = worker.clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::select! {
+                    _ = monoio::time::sleep(TRIMMED_EVERY) => {}
+                    _ = worker.stopping() => return,
+                }
+                match (backends.upgrade(), pipes.upgrade()) {
+                    (Some(backends), Some(pipes)) => {
+                        backends.trim();
+                        pipes.trim();
+                    }
+                    _ => return,
+                }
+            }
+        });
+        routing
+    }
 }
 
 impl HttpHandler {
@@ -76,12 +122,17 @@ impl HttpHandler {
                 .access_log
                 .as_ref()
                 .map(|log| access_log::WorkerLog::start(log, worker)),
+            routing: {
+                let upstreams = &shared.settings.routes.upstreams;
+                (!upstreams.is_empty()).then(|| Routing::start(upstreams, worker))
+            },
         }
     }
 
     /// Counts an answer and writes its access log line: the one place both happen.
-    fn record(&self, status: response::Status, entry: &access_log::Entry<'_>) {
-        self.counters.count_response(status.class());
+    fn record(&self, entry: &access_log::Entry<'_>) {
+        self.counters
+            .count_response(usize::from(entry.status / 100));
         self.counters.count_duration(entry.started.elapsed());
         if let Some(log) = &self.log {
             log.line(entry);

@@ -8,6 +8,7 @@ use super::answer::{Answer, Body, ContentRange, FileBody, Value};
 use super::files::{self, FileInfo, Kind, Pages, Plan, RelPath, Root};
 use super::request::{Method, Request};
 use super::response::{self, Status};
+use super::upstream::Upstreams;
 use super::{api, HttpHandler};
 use crate::metrics;
 
@@ -21,6 +22,8 @@ pub struct Routes {
     /// whatever it was asked), rather than `/metrics` alone.
     pub metrics_everywhere: bool,
     pub metrics: metrics::Source,
+    /// `--route`s to HTTP backends; none by default.
+    pub upstreams: Arc<Upstreams>,
 }
 
 /// Where a request goes.
@@ -46,7 +49,7 @@ pub fn route(path: &[u8], routes: &Routes) -> Route {
 impl HttpHandler {
     /// The answer to one request; `rel` is the connection's scratch path.
     pub(super) async fn answer(&self, req: &Request<'_>, rel: &mut RelPath) -> Answer {
-        if req.method == Method::NotAllowed {
+        if matches!(req.method, Method::Other | Method::Refused) {
             return Answer::reason(response::METHOD_NOT_ALLOWED)
                 .with("Allow", Value::Static(b"GET, HEAD"));
         }
@@ -195,6 +198,7 @@ mod tests {
             api_version: !metrics_everywhere,
             metrics_everywhere,
             metrics: Arc::new(|_, _| {}),
+            upstreams: Arc::new(Upstreams::none()),
         }
     }
 

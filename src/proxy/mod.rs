@@ -25,10 +25,10 @@ use crate::net::{is_disconnect, Duplex, Stream};
 use crate::runtime::limit::Limiter;
 use crate::runtime::{Handler, Worker};
 pub use forward::{forward, Lent};
-pub use pipe::{PipeBudget, PipePool};
+pub use pipe::{Pipe, PipeBudget, PipePool};
 pub use plan::{header_rule, plan, ListenerPlan};
 pub use pump::RECV_SIZE;
-use resolve::Resolver;
+pub use resolve::Resolver;
 pub use target::Target;
 pub use targets::Targets;
 
@@ -130,7 +130,10 @@ impl ProxyHandler {
         let mut waiting = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match target.connect(left, &self.resolvers[index]).await {
+            match target
+                .connect(left, "--connect-timeout", &self.resolvers[index])
+                .await
+            {
                 Err(e) if is_out_of_fds(&e) && Instant::now() + wait < deadline => {
                     let (_, first) = waiting.get_or_insert_with(|| self.limiter.wait_for_fds());
                     if std::mem::take(first) {

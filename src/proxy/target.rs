@@ -104,16 +104,22 @@ impl Target {
         })
     }
 
-    /// Connects, trying each resolved address in turn, all within `timeout`. `resolver`
-    /// is this worker's for this target.
-    pub async fn connect(&self, timeout: Duration, resolver: &Resolver) -> io::Result<Stream> {
+    /// Connects, trying each resolved address in turn, all within `timeout` (set by the
+    /// option `timeout_flag`, which a timeout's error names). `resolver` is this worker's
+    /// for this target.
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+        timeout_flag: &str,
+        resolver: &Resolver,
+    ) -> io::Result<Stream> {
         let backlog_full = Cell::new(false);
         match monoio::time::timeout(timeout, self.connect_any(resolver, &backlog_full)).await {
             Ok(result) => result,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
-                    "no connection within {timeout:?} (--connect-timeout){}",
+                    "no connection within {timeout:?} ({timeout_flag}){}",
                     if backlog_full.get() {
                         "; its listen backlog stayed full: the service is not accepting \
                          fast enough"
