@@ -1,0 +1,106 @@
+//! `ringsock serve`'s own flags: the tree to serve, HTTP timeouts, I/O threads, the
+//! request rate per client and the access log.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::CommonArgs;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Directory to serve (e.g. aptly's rootDir/public); without it only the API answers
+    ///
+    /// A root that cannot be opened is an error at start. On a network or FUSE file system
+    /// every file is opened and sent by I/O threads, and the log says so at start.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// Close a client that has not sent a full request head within this long (408)
+    ///
+    /// The same as nginx's client_header_timeout.
+    #[arg(long, value_name = "TIMESPAN", default_value = "10s")]
+    pub header_timeout: String,
+
+    /// Close an idle keep-alive connection after this long
+    ///
+    /// Also how long a client may read nothing while a response is being sent, after which
+    /// the connection is ended. The same as nginx's keepalive_timeout.
+    #[arg(long, value_name = "TIMESPAN", default_value = "60s")]
+    pub keepalive_timeout: String,
+
+    /// Serve symlinks that point outside --root
+    ///
+    /// Without it such a link is 403, decided by where the link says it leads, before
+    /// anything it points to is opened; links that stay inside the root are always
+    /// followed. With it, serve behaves as nginx with disable_symlinks off, its default.
+    #[arg(long)]
+    pub follow_symlinks: bool,
+
+    /// List directories as HTML instead of answering 403
+    ///
+    /// nginx's autoindex on. A directory asked for without its trailing slash is redirected
+    /// (301) to it; the listing is made on an I/O thread.
+    #[arg(long)]
+    pub autoindex: bool,
+
+    /// Most threads opening and reading files that are not in the page cache (nginx's
+    /// `aio threads`); cached files never wait for one
+    ///
+    /// nginx's pool also has 32. Threads start on demand and end after a minute idle; they
+    /// run at SCHED_BATCH and nice 10, so that a worker's small answers win the CPU from
+    /// bulk copies. An I/O thread sends with one sendfile(2) on the non-blocking socket, so
+    /// a slow client holds no thread while it is not reading; a read that hangs (a FUSE or
+    /// NFS server that never answers) holds one I/O thread, never a worker, and the
+    /// connection is ended after --keepalive-timeout. At least 1. ringsock_io_threads,
+    /// ringsock_io_threads_busy and ringsock_io_queue_length in /metrics show the pool.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub io_threads: usize,
+
+    /// At most R requests a second from one client address range (prefixes as for
+    /// --per-client-connections); more are answered 429 with Retry-After [default: no limit]
+    ///
+    /// A token bucket per range, as nginx's limit_req: a request over the rate is answered
+    /// 429 Too Many Requests with Retry-After: 1, and the connection stays open. R is a whole
+    /// number, or R/s. USTC's mirror allows 40 a second with bursts of 100:
+    /// --per-client-rate 40 --per-client-burst 100. The buckets use the same prefixes and
+    /// sharding as --per-client-connections; when the table fills, clients that have been
+    /// quiet long enough to be owed nothing are dropped from it, and past 65,536 active
+    /// ranges a new one goes unlimited rather than the table growing. Counted in
+    /// ringsock_per_client_rate_limited_total.
+    #[arg(long, value_name = "R")]
+    pub per_client_rate: Option<String>,
+
+    /// Requests a client may make at once above --per-client-rate [default: R]
+    ///
+    /// The size of each token bucket: a client that has been quiet may send this many
+    /// requests at once. At least 1; needs --per-client-rate.
+    #[arg(long, value_name = "N")]
+    pub per_client_burst: Option<u32>,
+
+    /// Write an access log line per response (nginx's combined format plus the request
+    /// time) to PATH, or `-` for standard error; SIGUSR1 reopens it (logrotate)
+    ///
+    /// Every response gets a line, errors, 408s and rejected heads included:
+    /// $remote_addr - - [$time_local] "$request" $status $body_bytes_sent "$http_referer"
+    /// "$http_user_agent" $request_time, what mirror operators' traffic statistics and abuse
+    /// tools read from nginx. $remote_addr is the client a trusted PROXY header names, if
+    /// any. Quotes, backslashes and control bytes in the request line and headers are
+    /// written \xHH, as nginx does, so a hostile header cannot forge a line; a request line,
+    /// Referer or User-Agent is cut at 2048 bytes (and ends in ...).
+    ///
+    /// A line costs no syscall: each worker appends to its own buffer, which goes to the
+    /// file as one write(2) of whole lines on an I/O thread (a slow or full disk never
+    /// blocks a worker) at 32 KiB, once a second, and when the worker stops, so lines are
+    /// never torn or interleaved and none are lost on SIGTERM. The .deb ships
+    /// /etc/logrotate.d/ringsock (daily, 14 kept, compressed; its postrotate sends SIGUSR1),
+    /// and the serve unit has LogsDirectory=ringsock for /var/log/ringsock/access.log. A path
+    /// that cannot be opened or written is a warning (a failing write at most once a minute)
+    /// and its lines are counted in ringsock_access_log_lines_lost_total; answers go on.
+    /// Lines written are counted in ringsock_access_log_lines_total.
+    #[arg(long, value_name = "PATH")]
+    pub access_log: Option<String>,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
