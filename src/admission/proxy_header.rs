@@ -21,16 +21,18 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Address ranges whose connections carry a PROXY header (`--proxy-protocol-from`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TrustedPeers(Vec<(IpAddr, u8)>);
+pub struct TrustedPeers(Vec<IpRange>);
+
+/// An address range, `ADDR[/LEN]`; only its parser makes one, so `len` fits the family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpRange {
+    net: IpAddr,
+    len: u8,
+}
 
 impl TrustedPeers {
-    /// Parses `ADDR[/LEN]` ranges: an address alone is /32 or /128.
-    pub fn parse(ranges: &[String]) -> Result<TrustedPeers, String> {
-        ranges
-            .iter()
-            .map(|r| parse_range(r))
-            .collect::<Result<_, _>>()
-            .map(TrustedPeers)
+    pub fn new(ranges: Vec<IpRange>) -> TrustedPeers {
+        TrustedPeers(ranges)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -40,31 +42,34 @@ impl TrustedPeers {
     /// Whether `ip` (an IPv4-mapped IPv6 address counts as IPv4) is in a range.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.0.iter().any(|&(net, len)| in_range(ip, net, len))
+        self.0
+            .iter()
+            .any(|range| in_range(ip, range.net, range.len))
     }
 }
 
-fn parse_range(text: &str) -> Result<(IpAddr, u8), String> {
-    let (addr, len) = match text.split_once('/') {
-        Some((addr, len)) => (addr, Some(len)),
-        None => (text, None),
-    };
-    let addr: IpAddr = addr.parse().map_err(|_| {
-        format!("--proxy-protocol-from {text:?}: not an address or range (e.g. 10.0.0.0/8, 2001:db8::/32, 192.0.2.7)")
-    })?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        None => max,
-        Some(len) => match len.parse::<u8>() {
-            Ok(n) if n <= max => n,
-            _ => {
-                return Err(format!(
-                    "--proxy-protocol-from {text:?}: the prefix length must be 0 to {max}"
-                ))
-            }
-        },
-    };
-    Ok((addr, len))
+impl std::str::FromStr for IpRange {
+    type Err = String;
+
+    /// An address alone is /32 or /128.
+    fn from_str(text: &str) -> Result<IpRange, String> {
+        let (addr, len) = match text.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (text, None),
+        };
+        let net: IpAddr = addr.parse().map_err(|_| {
+            "not an address or range (e.g. 10.0.0.0/8, 2001:db8::/32, 192.0.2.7)".to_string()
+        })?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(len) => match len.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("the prefix length must be 0 to {max}")),
+            },
+        };
+        Ok(IpRange { net, len })
+    }
 }
 
 fn in_range(ip: IpAddr, net: IpAddr, len: u8) -> bool {
@@ -88,18 +93,6 @@ pub enum Version {
     V1,
     /// Binary, with the Unix-stream family for a Unix-socket client.
     V2,
-}
-
-impl Version {
-    pub fn parse(text: &str) -> Result<Version, String> {
-        match text {
-            "v1" | "1" => Ok(Version::V1),
-            "v2" | "2" => Ok(Version::V2),
-            _ => Err(format!(
-                "--proxy-protocol={text}: use v1 (the default) or v2"
-            )),
-        }
-    }
 }
 
 /// The header naming `client` (as it reached us, or as a trusted balancer named it)
@@ -362,23 +355,26 @@ mod tests {
 
     #[test]
     fn ranges() {
-        let trusted = TrustedPeers::parse(&[
-            "10.0.0.0/8".into(),
-            "2001:db8::/32".into(),
-            "192.0.2.7".into(),
-        ])
-        .unwrap();
+        let trusted = TrustedPeers::new(
+            ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
+                .map(|r| r.parse().unwrap())
+                .to_vec(),
+        );
         assert!(trusted.contains("10.1.2.3".parse().unwrap()));
         assert!(trusted.contains("::ffff:10.1.2.3".parse().unwrap()));
         assert!(trusted.contains("192.0.2.7".parse().unwrap()));
         assert!(!trusted.contains("192.0.2.8".parse().unwrap()));
         assert!(trusted.contains("2001:db8:1::5".parse().unwrap()));
         assert!(!trusted.contains("2001:db9::5".parse().unwrap()));
-        assert!(TrustedPeers::parse(&["0.0.0.0/0".into()])
-            .unwrap()
+        assert!(TrustedPeers::new(vec!["0.0.0.0/0".parse().unwrap()])
             .contains("203.0.113.9".parse().unwrap()));
-        for bad in ["10.0.0.0/33", "2001:db8::/129", "10.0.0/8", "x"] {
-            assert!(TrustedPeers::parse(&[bad.into()]).is_err(), "{bad}");
+        for (bad, why) in [
+            ("10.0.0.0/33", "0 to 32"),
+            ("2001:db8::/129", "0 to 128"),
+            ("10.0.0/8", "not an address"),
+            ("x", "not an address"),
+        ] {
+            assert!(bad.parse::<IpRange>().unwrap_err().contains(why), "{bad}");
         }
     }
 }

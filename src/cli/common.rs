@@ -5,9 +5,12 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::{timespan, Common};
+use clap::value_parser;
+
+use super::values::{self, Timespan};
+use super::Common;
 use crate::admission::client::{ClientRules, PerClient, Prefixes, RequestRate};
-use crate::admission::proxy_header::TrustedPeers;
+use crate::admission::proxy_header::{IpRange, TrustedPeers};
 use crate::log::Level;
 use crate::runtime::{ConnectionsMax, Lifecycle};
 use crate::systemd::activation::ListenAddr;
@@ -22,15 +25,15 @@ pub struct CommonArgs {
     /// ListenStream=8080. A socket bound here is named by its address as ringsock prints it
     /// ([::]:8080, /run/x.sock), for NAME=TARGET and --proxy-protocol-on. With no activated
     /// socket and no --listen, serve listens on 127.0.0.1:8080 and proxy refuses to start.
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Vec<String>,
+    #[arg(long, value_name = "ADDR", value_parser = ListenAddr::parse)]
+    pub listen: Vec<ListenAddr>,
 
     /// Worker threads [default: the CPUs this process may use]
     ///
     /// Each worker runs its own runtime (io_uring, else epoll) and accepts on its own copy
     /// of every listening socket, so the kernel spreads the connections and nothing on the
     /// data path crosses threads.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = values::at_least_one::<usize>)]
     pub threads: Option<usize>,
 
     /// Maximum simultaneous connections; more wait in the listen backlog [default: 16384,
@@ -48,14 +51,14 @@ pub struct CommonArgs {
     /// it sends from the disk), and the log says so at start: "at most N connections at
     /// once: the open file limit of L holds no more". A -c the limit cannot hold is kept,
     /// with a warning. Raise LimitNOFILE= together with -c.
-    #[arg(short = 'c', long, value_name = "N")]
+    #[arg(short = 'c', long, value_name = "N", value_parser = values::at_least_one::<usize>)]
     pub connections_max: Option<usize>,
 
     /// Exit once no connection was open for this long (e.g. 30s, 5min, infinity)
     ///
     /// The exit status is 0. Connections to the proxy's metrics socket do not count.
-    #[arg(long, value_name = "TIMESPAN", default_value = "infinity")]
-    pub exit_idle_time: String,
+    #[arg(long, value_name = "TIMESPAN", default_value = "infinity", value_parser = values::timespan)]
+    pub exit_idle_time: Timespan,
 
     /// On SIGTERM/SIGINT, how long open connections may take to finish
     ///
@@ -65,16 +68,16 @@ pub struct CommonArgs {
     /// connections still open are cut (TCP ones with RST, so no client takes a truncated
     /// stream for a complete one) and ringsock exits 0. The shipped units set
     /// TimeoutStopSec=45s, above the default.
-    #[arg(long, value_name = "TIMESPAN", default_value = "30s")]
-    pub shutdown_timeout: String,
+    #[arg(long, value_name = "TIMESPAN", default_value = "30s", value_parser = values::timespan)]
+    pub shutdown_timeout: Timespan,
 
     /// error, warning, info or debug [default: $RINGSOCK_LOG_LEVEL, $SYSTEMD_LOG_LEVEL, info]
     ///
     /// Log lines go to standard error, with syslog priority prefixes when journald reads
     /// them (JOURNAL_STREAM), so journalctl -p warning shows only the driver fallback,
     /// accept errors and failures. debug adds detail such as aborted connections.
-    #[arg(long, value_name = "LEVEL")]
-    pub log_level: Option<String>,
+    #[arg(long, value_name = "LEVEL", value_parser = values::log_level)]
+    pub log_level: Option<Level>,
 
     /// Connections from ADDR[/LEN] (a load balancer) start with a PROXY protocol v1 or v2
     /// header naming the real client; one without a valid header within 3 s is closed
@@ -91,8 +94,8 @@ pub struct CommonArgs {
     /// connection (counted in ringsock_proxy_protocol_refused_total). Connections
     /// from anyone else never have a header parsed: their first bytes are their own.
     /// Parsing is the ppp crate's.
-    #[arg(long, value_name = "CIDR")]
-    pub proxy_protocol_from: Vec<String>,
+    #[arg(long, value_name = "CIDR", value_parser = str::parse::<IpRange>)]
+    pub proxy_protocol_from: Vec<IpRange>,
 
     /// Every connection on the activated socket named NAME (FileDescriptorName=) starts
     /// with a PROXY protocol header, whoever the peer (repeatable)
@@ -117,19 +120,19 @@ pub struct CommonArgs {
     /// parsed first. A range is in the table only while it has a connection open, so a flood
     /// of distinct addresses cannot grow it beyond --connections-max entries. /metrics
     /// shows ringsock_per_client_refused_total and ringsock_per_client_ranges.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = values::per_client_max)]
     pub per_client_connections: Option<u32>,
 
     /// The IPv4 prefix length that makes one client for --per-client-connections (e.g. 29)
     ///
     /// 0 to 32; serve's --per-client-rate uses it too.
-    #[arg(long, value_name = "LEN", default_value_t = 32)]
+    #[arg(long, value_name = "LEN", default_value_t = 32, value_parser = value_parser!(u8).range(0..=32))]
     pub per_client_ipv4_prefix: u8,
 
     /// The IPv6 prefix length that makes one client for --per-client-connections (e.g. 64)
     ///
     /// 0 to 128; serve's --per-client-rate uses it too.
-    #[arg(long, value_name = "LEN", default_value_t = 128)]
+    #[arg(long, value_name = "LEN", default_value_t = 128, value_parser = value_parser!(u8).range(0..=128))]
     pub per_client_ipv6_prefix: u8,
 }
 
@@ -140,72 +143,33 @@ impl CommonArgs {
         io_threads: usize,
         rate: Option<RequestRate>,
     ) -> Result<Common, String> {
-        let per_client = self.per_client()?;
-        let connections_max = match self.connections_max {
-            Some(0) => return Err("--connections-max must be at least 1".into()),
-            Some(n) => ConnectionsMax::Given(n),
-            None => ConnectionsMax::Default,
-        };
-        let threads = match self.threads {
-            Some(0) => return Err("--threads must be at least 1".into()),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        let listen = self
-            .listen
-            .iter()
-            .map(|text| ListenAddr::parse(text).map_err(|e| format!("--listen: {e}")))
-            .collect::<Result<_, _>>()?;
-        let log_level = match self.log_level {
-            None => None,
-            Some(text) => Some(Level::parse(&text).ok_or_else(|| {
-                format!("--log-level {text:?}: use error, warning, info or debug")
-            })?),
-        };
         let clients = Arc::new(ClientRules {
-            trusted: TrustedPeers::parse(&self.proxy_protocol_from)?,
+            trusted: TrustedPeers::new(self.proxy_protocol_from),
             prefixes: Prefixes {
                 ipv4: self.per_client_ipv4_prefix,
                 ipv6: self.per_client_ipv6_prefix,
             },
-            per_client,
+            per_client: self.per_client_connections.map(PerClient::new),
             rate,
             ..ClientRules::default()
         });
         Ok(Common {
             clients,
             header_required: self.proxy_protocol_on,
-            listen,
+            listen: self.listen,
             lifecycle: Lifecycle {
-                threads,
-                connections_max,
+                threads: self
+                    .threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                connections_max: self
+                    .connections_max
+                    .map_or(ConnectionsMax::Default, ConnectionsMax::Given),
                 fds_per_connection,
-                exit_idle_time: timespan("--exit-idle-time", &self.exit_idle_time)?,
-                shutdown_timeout: timespan("--shutdown-timeout", &self.shutdown_timeout)?,
+                exit_idle_time: self.exit_idle_time,
+                shutdown_timeout: self.shutdown_timeout,
                 io_threads,
             },
-            log_level,
-        })
-    }
-}
-
-impl CommonArgs {
-    fn per_client(&self) -> Result<Option<PerClient>, String> {
-        if self.per_client_ipv4_prefix > 32 {
-            return Err("--per-client-ipv4-prefix must be 0 to 32".into());
-        }
-        if self.per_client_ipv6_prefix > 128 {
-            return Err("--per-client-ipv6-prefix must be 0 to 128".into());
-        }
-        Ok(match self.per_client_connections {
-            None => None,
-            Some(0) => {
-                return Err(
-                    "--per-client-connections must be at least 1 (leave it out for no limit)"
-                        .into(),
-                )
-            }
-            Some(max) => Some(PerClient::new(max)),
+            log_level: self.log_level,
         })
     }
 }

@@ -7,9 +7,9 @@ mod common;
 mod config;
 mod proxy;
 mod serve;
+mod values;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -19,9 +19,7 @@ pub use proxy::ProxyArgs;
 pub use serve::ServeArgs;
 
 use crate::admission::client::RequestRate;
-use crate::admission::proxy_header;
 use crate::proxy::Targets;
-use crate::systemd::activation::ListenAddr;
 
 #[derive(Parser, Debug)]
 #[command(name = "ringsock", version, propagate_version = true)]
@@ -106,7 +104,8 @@ pub enum Command {
 }
 
 impl Cli {
-    /// Turns raw flags into a [`Config`]; the error names the flag and the fix.
+    /// Turns parsed flags into a [`Config`]. Each value was checked by its flag's parser;
+    /// what is left are the rules between flags, and the error names the flags and the fix.
     pub fn validate(self) -> Result<Config, String> {
         Ok(match self.command {
             Command::Proxy(args) => {
@@ -115,35 +114,27 @@ impl Cli {
                         .validate(FDS_PER_PROXIED_CONNECTION, PROXY_IO_THREADS, None)?;
                 let proxy = ProxyConfig {
                     target: Targets::parse(&args.target)?,
-                    connect_timeout: finite("--connect-timeout", &args.connect_timeout)?,
-                    half_close_timeout: timespan("--half-close-timeout", &args.half_close_timeout)?,
-                    idle_timeout: timespan("--idle-timeout", &args.idle_timeout)?,
+                    connect_timeout: args.connect_timeout,
+                    half_close_timeout: args.half_close_timeout,
+                    idle_timeout: args.idle_timeout,
                     keepalive: args.keepalive,
                     clients: common.clients.clone(),
                     counters: Arc::default(),
-                    metrics_listen: args
-                        .metrics
-                        .as_deref()
-                        .map(|text| ListenAddr::parse(text).map_err(|e| format!("--metrics: {e}")))
-                        .transpose()?,
-                    send_header: args
-                        .proxy_protocol
-                        .as_deref()
-                        .map(proxy_header::Version::parse)
-                        .transpose()?,
+                    metrics_listen: args.metrics,
+                    send_header: args.proxy_protocol,
                 };
                 Config::Proxy(common, proxy)
             }
             Command::Serve(args) => Config::Serve(
                 args.common.validate(
                     FDS_PER_HTTP_CONNECTION,
-                    io_threads(args.io_threads)?,
-                    rate_limit(args.per_client_rate.as_deref(), args.per_client_burst)?,
+                    args.io_threads,
+                    rate_limit(args.per_client_rate, args.per_client_burst)?,
                 )?,
                 ServeConfig {
                     root: args.root,
-                    header_timeout: finite("--header-timeout", &args.header_timeout)?,
-                    keepalive_timeout: finite("--keepalive-timeout", &args.keepalive_timeout)?,
+                    header_timeout: args.header_timeout,
+                    keepalive_timeout: args.keepalive_timeout,
                     follow_symlinks: args.follow_symlinks,
                     autoindex: args.autoindex,
                     access_log: args.access_log,
@@ -162,52 +153,22 @@ const FDS_PER_HTTP_CONNECTION: usize = 3;
 /// The proxy's only blocking calls are host-name lookups of TARGET.
 const PROXY_IO_THREADS: usize = 4;
 
-/// `--per-client-rate R` (or `R/s`) and `--per-client-burst N`.
-fn rate_limit(rate: Option<&str>, burst: Option<u32>) -> Result<Option<RequestRate>, String> {
-    let Some(text) = rate else {
-        return match burst {
-            Some(_) => Err("--per-client-burst needs --per-client-rate".into()),
-            None => Ok(None),
-        };
-    };
-    let per_second = match text.strip_suffix("/s").unwrap_or(text).parse::<u32>() {
-        Ok(n) if n > 0 => n,
-        _ => {
-            return Err(format!(
-                "--per-client-rate {text:?}: give requests per second as a whole number, e.g. 40 or 40/s"
-            ))
-        }
-    };
-    match burst {
-        Some(0) => Err("--per-client-burst must be at least 1".into()),
-        burst => Ok(Some(RequestRate::new(
+/// `--per-client-rate R` and `--per-client-burst N`, a burst of R unless given.
+fn rate_limit(rate: Option<u32>, burst: Option<u32>) -> Result<Option<RequestRate>, String> {
+    match (rate, burst) {
+        (None, Some(_)) => Err("--per-client-burst needs --per-client-rate".into()),
+        (None, None) => Ok(None),
+        (Some(per_second), burst) => Ok(Some(RequestRate::new(
             per_second,
             burst.unwrap_or(per_second),
         ))),
     }
 }
 
-fn io_threads(n: usize) -> Result<usize, String> {
-    match n {
-        0 => Err(
-            "--io-threads must be at least 1: files that are not cached need a thread to \
-                  be read without stalling a worker"
-                .into(),
-        ),
-        n => Ok(n),
-    }
-}
-
-fn timespan(flag: &str, text: &str) -> Result<Option<Duration>, String> {
-    crate::systemd::timespan::parse(text).map_err(|e| format!("{flag}: {e}"))
-}
-
-fn finite(flag: &str, text: &str) -> Result<Duration, String> {
-    timespan(flag, text)?.ok_or_else(|| format!("{flag} cannot be infinity"))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::runtime::ConnectionsMax;
 
@@ -253,27 +214,108 @@ mod tests {
         assert!(common.lifecycle.threads >= 1);
     }
 
+    /// clap names the flag of every bad value, from its own declaration; the parsers'
+    /// messages say only what is wrong with the value.
     #[test]
-    fn bad_flags_name_the_flag() {
-        assert!(parse(&["proxy", "-c", "0", "x:1"])
-            .unwrap_err()
-            .contains("--connections-max"));
-        assert!(parse(&["proxy", "--threads", "0", "x:1"])
-            .unwrap_err()
-            .contains("--threads"));
-        assert!(parse(&["proxy", "--exit-idle-time", "soon", "x:1"])
-            .unwrap_err()
-            .contains("--exit-idle-time"));
-        assert!(parse(&["proxy", "--connect-timeout", "infinity", "x:1"])
-            .unwrap_err()
-            .contains("infinity"));
-        assert!(parse(&["proxy", "--listen", "nowhere", "x:1"])
-            .unwrap_err()
-            .contains("--listen"));
-        assert!(parse(&["proxy", "--log-level", "loud", "x:1"])
-            .unwrap_err()
-            .contains("--log-level"));
+    fn bad_values_name_their_flag() {
+        let cases: [(&[&str], &str); 13] = [
+            (&["-c", "0"], "'--connections-max <N>': must be at least 1"),
+            (&["--threads", "0"], "'--threads <N>': must be at least 1"),
+            (
+                &["--exit-idle-time", "soon"],
+                "'--exit-idle-time <TIMESPAN>': expected",
+            ),
+            (
+                &["--shutdown-timeout", "1 parsec"],
+                "'--shutdown-timeout <TIMESPAN>': unknown",
+            ),
+            (
+                &["--connect-timeout", "infinity"],
+                "'--connect-timeout <TIMESPAN>': cannot be",
+            ),
+            (
+                &["--idle-timeout", ""],
+                "'--idle-timeout <TIMESPAN>': empty",
+            ),
+            (
+                &["--listen", "nowhere"],
+                "'--listen <ADDR>': invalid listen address",
+            ),
+            (
+                &["--metrics", "nowhere"],
+                "'--metrics <ADDR>': invalid listen address",
+            ),
+            (
+                &["--log-level", "loud"],
+                "'--log-level <LEVEL>': use error,",
+            ),
+            (
+                &["--proxy-protocol=v3"],
+                "'--proxy-protocol[=<VERSION>]': use v1",
+            ),
+            (
+                &["--proxy-protocol-from", "10.0.0.0/33"],
+                "<CIDR>': the prefix length must",
+            ),
+            (
+                &["--per-client-connections", "0"],
+                "<N>': must be at least 1 (leave it out",
+            ),
+            (
+                &["--per-client-ipv6-prefix", "129"],
+                "<LEN>': 129 is not in 0..=128",
+            ),
+        ];
+        for (flags, needle) in cases {
+            let args: Vec<&str> = ["proxy"]
+                .iter()
+                .chain(flags)
+                .chain(&["x:1"])
+                .copied()
+                .collect();
+            let err = parse(&args).unwrap_err();
+            assert!(err.contains(needle), "{flags:?}: no {needle:?} in {err:?}");
+        }
+        for (flags, needle) in [
+            (
+                ["--io-threads", "0"],
+                "'--io-threads <N>': must be at least 1: files",
+            ),
+            (
+                ["--per-client-rate", "4x"],
+                "'--per-client-rate <R>': give requests",
+            ),
+            (
+                ["--per-client-burst", "0"],
+                "'--per-client-burst <N>': must be at least 1",
+            ),
+            (
+                ["--header-timeout", "infinity"],
+                "'--header-timeout <TIMESPAN>': cannot be",
+            ),
+            (
+                ["--keepalive-timeout", "soon"],
+                "'--keepalive-timeout <TIMESPAN>': expected",
+            ),
+        ] {
+            let err = parse(&["serve", flags[0], flags[1]]).unwrap_err();
+            assert!(err.contains(needle), "{flags:?}: no {needle:?} in {err:?}");
+        }
         assert!(parse(&["proxy"]).is_err());
         assert!(parse(&["proxy", "a:1", "b:2"]).is_err());
+    }
+
+    #[test]
+    fn rules_between_flags_are_checked_once_all_are_parsed() {
+        let err = parse(&["serve", "--per-client-burst", "5"]).unwrap_err();
+        assert_eq!(err, "--per-client-burst needs --per-client-rate");
+        assert!(parse(&[
+            "serve",
+            "--per-client-rate",
+            "5/s",
+            "--per-client-burst",
+            "9"
+        ])
+        .is_ok());
     }
 }

@@ -1,9 +1,14 @@
 //! `ringsock proxy`'s own flags: TARGET, the timeouts of a forwarded connection, the
 //! PROXY header it sends, and its metrics socket.
 
+use std::time::Duration;
+
 use clap::Args;
 
+use super::values::{self, Timespan};
 use super::CommonArgs;
+use crate::admission::proxy_header::Version;
+use crate::systemd::activation::ListenAddr;
 
 #[derive(Args, Debug)]
 pub struct ProxyArgs {
@@ -35,8 +40,8 @@ pub struct ProxyArgs {
     /// always goes on and, when it closes, gives fds back to the others. The log says so
     /// once: "out of file descriptors connecting to TARGET ...; new clients wait in the
     /// listen backlog".
-    #[arg(long, value_name = "TIMESPAN", default_value = "10s")]
-    pub connect_timeout: String,
+    #[arg(long, value_name = "TIMESPAN", default_value = "10s", value_parser = values::finite_timespan)]
+    pub connect_timeout: Duration,
 
     /// Cut a connection that one side half-closed once nothing moved on it for this long
     /// (infinity: never)
@@ -47,16 +52,16 @@ pub struct ProxyArgs {
     /// closed, as an HTTP server closing an idle keep-alive connection) and nothing is in
     /// flight to it, the connection ends, as with systemd-socket-proxyd. A TCP peer that
     /// closed completely refuses the next write, which ends it too.
-    #[arg(long, value_name = "TIMESPAN", default_value = "10min")]
-    pub half_close_timeout: String,
+    #[arg(long, value_name = "TIMESPAN", default_value = "10min", value_parser = values::timespan)]
+    pub half_close_timeout: Timespan,
 
     /// Cut (RST both sides) a connection on which no byte moved either way for this long
     ///
     /// So a vanished client cannot hold a backend, and what it locked, forever
     /// (systemd-socket-proxyd #23320). At infinity, the default, no timer runs at all.
     /// Counted in ringsock_proxy_idle_timeouts_total.
-    #[arg(long, value_name = "TIMESPAN", default_value = "infinity")]
-    pub idle_timeout: String,
+    #[arg(long, value_name = "TIMESPAN", default_value = "infinity", value_parser = values::timespan)]
+    pub idle_timeout: Timespan,
 
     /// Turn on TCP keepalive (probes after 60 s idle, every 10 s, 6 of them) on client and
     /// TCP target sockets, so a peer that vanished is noticed
@@ -81,9 +86,10 @@ pub struct ProxyArgs {
         value_name = "VERSION",
         num_args = 0..=1,
         require_equals = true,
-        default_missing_value = "v1"
+        default_missing_value = "v1",
+        value_parser = values::proxy_version
     )]
-    pub proxy_protocol: Option<String>,
+    pub proxy_protocol: Option<Version>,
 
     /// Answer Prometheus metrics on ADDR (HOST:PORT, /path, @name); an activated socket
     /// named `metrics` does the same
@@ -103,8 +109,8 @@ pub struct ProxyArgs {
     /// transfer shows while it runs; ringsock_proxy_protocol_refused_total, and the
     /// counters of --per-client-connections when it is given. The connection counts and
     /// bytes also go to STATUS= (systemctl status), refreshed at most once a second.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<String>,
+    #[arg(long, value_name = "ADDR", value_parser = ListenAddr::parse)]
+    pub metrics: Option<ListenAddr>,
 
     #[command(flatten)]
     pub common: CommonArgs,

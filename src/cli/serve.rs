@@ -2,9 +2,11 @@
 //! request rate per client and the access log.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 
+use super::values;
 use super::CommonArgs;
 
 #[derive(Args, Debug)]
@@ -19,15 +21,15 @@ pub struct ServeArgs {
     /// Close a client that has not sent a full request head within this long (408)
     ///
     /// The same as nginx's client_header_timeout.
-    #[arg(long, value_name = "TIMESPAN", default_value = "10s")]
-    pub header_timeout: String,
+    #[arg(long, value_name = "TIMESPAN", default_value = "10s", value_parser = values::finite_timespan)]
+    pub header_timeout: Duration,
 
     /// Close an idle keep-alive connection after this long
     ///
     /// Also how long a client may read nothing while a response is being sent, after which
     /// the connection is ended. The same as nginx's keepalive_timeout.
-    #[arg(long, value_name = "TIMESPAN", default_value = "60s")]
-    pub keepalive_timeout: String,
+    #[arg(long, value_name = "TIMESPAN", default_value = "60s", value_parser = values::finite_timespan)]
+    pub keepalive_timeout: Duration,
 
     /// Serve symlinks that point outside --root
     ///
@@ -54,7 +56,7 @@ pub struct ServeArgs {
     /// NFS server that never answers) holds one I/O thread, never a worker, and the
     /// connection is ended after --keepalive-timeout. At least 1. ringsock_io_threads,
     /// ringsock_io_threads_busy and ringsock_io_queue_length in /metrics show the pool.
-    #[arg(long, value_name = "N", default_value_t = 32)]
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = values::io_threads)]
     pub io_threads: usize,
 
     /// At most R requests a second from one client address range (prefixes as for
@@ -68,14 +70,14 @@ pub struct ServeArgs {
     /// quiet long enough to be owed nothing are dropped from it, and past 65,536 active
     /// ranges a new one goes unlimited rather than the table growing. Counted in
     /// ringsock_per_client_rate_limited_total.
-    #[arg(long, value_name = "R")]
-    pub per_client_rate: Option<String>,
+    #[arg(long, value_name = "R", value_parser = values::per_second)]
+    pub per_client_rate: Option<u32>,
 
     /// Requests a client may make at once above --per-client-rate [default: R]
     ///
     /// The size of each token bucket: a client that has been quiet may send this many
     /// requests at once. At least 1; needs --per-client-rate.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = values::at_least_one::<u32>)]
     pub per_client_burst: Option<u32>,
 
     /// Write an access log line per response (nginx's combined format plus the request
