@@ -1,18 +1,16 @@
 //! The flags every subcommand shares: where to listen, workers, limits, lifecycle,
 //! logging, and who a connection is from (PROXY headers, per-client limits).
 
-use std::sync::Arc;
-
 use clap::Args;
 
 use clap::value_parser;
 
+use super::config::{Admission, Common, Rate};
 use super::values::{self, Timespan};
-use super::Common;
-use crate::admission::client::{ClientRules, PerClient, Prefixes, RequestRate};
+use crate::admission::client::Prefixes;
 use crate::admission::proxy_header::{IpRange, TrustedPeers};
 use crate::log::Level;
-use crate::runtime::{ConnectionsMax, Lifecycle};
+use crate::runtime::ConnectionsMax;
 use crate::systemd::activation::ListenAddr;
 
 /// Flags every subcommand shares: where to listen, workers, limits, lifecycle, logging.
@@ -137,39 +135,29 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    pub(super) fn validate(
-        self,
-        fds_per_connection: usize,
-        io_threads: usize,
-        rate: Option<RequestRate>,
-    ) -> Result<Common, String> {
-        let clients = Arc::new(ClientRules {
-            trusted: TrustedPeers::new(self.proxy_protocol_from),
-            prefixes: Prefixes {
-                ipv4: self.per_client_ipv4_prefix,
-                ipv6: self.per_client_ipv6_prefix,
-            },
-            per_client: self.per_client_connections.map(PerClient::new),
-            rate,
-            ..ClientRules::default()
-        });
-        Ok(Common {
-            clients,
-            header_required: self.proxy_protocol_on,
+    /// Every value was checked by its parser: nothing here can fail. `rate` is serve's.
+    pub(super) fn into_common(self, rate: Option<Rate>) -> Common {
+        Common {
             listen: self.listen,
-            lifecycle: Lifecycle {
-                threads: self
-                    .threads
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-                connections_max: self
-                    .connections_max
-                    .map_or(ConnectionsMax::Default, ConnectionsMax::Given),
-                fds_per_connection,
-                exit_idle_time: self.exit_idle_time,
-                shutdown_timeout: self.shutdown_timeout,
-                io_threads,
-            },
+            threads: self
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            connections_max: self
+                .connections_max
+                .map_or(ConnectionsMax::Default, ConnectionsMax::Given),
+            exit_idle_time: self.exit_idle_time,
+            shutdown_timeout: self.shutdown_timeout,
             log_level: self.log_level,
-        })
+            admission: Admission {
+                trusted: TrustedPeers::new(self.proxy_protocol_from),
+                header_required: self.proxy_protocol_on,
+                prefixes: Prefixes {
+                    ipv4: self.per_client_ipv4_prefix,
+                    ipv6: self.per_client_ipv6_prefix,
+                },
+                per_client_max: self.per_client_connections,
+                rate,
+            },
+        }
     }
 }

@@ -9,16 +9,13 @@ mod proxy;
 mod serve;
 mod values;
 
-use std::sync::Arc;
-
 use clap::{Parser, Subcommand};
 
 pub use common::CommonArgs;
-pub use config::{Common, Config, ProxyConfig, ServeConfig};
+pub use config::{Admission, Common, Config, ProxyConfig, Rate, ServeConfig};
 pub use proxy::ProxyArgs;
 pub use serve::ServeArgs;
 
-use crate::admission::client::RequestRate;
 use crate::proxy::Targets;
 
 #[derive(Parser, Debug)]
@@ -108,35 +105,28 @@ impl Cli {
     /// what is left are the rules between flags, and the error names the flags and the fix.
     pub fn validate(self) -> Result<Config, String> {
         Ok(match self.command {
-            Command::Proxy(args) => {
-                let common =
-                    args.common
-                        .validate(FDS_PER_PROXIED_CONNECTION, PROXY_IO_THREADS, None)?;
-                let proxy = ProxyConfig {
+            Command::Proxy(args) => Config::Proxy(
+                args.common.into_common(None),
+                ProxyConfig {
                     target: Targets::parse(&args.target)?,
                     connect_timeout: args.connect_timeout,
                     half_close_timeout: args.half_close_timeout,
                     idle_timeout: args.idle_timeout,
                     keepalive: args.keepalive,
-                    clients: common.clients.clone(),
-                    counters: Arc::default(),
-                    metrics_listen: args.metrics,
                     send_header: args.proxy_protocol,
-                };
-                Config::Proxy(common, proxy)
-            }
+                    metrics: args.metrics,
+                },
+            ),
             Command::Serve(args) => Config::Serve(
-                args.common.validate(
-                    FDS_PER_HTTP_CONNECTION,
-                    args.io_threads,
-                    rate_limit(args.per_client_rate, args.per_client_burst)?,
-                )?,
+                args.common
+                    .into_common(rate(args.per_client_rate, args.per_client_burst)?),
                 ServeConfig {
                     root: args.root,
                     header_timeout: args.header_timeout,
                     keepalive_timeout: args.keepalive_timeout,
                     follow_symlinks: args.follow_symlinks,
                     autoindex: args.autoindex,
+                    io_threads: args.io_threads,
                     access_log: args.access_log,
                 },
             ),
@@ -144,24 +134,15 @@ impl Cli {
     }
 }
 
-/// File descriptors one connection holds at most: the client and the target socket,
-/// and a pipe end's share while splicing...
-const FDS_PER_PROXIED_CONNECTION: usize = 3;
-/// ...or the client socket, the file being sent, and the socket's duplicate an I/O
-/// thread holds while it sends from the disk.
-const FDS_PER_HTTP_CONNECTION: usize = 3;
-/// The proxy's only blocking calls are host-name lookups of TARGET.
-const PROXY_IO_THREADS: usize = 4;
-
 /// `--per-client-rate R` and `--per-client-burst N`, a burst of R unless given.
-fn rate_limit(rate: Option<u32>, burst: Option<u32>) -> Result<Option<RequestRate>, String> {
-    match (rate, burst) {
+fn rate(per_second: Option<u32>, burst: Option<u32>) -> Result<Option<Rate>, String> {
+    match (per_second, burst) {
         (None, Some(_)) => Err("--per-client-burst needs --per-client-rate".into()),
         (None, None) => Ok(None),
-        (Some(per_second), burst) => Ok(Some(RequestRate::new(
+        (Some(per_second), burst) => Ok(Some(Rate {
             per_second,
-            burst.unwrap_or(per_second),
-        ))),
+            burst: burst.unwrap_or(per_second),
+        })),
     }
 }
 
@@ -170,6 +151,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::admission::proxy_header::Version;
     use crate::runtime::ConnectionsMax;
 
     fn parse(args: &[&str]) -> Result<Config, String> {
@@ -190,11 +172,8 @@ mod tests {
         ]) else {
             panic!("should parse");
         };
-        assert_eq!(common.lifecycle.connections_max, ConnectionsMax::Given(10));
-        assert_eq!(
-            common.lifecycle.exit_idle_time,
-            Some(Duration::from_secs(300))
-        );
+        assert_eq!(common.connections_max, ConnectionsMax::Given(10));
+        assert_eq!(common.exit_idle_time, Some(Duration::from_secs(300)));
         assert_eq!(
             proxy.target,
             Targets::Single(crate::proxy::Target::Path("/run/aptly.sock".into()))
@@ -209,97 +188,46 @@ mod tests {
             panic!("should parse");
         };
         // systemd-socket-proxyd's 256 lets 256 idle clients lock everyone out.
-        assert_eq!(common.lifecycle.connections_max, ConnectionsMax::Default);
-        assert_eq!(common.lifecycle.exit_idle_time, None);
-        assert!(common.lifecycle.threads >= 1);
+        assert_eq!(common.connections_max, ConnectionsMax::Default);
+        assert_eq!(common.exit_idle_time, None);
+        assert!(common.threads >= 1);
+    }
+
+    /// `args`'s error, which must name its flag (the word after the subcommand, as
+    /// clap shows it) and say `reason`.
+    fn rejected(args: &str, reason: &str) {
+        let err = parse(&args.split(' ').collect::<Vec<_>>()).unwrap_err();
+        let flag = args.split([' ', '=']).nth(1).unwrap_or_default();
+        assert!(err.contains(&format!("for '{flag}")), "{args}: {err:?}");
+        assert!(err.contains(reason), "{args}: no {reason:?} in {err:?}");
     }
 
     /// clap names the flag of every bad value, from its own declaration; the parsers'
     /// messages say only what is wrong with the value.
     #[test]
     fn bad_values_name_their_flag() {
-        let cases: [(&[&str], &str); 13] = [
-            (&["-c", "0"], "'--connections-max <N>': must be at least 1"),
-            (&["--threads", "0"], "'--threads <N>': must be at least 1"),
-            (
-                &["--exit-idle-time", "soon"],
-                "'--exit-idle-time <TIMESPAN>': expected",
-            ),
-            (
-                &["--shutdown-timeout", "1 parsec"],
-                "'--shutdown-timeout <TIMESPAN>': unknown",
-            ),
-            (
-                &["--connect-timeout", "infinity"],
-                "'--connect-timeout <TIMESPAN>': cannot be",
-            ),
-            (
-                &["--idle-timeout", ""],
-                "'--idle-timeout <TIMESPAN>': empty",
-            ),
-            (
-                &["--listen", "nowhere"],
-                "'--listen <ADDR>': invalid listen address",
-            ),
-            (
-                &["--metrics", "nowhere"],
-                "'--metrics <ADDR>': invalid listen address",
-            ),
-            (
-                &["--log-level", "loud"],
-                "'--log-level <LEVEL>': use error,",
-            ),
-            (
-                &["--proxy-protocol=v3"],
-                "'--proxy-protocol[=<VERSION>]': use v1",
-            ),
-            (
-                &["--proxy-protocol-from", "10.0.0.0/33"],
-                "<CIDR>': the prefix length must",
-            ),
-            (
-                &["--per-client-connections", "0"],
-                "<N>': must be at least 1 (leave it out",
-            ),
-            (
-                &["--per-client-ipv6-prefix", "129"],
-                "<LEN>': 129 is not in 0..=128",
-            ),
-        ];
-        for (flags, needle) in cases {
-            let args: Vec<&str> = ["proxy"]
-                .iter()
-                .chain(flags)
-                .chain(&["x:1"])
-                .copied()
-                .collect();
-            let err = parse(&args).unwrap_err();
-            assert!(err.contains(needle), "{flags:?}: no {needle:?} in {err:?}");
-        }
-        for (flags, needle) in [
-            (
-                ["--io-threads", "0"],
-                "'--io-threads <N>': must be at least 1: files",
-            ),
-            (
-                ["--per-client-rate", "4x"],
-                "'--per-client-rate <R>': give requests",
-            ),
-            (
-                ["--per-client-burst", "0"],
-                "'--per-client-burst <N>': must be at least 1",
-            ),
-            (
-                ["--header-timeout", "infinity"],
-                "'--header-timeout <TIMESPAN>': cannot be",
-            ),
-            (
-                ["--keepalive-timeout", "soon"],
-                "'--keepalive-timeout <TIMESPAN>': expected",
-            ),
+        for case in [
+            "proxy --connections-max 0 x:1 => <N>': must be at least 1",
+            "proxy --threads 0 x:1 => <N>': must be at least 1",
+            "proxy --exit-idle-time soon x:1 => <TIMESPAN>': expected a number",
+            "proxy --shutdown-timeout 1parsec x:1 => <TIMESPAN>': unknown unit",
+            "proxy --connect-timeout infinity x:1 => <TIMESPAN>': cannot be infinity",
+            "proxy --idle-timeout= x:1 => <TIMESPAN>': empty time span",
+            "proxy --listen nowhere x:1 => <ADDR>': invalid listen address",
+            "proxy --metrics nowhere x:1 => <ADDR>': invalid listen address",
+            "proxy --log-level loud x:1 => <LEVEL>': use error, warning",
+            "proxy --proxy-protocol=v3 x:1 => [=<VERSION>]': use v1",
+            "proxy --proxy-protocol-from 10/8 x:1 => <CIDR>': not an address",
+            "proxy --per-client-connections 0 x:1 => <N>': must be at least 1 (leave",
+            "proxy --per-client-ipv6-prefix 129 x:1 => <LEN>': 129 is not in 0..=128",
+            "serve --io-threads 0 => <N>': must be at least 1: files that are not",
+            "serve --per-client-rate 4x => <R>': give requests per second",
+            "serve --per-client-burst 0 => <N>': must be at least 1",
+            "serve --header-timeout infinity => <TIMESPAN>': cannot be infinity",
+            "serve --keepalive-timeout soon => <TIMESPAN>': expected a number",
         ] {
-            let err = parse(&["serve", flags[0], flags[1]]).unwrap_err();
-            assert!(err.contains(needle), "{flags:?}: no {needle:?} in {err:?}");
+            let (args, reason) = case.split_once(" => ").unwrap();
+            rejected(args, reason);
         }
         assert!(parse(&["proxy"]).is_err());
         assert!(parse(&["proxy", "a:1", "b:2"]).is_err());
@@ -309,13 +237,59 @@ mod tests {
     fn rules_between_flags_are_checked_once_all_are_parsed() {
         let err = parse(&["serve", "--per-client-burst", "5"]).unwrap_err();
         assert_eq!(err, "--per-client-burst needs --per-client-rate");
-        assert!(parse(&[
+        let rate = |args: &[&str]| match parse(args) {
+            Ok(Config::Serve(common, _)) => common.admission.rate,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        let burst = [
             "serve",
             "--per-client-rate",
             "5/s",
             "--per-client-burst",
-            "9"
-        ])
-        .is_ok());
+            "9",
+        ];
+        assert_eq!(
+            rate(&burst),
+            Some(Rate {
+                per_second: 5,
+                burst: 9
+            })
+        );
+        let no_burst = ["serve", "--per-client-rate", "40"];
+        assert_eq!(
+            rate(&no_burst),
+            Some(Rate {
+                per_second: 40,
+                burst: 40
+            })
+        );
+        assert_eq!(rate(&["serve"]), None);
+    }
+
+    /// Defaults are text, parsed by the flag's own parser as a value given would be.
+    #[test]
+    fn defaults_go_through_the_parsers() {
+        let Ok(Config::Serve(common, serve)) = parse(&["serve"]) else {
+            panic!("should parse");
+        };
+        assert_eq!(common.shutdown_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(serve.header_timeout, Duration::from_secs(10));
+        assert_eq!(serve.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(serve.io_threads, 32);
+        let admission = &common.admission;
+        assert_eq!(
+            (admission.prefixes.ipv4, admission.prefixes.ipv6),
+            (32, 128)
+        );
+        assert_eq!(admission.per_client_max, None);
+        let Ok(Config::Proxy(_, proxy)) = parse(&["proxy", "x:1"]) else {
+            panic!("should parse");
+        };
+        assert_eq!(proxy.idle_timeout, None);
+        assert_eq!(proxy.send_header, None);
+        let Ok(Config::Proxy(_, proxy)) = parse(&["proxy", "-p", "x:1"]) else {
+            panic!("should parse");
+        };
+        assert_eq!(proxy.send_header, Some(Version::V1), "-p alone is v1");
     }
 }
