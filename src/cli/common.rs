@@ -1,9 +1,7 @@
 //! The flags every subcommand shares: where to listen, workers, limits, lifecycle,
 //! logging, and who a connection is from (PROXY headers, per-client limits).
 
-use clap::Args;
-
-use clap::value_parser;
+use clap::{value_parser, Args};
 
 use super::config::{Admission, Common, Rate};
 use super::values::{self, Timespan};
@@ -55,7 +53,12 @@ pub struct CommonArgs {
     /// Exit once no connection was open for this long (e.g. 30s, 5min, infinity)
     ///
     /// The exit status is 0. Connections to the proxy's metrics socket do not count.
-    #[arg(long, value_name = "TIMESPAN", default_value = "infinity", value_parser = values::timespan)]
+    #[arg(
+        long,
+        value_name = "TIMESPAN",
+        default_value = "infinity",
+        value_parser = values::timespan
+    )]
     pub exit_idle_time: Timespan,
 
     /// On SIGTERM/SIGINT, how long open connections may take to finish
@@ -124,13 +127,23 @@ pub struct CommonArgs {
     /// The IPv4 prefix length that makes one client for --per-client-connections (e.g. 29)
     ///
     /// 0 to 32; serve's --per-client-rate uses it too.
-    #[arg(long, value_name = "LEN", default_value_t = 32, value_parser = value_parser!(u8).range(0..=32))]
+    #[arg(
+        long,
+        value_name = "LEN",
+        default_value_t = 32,
+        value_parser = value_parser!(u8).range(0..=32)
+    )]
     pub per_client_ipv4_prefix: u8,
 
     /// The IPv6 prefix length that makes one client for --per-client-connections (e.g. 64)
     ///
     /// 0 to 128; serve's --per-client-rate uses it too.
-    #[arg(long, value_name = "LEN", default_value_t = 128, value_parser = value_parser!(u8).range(0..=128))]
+    #[arg(
+        long,
+        value_name = "LEN",
+        default_value_t = 128,
+        value_parser = value_parser!(u8).range(0..=128)
+    )]
     pub per_client_ipv6_prefix: u8,
 }
 

@@ -1,7 +1,10 @@
 //! Command-line flags (clap) and their validation into a [`Config`] before anything runs.
 //!
-//! `proxy` keeps systemd-socket-proxyd's flags and TARGET syntax, so replacing the
-//! `ExecStart=` line is all a migration takes.
+//! Each subcommand's flags are in their own file, whose doc comments are the man pages;
+//! every value is typed by the parser its flag names (`values.rs`), and `validate` checks
+//! what spans flags and returns plain data (`config.rs`), from which `lib` builds the
+//! live state. `proxy` keeps systemd-socket-proxyd's flags and TARGET syntax, so
+//! replacing the `ExecStart=` line is all a migration takes.
 
 mod common;
 mod config;

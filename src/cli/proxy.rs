@@ -40,7 +40,12 @@ pub struct ProxyArgs {
     /// always goes on and, when it closes, gives fds back to the others. The log says so
     /// once: "out of file descriptors connecting to TARGET ...; new clients wait in the
     /// listen backlog".
-    #[arg(long, value_name = "TIMESPAN", default_value = "10s", value_parser = values::finite_timespan)]
+    #[arg(
+        long,
+        value_name = "TIMESPAN",
+        default_value = "10s",
+        value_parser = values::finite_timespan
+    )]
     pub connect_timeout: Duration,
 
     /// Cut a connection that one side half-closed once nothing moved on it for this long
@@ -60,7 +65,12 @@ pub struct ProxyArgs {
     /// So a vanished client cannot hold a backend, and what it locked, forever
     /// (systemd-socket-proxyd #23320). At infinity, the default, no timer runs at all.
     /// Counted in ringsock_proxy_idle_timeouts_total.
-    #[arg(long, value_name = "TIMESPAN", default_value = "infinity", value_parser = values::timespan)]
+    #[arg(
+        long,
+        value_name = "TIMESPAN",
+        default_value = "infinity",
+        value_parser = values::timespan
+    )]
     pub idle_timeout: Timespan,
 
     /// Turn on TCP keepalive (probes after 60 s idle, every 10 s, 6 of them) on client and

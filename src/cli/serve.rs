@@ -21,14 +21,24 @@ pub struct ServeArgs {
     /// Close a client that has not sent a full request head within this long (408)
     ///
     /// The same as nginx's client_header_timeout.
-    #[arg(long, value_name = "TIMESPAN", default_value = "10s", value_parser = values::finite_timespan)]
+    #[arg(
+        long,
+        value_name = "TIMESPAN",
+        default_value = "10s",
+        value_parser = values::finite_timespan
+    )]
     pub header_timeout: Duration,
 
     /// Close an idle keep-alive connection after this long
     ///
     /// Also how long a client may read nothing while a response is being sent, after which
     /// the connection is ended. The same as nginx's keepalive_timeout.
-    #[arg(long, value_name = "TIMESPAN", default_value = "60s", value_parser = values::finite_timespan)]
+    #[arg(
+        long,
+        value_name = "TIMESPAN",
+        default_value = "60s",
+        value_parser = values::finite_timespan
+    )]
     pub keepalive_timeout: Duration,
 
     /// Serve symlinks that point outside --root
