@@ -1,4 +1,4 @@
-//! Writes the man pages and shell completions from the clap definitions in `src/cli.rs`,
+//! Writes the man pages and shell completions from the clap definitions in `src/cli/`,
 //! so they cannot drift from `--help`:
 //!
 //! ```sh

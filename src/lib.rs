@@ -15,9 +15,10 @@ pub mod sync;
 pub mod sys;
 pub mod systemd;
 
-use std::sync::Arc;
+mod services;
 
-use cli::{Common, Config};
+use cli::{Common, Config, ProxyConfig, ServeConfig};
+use http::access_log::AccessLog;
 use systemd::activation::{ListenAddr, Listener};
 use systemd::notify::Notifier;
 
@@ -34,98 +35,46 @@ pub fn run(config: Config) -> Result<(), String> {
     }
 }
 
-fn run_proxy(common: &Common, proxy: cli::ProxyConfig, notifier: &Notifier) -> Result<(), String> {
+fn run_proxy(common: &Common, proxy: ProxyConfig, notifier: &Notifier) -> Result<(), String> {
     let mut listeners = listeners(common, None)?;
-    if let Some(addr) = &proxy.metrics_listen {
+    if let Some(addr) = &proxy.metrics {
         let mut metrics = addr
             .bind()
             .map_err(|e| format!("failed to listen on --metrics {addr}: {e}{}", bind_hint(&e)))?;
         metrics.name = proxy::metrics::METRICS_LISTENER.into();
         listeners.push(metrics);
     }
-    let listeners = proxy::plan(listeners, &proxy.target, &common.header_required)?;
+    let header_required = &common.admission.header_required;
+    let listeners = proxy::plan(listeners, &proxy.target, header_required)?;
     let status = format!(
         "Forwarding to {} on {} sockets",
         proxy.target,
         listeners.len()
     );
-    let (counters, target_text) = (proxy.counters.clone(), proxy.target.to_string());
+    let settings = services::proxy_settings(proxy, services::client_rules(&common.admission));
+    let (counters, target_text) = (settings.counters.clone(), settings.target.to_string());
     let live_status =
         move |limiter: &runtime::limit::Limiter| counters.status(limiter, &target_text);
     let pipes = proxy::PipeBudget::from_system();
-    let metrics_door = http::Shared::new(proxy_metrics_door(&proxy));
+    let metrics_door = http::Shared::new(services::proxy_metrics_door(&settings));
     runtime::run(
         listeners,
-        &common.lifecycle,
+        &services::proxy_lifecycle(common),
         notifier,
         &runtime::Service {
             status: &status,
             reopen_logs: None,
             live_status: Some(&live_status),
         },
-        move |worker| proxy::ProxyHandler::new(proxy.clone(), pipes.clone(), &metrics_door, worker),
+        move |worker| {
+            proxy::ProxyHandler::new(settings.clone(), pipes.clone(), &metrics_door, worker)
+        },
     )
     .map_err(|e| e.to_string())
 }
 
-/// The HTTP server of the proxy's metrics socket: metrics on every path, and the
-/// connection closed after each answer, as the socket did before it spoke HTTP through
-/// the server's code; a scraper has 5 s to send its request and to take the answer.
-fn proxy_metrics_door(proxy: &cli::ProxyConfig) -> http::Settings {
-    let (counters, clients) = (proxy.counters.clone(), proxy.clients.clone());
-    let source: metrics::Source = Arc::new(move |out, worker| {
-        metrics::common(out, &worker.limiter, &worker.pool.stats());
-        counters.render(out);
-        clients.render(out);
-    });
-    let scrape = std::time::Duration::from_secs(5);
-    http::Settings {
-        routes: http::Routes {
-            root: None,
-            api_version: false,
-            metrics_everywhere: true,
-            metrics: source,
-            upstreams: Arc::new(http::upstream::Upstreams::none()),
-        },
-        header_timeout: scrape,
-        keepalive_timeout: scrape,
-        persistent: false,
-        access_log: None,
-        clients: Arc::default(),
-        counters: Arc::default(),
-    }
-}
-
-/// What serve's `/metrics` shows: its connections, answers, I/O threads, admission and
-/// access log.
-fn serve_metrics(
-    counters: &Arc<http::metrics::Metrics>,
-    clients: &Arc<admission::client::ClientRules>,
-    access_log: Option<&Arc<http::access_log::AccessLog>>,
-    upstreams: &Arc<http::upstream::Upstreams>,
-) -> metrics::Source {
-    let (counters, clients, access_log) = (counters.clone(), clients.clone(), access_log.cloned());
-    let upstreams = upstreams.clone();
-    Arc::new(move |out, worker| {
-        metrics::common(out, &worker.limiter, &worker.pool.stats());
-        http::metrics::render(out, &counters);
-        upstreams.render(out);
-        clients.render(out);
-        if let Some(log) = &access_log {
-            log.render(out);
-        }
-    })
-}
-
-fn run_serve(common: &Common, serve: cli::ServeConfig, notifier: &Notifier) -> Result<(), String> {
-    let root = match &serve.root {
-        Some(dir) => Some(
-            http::files::Root::new(dir, serve.follow_symlinks, serve.autoindex)
-                .map(std::sync::Arc::new)
-                .map_err(|e| format!("failed to open --root {}: {e}", dir.display()))?,
-        ),
-        None => None,
-    };
+fn run_serve(common: &Common, serve: ServeConfig, notifier: &Notifier) -> Result<(), String> {
+    let root = services::root(&serve)?;
     let default = ListenAddr::Inet(std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
     let listeners = listeners(common, Some(default))?;
     let status = match &serve.root {
@@ -136,40 +85,21 @@ fn run_serve(common: &Common, serve: cli::ServeConfig, notifier: &Notifier) -> R
         ),
         None => format!("Serving the API over HTTP on {} sockets", listeners.len()),
     };
-    let access_log = serve
-        .access_log
-        .as_deref()
-        .map(http::access_log::AccessLog::open);
+    let access_log = serve.access_log.as_deref().map(AccessLog::open);
     let reopen_log = access_log.clone().map(|log| move || log.reopen());
-    let counters = Arc::new(http::metrics::Metrics::default());
-    let upstreams = Arc::new(http::upstream::Upstreams::none());
-    let metrics = serve_metrics(&counters, &common.clients, access_log.as_ref(), &upstreams);
-    let shared = http::Shared::new(http::Settings {
-        routes: http::Routes {
-            root,
-            api_version: true,
-            metrics_everywhere: false,
-            metrics,
-            upstreams,
-        },
-        clients: common.clients.clone(),
-        access_log,
-        header_timeout: serve.header_timeout,
-        keepalive_timeout: serve.keepalive_timeout,
-        persistent: true,
-        counters,
-    });
+    let clients = services::client_rules(&common.admission);
+    let shared = http::Shared::new(services::serve_settings(&serve, root, clients, access_log));
     // Every socket serves everything; its plan says whether a PROXY header comes first.
     let listeners = listeners
         .into_iter()
         .map(|l| {
-            let header = proxy::header_rule(&l.name, &common.header_required);
+            let header = proxy::header_rule(&l.name, &common.admission.header_required);
             runtime::Planned::counted(l, header)
         })
         .collect();
     runtime::run(
         listeners,
-        &common.lifecycle,
+        &services::serve_lifecycle(common, &serve),
         notifier,
         &runtime::Service {
             status: &status,
@@ -201,7 +131,7 @@ fn listeners(common: &Common, default: Option<ListenAddr>) -> Result<Vec<Listene
                 .into(),
         );
     }
-    check_names(&common.header_required, &listeners)?;
+    check_names(&common.admission.header_required, &listeners)?;
     Ok(listeners)
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ppp::{HeaderResult, PartialResult};
 
+pub use super::networks::IpRange;
 use super::networks::Networks;
 
 use crate::net::Stream;
@@ -26,8 +27,8 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct TrustedPeers(Networks);
 
 impl TrustedPeers {
-    pub fn parse(ranges: &[String]) -> Result<TrustedPeers, String> {
-        Networks::parse("--proxy-protocol-from", ranges).map(TrustedPeers)
+    pub fn new(ranges: Vec<IpRange>) -> TrustedPeers {
+        TrustedPeers(Networks::new(ranges))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -46,18 +47,6 @@ pub enum Version {
     V1,
     /// Binary, with the Unix-stream family for a Unix-socket client.
     V2,
-}
-
-impl Version {
-    pub fn parse(text: &str) -> Result<Version, String> {
-        match text {
-            "v1" | "1" => Ok(Version::V1),
-            "v2" | "2" => Ok(Version::V2),
-            _ => Err(format!(
-                "--proxy-protocol={text}: use v1 (the default) or v2"
-            )),
-        }
-    }
 }
 
 /// The header naming `client` (as it reached us, or as a trusted balancer named it)

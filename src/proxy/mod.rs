@@ -64,8 +64,6 @@ pub struct Settings {
     pub send_header: Option<proxy_header::Version>,
     /// Shared by every worker's handler.
     pub counters: Arc<metrics::ProxyCounters>,
-    /// `--metrics ADDR`: one more socket, named `metrics`.
-    pub metrics_listen: Option<crate::systemd::activation::ListenAddr>,
 }
 
 pub struct ProxyHandler {

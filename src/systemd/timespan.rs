@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-/// `None` means infinity.
+/// `None` means infinity. An error does not repeat `text`: clap's message about the flag
+/// already quotes it.
 pub fn parse(text: &str) -> Result<Option<Duration>, String> {
     let text = text.trim();
     if text == "infinity" {
@@ -19,35 +20,25 @@ pub fn parse(text: &str) -> Result<Option<Duration>, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if number_len == 0 {
-            return Err(format!(
-                "invalid time span {text:?}: expected a number at {rest:?}"
-            ));
+            return Err(format!("expected a number at {rest:?}"));
         }
-        let number: f64 = rest[..number_len].parse().map_err(|_| {
-            format!(
-                "invalid time span {text:?}: bad number {:?}",
-                &rest[..number_len]
-            )
-        })?;
+        let number: f64 = rest[..number_len]
+            .parse()
+            .map_err(|_| format!("bad number {:?}", &rest[..number_len]))?;
         rest = rest[number_len..].trim_start();
         let unit_len = rest
             .find(|c: char| !c.is_alphabetic())
             .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
-        let seconds_per_unit = unit_seconds(unit).ok_or_else(|| {
-            format!(
-                "invalid time span {text:?}: unknown unit {unit:?} (use us, ms, s, min, h, d, w)"
-            )
-        })?;
+        let seconds_per_unit = unit_seconds(unit)
+            .ok_or_else(|| format!("unknown unit {unit:?} (use us, ms, s, min, h, d, w)"))?;
         total += number * seconds_per_unit;
         rest = rest[unit_len..].trim_start();
     }
     // systemd's limit: a span must fit in 64 bits of microseconds (about 584,000
     // years), which also keeps every deadline computed from it representable.
     if total * 1e6 >= u64::MAX as f64 {
-        return Err(format!(
-            "time span {text:?} is out of range; use infinity for no limit"
-        ));
+        return Err("out of range; use infinity for no limit".into());
     }
     Ok(Some(Duration::from_secs_f64(total)))
 }
