@@ -5,6 +5,7 @@ mod util;
 mod access_log;
 
 mod activation;
+mod front_door;
 mod hostile;
 mod memory;
 mod provided_buffers;

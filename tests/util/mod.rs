@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+mod apt;
+mod aptly;
 mod backends;
 mod sockets;
 mod spawn;
@@ -11,6 +13,8 @@ mod transfer;
 mod wait;
 mod watch;
 
+pub use apt::*;
+pub use aptly::*;
 pub use backends::*;
 pub use sockets::*;
 pub use spawn::*;
