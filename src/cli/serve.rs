@@ -121,7 +121,7 @@ pub struct ServeArgs {
     /// URI does. What nginx users put in front of aptly: --root ~/.aptly/public --route
     /// /api/=/home/archive/aptly.sock serves the published tree and the API on one port.
     /// A route wins over the server's own /api/version and /metrics when it covers them.
-    /// Requests go as HTTP/1.1 on connections kept alive per worker (up to 16 idle per
+    /// Requests go as HTTP/1.1 on connections kept alive per worker (up to 64 idle per
     /// route, closed after 60 s unused); one that fails on a reused connection before any
     /// answer came is sent again once on a new one, if it is idempotent and has no body.
     /// Bodies are streamed both ways, never buffered whole (spliced when large);

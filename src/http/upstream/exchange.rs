@@ -103,7 +103,8 @@ pub async fn exchange(
     let started = Instant::now();
     let mut retried = false;
     loop {
-        let (mut backend, reused) = match connect(lent, routed.route).await {
+        let check = !routed.retryable || retried;
+        let (mut backend, reused) = match connect(lent, routed.route, check).await {
             Ok(connected) => connected,
             Err(cause) => return Ok(backend_failed(counters, cause, routed)),
         };
@@ -151,9 +152,10 @@ pub async fn exchange(
     }
 }
 
-/// A kept-alive connection to the route's backend, or a new one; `true` if kept-alive.
-async fn connect(lent: &Lent<'_>, route: usize) -> Result<(Stream, bool), Cause> {
-    if let Some(stream) = lent.pool.take(route) {
+/// A kept-alive connection to the route's backend (`check`ed to be open, if asked), or a
+/// new one; `true` if kept-alive.
+async fn connect(lent: &Lent<'_>, route: usize, check: bool) -> Result<(Stream, bool), Cause> {
+    if let Some(stream) = lent.pool.take(route, check) {
         lent.upstreams.counters[route].reused();
         return Ok((stream, true));
     }

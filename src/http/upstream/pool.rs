@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use crate::net::Stream;
 use crate::proxy::Resolver;
 
-/// Idle connections kept per route and worker (nginx's example uses `keepalive 32`
-/// for a whole upstream; aptly serves one request at a time per connection anyway).
-pub const KEPT_PER_ROUTE: usize = 16;
+/// Idle connections kept per route and worker: as many as the requests a worker has in
+/// flight to the route at busy times, or every request past it connects anew (nginx's
+/// example has `keepalive 32`; with 16 here, 32 clients halved the requests a second).
+pub const KEPT_PER_ROUTE: usize = 64;
 /// How long an idle backend connection is kept (nginx's `keepalive_timeout` for
 /// upstreams is 60 s; aptly's Go server keeps them forever).
 pub const IDLE_FOR: Duration = Duration::from_secs(60);
@@ -36,13 +37,16 @@ impl BackendPool {
         &self.resolvers[route]
     }
 
-    /// The newest idle connection to `route` still open: one the backend closed (or sent
-    /// unasked bytes on) meanwhile is dropped here rather than failing a request.
-    pub fn take(&self, route: usize) -> Option<Stream> {
+    /// The newest idle connection to `route`. With `check`, one the backend closed (or
+    /// sent unasked bytes on) meanwhile is found and dropped here, for a syscall, rather
+    /// than failing the request: what a request that cannot be sent twice needs. One that
+    /// can is sent again on a new connection if this one fails (`exchange`), which costs
+    /// less than checking every time.
+    pub fn take(&self, route: usize, check: bool) -> Option<Stream> {
         let mut idle = self.idle.borrow_mut();
         let kept = idle.get_mut(route)?;
         while let Some((stream, since)) = kept.pop() {
-            if since.elapsed() < IDLE_FOR && is_quiet(&stream) {
+            if since.elapsed() < IDLE_FOR && (!check || is_quiet(&stream)) {
                 return Some(stream);
             }
         }
