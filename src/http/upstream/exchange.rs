@@ -112,9 +112,14 @@ pub async fn exchange(
         let mut answer_input = Input::Empty;
         let timeout = lent.upstreams.timeout;
         let mut reader = Reader::new(&mut backend, &mut answer_input, 0, lent.buffers, timeout);
-        let sent = send_request(lent, client, &mut reader, routed).await;
-        // The client went away (or stalled) midway through its body.
-        let sent = sent.inspect_err(|_| counters.count(Outcome::Cut))?;
+        let sent = match send_request(lent, client, &mut reader, routed).await {
+            Ok(sent) => sent,
+            Err(e) => {
+                // The client went away (or stalled) midway through its body.
+                counters.count(Outcome::Cut);
+                return Err(e);
+            }
+        };
         let body_done = match sent {
             Sent::Whole => true,
             // The backend may have answered before it stopped reading (413, 401): that
