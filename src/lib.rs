@@ -64,6 +64,7 @@ fn run_proxy(common: &Common, proxy: ProxyConfig, notifier: &Notifier) -> Result
         &runtime::Service {
             status: &status,
             reopen_logs: None,
+            reload: None,
             live_status: Some(&live_status),
         },
         move |worker| {
@@ -104,6 +105,7 @@ fn run_serve(common: &Common, serve: ServeConfig, notifier: &Notifier) -> Result
         &runtime::Service {
             status: &status,
             reopen_logs: reopen_log.as_ref().map(|f| f as &(dyn Fn() + Sync)),
+            reload: None,
             live_status: None,
         },
         move |worker| http::HttpHandler::new(&shared, worker),

@@ -489,3 +489,16 @@ pub fn return_free_memory() -> bool {
     #[cfg(not(target_env = "gnu"))]
     return false;
 }
+
+/// CLOCK_MONOTONIC in microseconds: what systemd's notify protocol names times in
+/// (`MONOTONIC_USEC=`).
+pub fn monotonic_usec() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: now is a valid timespec for clock_gettime to fill; CLOCK_MONOTONIC always
+    // exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
+}

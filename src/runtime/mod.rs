@@ -101,6 +101,9 @@ pub struct Service<'a> {
     pub status: &'a str,
     /// Reopens its log files (logrotate); without it SIGUSR1 is logged and ignored.
     pub reopen_logs: Option<&'a (dyn Fn() + Sync)>,
+    /// Re-reads what may change without a restart (SIGHUP, `systemctl reload`); without
+    /// it SIGHUP is logged and ignored.
+    pub reload: Option<&'a (dyn Fn() + Sync)>,
     /// A `STATUS=` line to send when it changes, checked at most once a second.
     pub live_status: Option<&'a (dyn Fn(&Limiter) -> String + Sync)>,
 }
@@ -167,6 +170,7 @@ where
         limiter: &limiter,
         signals: &signals,
         reopen_logs: service.reopen_logs,
+        reload: service.reload,
         live_status: service.live_status,
     };
     let reason = supervisor.wait_for_stop(&done_rx)?;

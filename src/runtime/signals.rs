@@ -25,7 +25,8 @@ pub fn is_stop(signal: libc::c_int) -> bool {
 
 pub fn note_ignored(signal: libc::c_int) {
     crate::info!(
-        "received {}; ignored (ringsock has nothing to reload: restart it to change its flags)",
+        "received {}; ignored (nothing to reload or reopen here: restart ringsock to \
+         change its flags)",
         signal_name(signal)
     );
 }

@@ -17,6 +17,7 @@ pub struct Supervisor<'a> {
     pub limiter: &'a Limiter,
     pub signals: &'a libc::sigset_t,
     pub reopen_logs: Option<&'a (dyn Fn() + Sync)>,
+    pub reload: Option<&'a (dyn Fn() + Sync)>,
     pub live_status: Option<&'a (dyn Fn(&Limiter) -> String + Sync)>,
 }
 
@@ -57,14 +58,29 @@ impl Supervisor<'_> {
                 if is_stop(signal) {
                     return Ok(format!("received {}", signal_name(signal)));
                 }
-                match self.reopen_logs {
-                    Some(reopen) if signal == libc::SIGUSR1 => {
-                        crate::info!("received SIGUSR1; reopening the access log");
-                        reopen();
-                    }
-                    _ => note_ignored(signal),
-                }
+                self.on_signal(signal);
             }
+        }
+    }
+
+    /// What a signal other than a stop asks: SIGUSR1 reopens the logs, SIGHUP reloads
+    /// (what `systemctl reload` sends), telling systemd it does (RELOADING=1, then
+    /// READY=1 once done, the notify-reload protocol); any other is logged.
+    fn on_signal(&self, signal: libc::c_int) {
+        match (signal, self.reopen_logs, self.reload) {
+            (libc::SIGUSR1, Some(reopen), _) => {
+                crate::info!("received SIGUSR1; reopening the access log");
+                reopen();
+            }
+            (libc::SIGHUP, _, Some(reload)) => {
+                crate::info!("received SIGHUP; reloading");
+                let now = crate::sys::monotonic_usec();
+                self.notifier
+                    .send(&format!("RELOADING=1\nMONOTONIC_USEC={now}"));
+                reload();
+                self.notifier.send("READY=1");
+            }
+            _ => note_ignored(signal),
         }
     }
 
