@@ -161,6 +161,32 @@ impl Connection<'_> {
         start: &mut usize,
         started: Instant,
     ) -> io::Result<Next> {
+        let closes = match self.exchange(routed, start).await? {
+            Exchanged::Relayed(ended) => {
+                let backend = Backend {
+                    status: Some(ended.status),
+                    time: ended.backend_time,
+                };
+                self.record_routed(line, ended.status, ended.body_bytes, backend, started);
+                if let Some(e) = ended.cut {
+                    return Err(e);
+                }
+                ended.closes
+            }
+            Exchanged::Local(local) => self.answer_here(routed, &local, line, started),
+        };
+        let closes = closes || !routed.keep_alive || self.responder.handler.worker.is_stopping();
+        if closes {
+            return Ok(Next::Close);
+        }
+        if self.responder.out.len() >= FLUSH_AT {
+            self.responder.flush(false).await?;
+        }
+        Ok(Next::KeepGoing)
+    }
+
+    /// The exchange, with what it borrows from the connection and the worker.
+    async fn exchange(&mut self, routed: &Routed, start: &mut usize) -> io::Result<Exchanged> {
         let handler = self.responder.handler;
         let settings = &handler.shared.settings;
         let Some(routing) = &handler.routing else {
@@ -175,13 +201,13 @@ impl Connection<'_> {
             buffers: &handler.worker.buffers,
         };
         let stall = settings.keepalive_timeout;
-        let buffers = &handler.worker.buffers;
+        let input = &mut self.input;
         let mut client = ClientSide {
             reader: Reader::new(
                 &mut self.responder.stream,
-                &mut self.input,
+                input,
                 *start,
-                buffers,
+                lent.buffers,
                 stall,
             ),
             out: &mut self.responder.out,
@@ -191,44 +217,31 @@ impl Connection<'_> {
         let exchanged = exchange::exchange(&lent, &mut client, routed).await;
         *start = client.reader.at();
         handler.counters.count_bytes(client.sent);
-        let (answer, closes) = match exchanged? {
-            Exchanged::Relayed(ended) => {
-                let backend = Backend {
-                    status: Some(ended.status),
-                    time: ended.backend_time,
-                };
-                self.record_routed(line, ended.status, ended.body_bytes, backend, started);
-                match ended.cut {
-                    Some(e) => return Err(e),
-                    None => (None, ended.closes),
-                }
-            }
-            Exchanged::Local(local) => (Some(Answer::reason(local.status)), local.closes),
+        exchanged
+    }
+
+    /// Writes and logs an answer made here (502, 504, 413...); returns whether the
+    /// connection closes after it.
+    fn answer_here(
+        &mut self,
+        routed: &Routed,
+        local: &exchange::Local,
+        line: &LogLine,
+        started: Instant,
+    ) -> bool {
+        let closes = local.closes || !routed.keep_alive;
+        let answer = Answer::reason(local.status);
+        let responder = &mut self.responder;
+        let persistence = responder.persistence(closes, routed.http10);
+        let date = responder.handler.date.now();
+        answer.write(&mut responder.out, &date, persistence, routed.head_request);
+        let body_bytes = match routed.head_request {
+            true => 0,
+            false => answer.body_len().unwrap_or(0),
         };
-        let closes = closes || !routed.keep_alive || handler.worker.is_stopping();
-        if let Some(answer) = answer {
-            let persistence = self.responder.persistence(closes, routed.http10);
-            let date = handler.date.now();
-            answer.write(
-                &mut self.responder.out,
-                &date,
-                persistence,
-                routed.head_request,
-            );
-            let body_bytes = match routed.head_request {
-                true => 0,
-                false => answer.body_len().unwrap_or(0),
-            };
-            let backend = Backend::default();
-            self.record_routed(line, answer.status.code, body_bytes, backend, started);
-        }
-        if closes {
-            return Ok(Next::Close);
-        }
-        if self.responder.out.len() >= FLUSH_AT {
-            self.responder.flush(false).await?;
-        }
-        Ok(Next::KeepGoing)
+        let backend = Backend::default();
+        self.record_routed(line, answer.status.code, body_bytes, backend, started);
+        closes
     }
 
     fn record_routed(

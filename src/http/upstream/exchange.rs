@@ -9,7 +9,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use super::head::{self, BadAnswer};
-use super::metrics::{Cause, Outcome, RouteCounters};
+use super::metrics::{Cause, Outcome};
 use super::pool::BackendPool;
 use super::relay::{self, Cut, Reader, Writer};
 use super::Upstreams;
@@ -99,65 +99,81 @@ pub async fn exchange(
     client: &mut ClientSide<'_>,
     routed: &Routed,
 ) -> io::Result<Exchanged> {
-    let counters = &lent.upstreams.counters[routed.route];
     let started = Instant::now();
-    let mut retried = false;
-    loop {
-        let check = !routed.retryable || retried;
-        let (mut backend, reused) = match connect(lent, routed.route, check).await {
-            Ok(connected) => connected,
-            Err(cause) => return Ok(backend_failed(counters, cause, routed)),
-        };
-        let retry = reused && routed.retryable && !retried;
-        let mut answer_input = Input::Empty;
-        let timeout = lent.upstreams.timeout;
-        let mut reader = Reader::new(&mut backend, &mut answer_input, 0, lent.buffers, timeout);
-        let sent = match send_request(lent, client, &mut reader, routed).await {
-            Ok(sent) => sent,
-            Err(e) => {
-                // The client went away (or stalled) midway through its body.
-                counters.count(Outcome::Cut);
-                return Err(e);
+    match attempt(lent, client, routed, started, false).await? {
+        Attempt::Done(exchanged) => Ok(exchanged),
+        Attempt::Retry => {
+            lent.upstreams.counters[routed.route].retried();
+            match attempt(lent, client, routed, started, true).await? {
+                Attempt::Done(exchanged) => Ok(exchanged),
+                // Only a first attempt is retried.
+                Attempt::Retry => Ok(backend_failed(lent, Cause::ClosedEarly, routed)),
             }
-        };
-        let body_done = match sent {
-            Sent::Whole => true,
-            // The backend may have answered before it stopped reading (413, 401): that
-            // answer goes to the client, which then loses its connection, the rest of
-            // its body unread.
-            Sent::Stopped => false,
-            Sent::Local(local) => return Ok(Exchanged::Local(local)),
-            Sent::Failed(_) if retry => {
-                counters.retried();
-                retried = true;
-                continue;
-            }
-            Sent::Failed(cause) => return Ok(backend_failed(counters, cause, routed)),
-        };
-        let answer = match read_answer(&mut reader, routed.head_request, client.out).await {
-            Ok(answer) => answer,
-            Err(Cause::ClosedEarly) if retry => {
-                crate::debug!("a kept-alive backend connection closed unanswered; retrying");
-                counters.retried();
-                retried = true;
-                continue;
-            }
-            Err(cause) => return Ok(backend_failed(counters, cause, routed)),
-        };
-        let backend_time = started.elapsed();
-        let keep_alive = routed.keep_alive && body_done;
-        let mut ended = pass_answer(lent, client, &mut reader, routed, &answer, keep_alive).await;
-        let reusable = answer.reusable && body_done && reader.is_drained() && ended.cut.is_none();
-        ended.backend_time = Some(backend_time);
-        if ended.cut.as_ref().is_some_and(is_backend_fault) {
-            counters.failed(Cause::CutMidBody);
         }
-        counters.count(ended.outcome);
-        if reusable {
-            lent.pool.put(routed.route, backend);
-        }
-        return Ok(Exchanged::Relayed(ended));
     }
+}
+
+/// How one attempt at an exchange ended.
+enum Attempt {
+    Done(Exchanged),
+    /// A reused connection failed before any answer came: send it again on a new one.
+    Retry,
+}
+
+/// One attempt: a connection, the request sent, the answer passed back. `retried`: a
+/// first attempt failed, and this one may not be retried.
+async fn attempt(
+    lent: &Lent<'_>,
+    client: &mut ClientSide<'_>,
+    routed: &Routed,
+    started: Instant,
+    retried: bool,
+) -> io::Result<Attempt> {
+    let counters = &lent.upstreams.counters[routed.route];
+    let check = !routed.retryable || retried;
+    let (mut backend, reused) = match connect(lent, routed.route, check).await {
+        Ok(connected) => connected,
+        Err(cause) => return Ok(Attempt::Done(backend_failed(lent, cause, routed))),
+    };
+    let retry = reused && routed.retryable && !retried;
+    let mut answer_input = Input::Empty;
+    let timeout = lent.upstreams.timeout;
+    let mut reader = Reader::new(&mut backend, &mut answer_input, 0, lent.buffers, timeout);
+    let body_done = match send_request(lent, client, &mut reader, routed).await {
+        Ok(Sent::Whole) => true,
+        // The backend may have answered before it stopped reading (413, 401): that answer
+        // goes to the client, which then loses its connection, the rest of its body unread.
+        Ok(Sent::Stopped) => false,
+        Ok(Sent::Local(local)) => {
+            counters.count(local.outcome);
+            return Ok(Attempt::Done(Exchanged::Local(local)));
+        }
+        Ok(Sent::Failed(_)) if retry => return Ok(Attempt::Retry),
+        Ok(Sent::Failed(cause)) => return Ok(Attempt::Done(backend_failed(lent, cause, routed))),
+        Err(e) => {
+            // The client went away (or stalled) midway through its body.
+            counters.count(Outcome::Cut);
+            return Err(e);
+        }
+    };
+    let answer = match read_answer(&mut reader, routed.head_request, client.out).await {
+        Ok(answer) => answer,
+        Err(Cause::ClosedEarly) if retry => return Ok(Attempt::Retry),
+        Err(cause) => return Ok(Attempt::Done(backend_failed(lent, cause, routed))),
+    };
+    let backend_time = started.elapsed();
+    let keep_alive = routed.keep_alive && body_done;
+    let mut ended = pass_answer(lent, client, &mut reader, routed, &answer, keep_alive).await;
+    let reusable = answer.reusable && body_done && reader.is_drained() && ended.cut.is_none();
+    ended.backend_time = Some(backend_time);
+    if ended.cut.as_ref().is_some_and(is_backend_fault) {
+        counters.failed(Cause::CutMidBody);
+    }
+    counters.count(ended.outcome);
+    if reusable {
+        lent.pool.put(routed.route, backend);
+    }
+    Ok(Attempt::Done(Exchanged::Relayed(ended)))
 }
 
 /// A kept-alive connection to the route's backend (`check`ed to be open, if asked), or a
@@ -231,11 +247,21 @@ async fn send_request(
         client.out.extend_from_slice(CONTINUE);
         flush(client, false).await?;
     }
-    let relayed = match routed.body {
-        Framing::Length(len) => relay::copy_length(&mut client.reader, &to_backend, len).await,
+    send_body(lent, client, &to_backend, routed.body).await
+}
+
+/// Relays the request body from the client to the backend.
+async fn send_body(
+    lent: &Lent<'_>,
+    client: &mut ClientSide<'_>,
+    to_backend: &Writer<'_>,
+    body: Framing,
+) -> io::Result<Sent> {
+    let relayed = match body {
+        Framing::Length(len) => relay::copy_length(&mut client.reader, to_backend, len).await,
         _ => relay::relay_chunked(
             &mut client.reader,
-            &to_backend,
+            to_backend,
             lent.upstreams.max_body,
             false,
         )
@@ -448,7 +474,8 @@ async fn flush(client: &mut ClientSide<'_>, more: bool) -> io::Result<()> {
 
 /// The answer for a backend that failed before answering; a body the client sent (or is
 /// sending) that was not all read closes the connection.
-fn backend_failed(counters: &RouteCounters, cause: Cause, routed: &Routed) -> Exchanged {
+fn backend_failed(lent: &Lent<'_>, cause: Cause, routed: &Routed) -> Exchanged {
+    let counters = &lent.upstreams.counters[routed.route];
     counters.failed(cause);
     counters.count(Outcome::BackendFailed);
     Exchanged::Local(Local {
