@@ -1,0 +1,7 @@
+//! HTTP Basic authentication for a route (`--route-auth PREFIX=FILE`): the front door of
+//! an aptly host, whose API has no authentication of its own.
+
+mod hash;
+mod htpasswd;
+
+pub use htpasswd::Htpasswd;
