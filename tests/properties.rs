@@ -1,7 +1,8 @@
 //! Property tests for every parser of outside bytes: request heads, ranges and
-//! conditionals, URL paths, TARGET, `--listen`, time spans and the activation
-//! environment. The properties themselves live in fuzz/src/lib.rs, shared with the fuzz
-//! targets; here proptest feeds them inputs shaped like the real ones, in bounded counts.
+//! conditionals, URL paths, TARGET, `--listen`, time spans, the activation environment,
+//! htpasswd files and `Authorization` values. The properties themselves live in
+//! fuzz/src/lib.rs, shared with the fuzz targets; here proptest feeds them inputs shaped
+//! like the real ones, in bounded counts.
 
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -227,6 +228,49 @@ fn span() -> impl Strategy<Value = String> {
     })
 }
 
+/// htpasswd lines: real ones (tests/fixtures/auth.htpasswd) and their near misses.
+fn htpasswd_file() -> impl Strategy<Value = Vec<u8>> {
+    let fixture = include_str!("fixtures/auth.htpasswd");
+    let hashes: Vec<String> = fixture
+        .lines()
+        .filter_map(|l| l.split_once(':').filter(|_| !l.starts_with('#')))
+        .map(|(_, h)| h.to_owned())
+        .collect();
+    let hash = (select(hashes), 0..80usize, any::<u8>()).prop_map(|(h, cut, c)| {
+        let mut h = h.into_bytes();
+        // As written, cut short, or with one byte changed.
+        match cut % 3 {
+            0 => {}
+            1 => h.truncate(cut),
+            _ => {
+                let at = cut % h.len();
+                h[at] = c;
+            }
+        }
+        h
+    });
+    let user = one_of(&["alice", "bob", "", "a b", "#c", "ü", " alice "]);
+    let line = (
+        user,
+        one_of(&[":", "", "::"]),
+        hash,
+        one_of(&["", ":x", "\r", " "]),
+    )
+        .prop_map(|(u, sep, h, end)| [u.as_bytes(), sep.as_bytes(), &h, end.as_bytes()].concat());
+    let line =
+        prop_oneof![4 => line, 1 => one_of(&["", "# c", "  ", "\r"]).prop_map(String::into_bytes)];
+    vec(line, 0..6).prop_map(|lines| lines.join(&b'\n'))
+}
+
+fn user_pass() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        one_of(&["alice:alice-secret", "a:b:c", ":", "nocolon", "ü:ß", ""])
+            .prop_map(String::into_bytes),
+        vec(any::<u8>(), 0..80),
+        vec(any::<u8>(), 3000..3100),
+    ]
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -297,6 +341,22 @@ proptest! {
         names in proptest::option::of(one_of(&["", "web", "web:local", "a:b:c", ":", "::"])),
     ) {
         checks::activation_env(pid.as_deref(), count.as_deref(), names.as_deref(), 42);
+    }
+
+    #[test]
+    fn htpasswd_files(text in prop_oneof![htpasswd_file(), vec(any::<u8>(), 0..200)]) {
+        checks::htpasswd(&text);
+    }
+
+    #[test]
+    fn authorization_values(
+        user_pass in user_pass(),
+        scheme in one_of(&["Basic ", "basic  ", "Bearer ", "Basic", " BASIC "]),
+        padded in any::<bool>(),
+    ) {
+        let token = checks::base64(&user_pass);
+        let token = if padded { &token[..] } else { token.trim_end_matches('=') };
+        checks::authorization(format!("{scheme}{token}").as_bytes(), &user_pass);
     }
 }
 

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use ringsock::http::auth::header::{self as auth_header, MAX_VALUE};
+use ringsock::http::auth::Htpasswd;
 use ringsock::http::files::{self, FileInfo, Plan};
 use ringsock::http::request::{self, Method, Request, MAX_HEAD, MAX_URI};
 use ringsock::proxy::Target;
@@ -233,4 +235,63 @@ pub fn activation_env(pid: Option<&str>, count: Option<&str>, names: Option<&str
         Some(names) => assert_eq!(listed.join(":"), names),
         None => assert!(listed.iter().all(|n| n == "unknown")),
     }
+}
+
+/// An htpasswd file: a file that is read has a user; one that is refused says why at a
+/// line that is in it (`origin:N: ...`), or of the whole file (`origin: ...`).
+pub fn htpasswd(text: &[u8]) {
+    match Htpasswd::parse(text, "f") {
+        Ok(file) => assert!(!file.is_empty()),
+        Err(why) => {
+            let rest = why.strip_prefix("f:").expect("the error names the file");
+            if let Some((line, _)) = rest.split_once(": ") {
+                if let Ok(line) = line.parse::<usize>() {
+                    let lines = text.split(|&b| b == b'\n').count();
+                    assert!((1..=lines).contains(&line), "line {line} of {lines}");
+                }
+            }
+        }
+    }
+}
+
+/// An `Authorization` value as sent, and `user:password` as a client encodes it: what
+/// is read is what was encoded, split at the first colon.
+pub fn authorization(value: &[u8], user_pass: &[u8]) {
+    if let Some(read) = auth_header::parse_basic(value) {
+        assert!(value.len() <= MAX_VALUE && !read.user.contains(&b':'));
+        // Base64 takes 4 bytes for every 3.
+        assert!((read.user.len() + 1 + read.password.len()) * 4 <= value.len() * 3);
+    }
+    let encoded = format!("Basic {}", base64(user_pass));
+    let read = auth_header::parse_basic(encoded.as_bytes());
+    let colon = user_pass.iter().position(|&b| b == b':');
+    match (colon, read) {
+        (Some(at), Some(read)) => {
+            assert_eq!(read.user, &user_pass[..at]);
+            assert_eq!(read.password, &user_pass[at + 1..]);
+        }
+        (Some(_), None) => assert!(encoded.len() > MAX_VALUE, "{encoded:?} refused"),
+        (None, read) => assert_eq!(read, None),
+    }
+}
+
+/// Standard base64 with padding, as RFC 7617 has clients send it; written here so the
+/// property does not take the parser's own decoder on trust.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

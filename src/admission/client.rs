@@ -62,7 +62,7 @@ impl Default for Prefixes {
 
 impl Prefixes {
     /// The client's prefix as one number: IPv4 as its IPv4-mapped IPv6 form, masked.
-    fn key(self, ip: IpAddr) -> u128 {
+    pub fn key(self, ip: IpAddr) -> u128 {
         let (bits, keep) = match ip.to_canonical() {
             IpAddr::V4(v4) => (u128::from(v4.to_ipv6_mapped()), 96 + u32::from(self.ipv4)),
             IpAddr::V6(v6) => (u128::from(v6), u32::from(self.ipv6)),
@@ -196,7 +196,18 @@ impl RequestRate {
         }
     }
 
-    fn allow(&self, key: u128) -> Result<(), u64> {
+    /// A bucket that earns `per_minute` tokens a minute: for limits slower than one a
+    /// second, such as failed passwords.
+    pub fn per_minute(per_minute: u32, burst: u32) -> RequestRate {
+        RequestRate {
+            per_second: f64::from(per_minute) / 60.0,
+            ..RequestRate::new(0, burst)
+        }
+    }
+
+    /// Takes a token from `key`'s bucket; else how many seconds until one is earned
+    /// (for `Retry-After`).
+    pub fn allow(&self, key: u128) -> Result<(), u64> {
         let now = Instant::now();
         let mut shard = lock(&self.shards[shard_of(key)]);
         if shard.len() >= BUCKETS_PER_SHARD && !shard.contains_key(&key) {
@@ -215,9 +226,19 @@ impl RequestRate {
             bucket.tokens -= 1.0;
             return Ok(());
         }
+        // At one token a second or more this is always 1.
+        let wait = ((1.0 - bucket.tokens) / self.per_second).ceil().max(1.0) as u64;
         drop(shard);
         self.limited.fetch_add(1, Ordering::Relaxed);
-        Err(1)
+        Err(wait)
+    }
+
+    /// Returns a token taken by [`RequestRate::allow`] for something that turned out not
+    /// to count (a password that was right), up to the burst.
+    pub fn give_back(&self, key: u128) {
+        if let Some(bucket) = lock(&self.shards[shard_of(key)]).get_mut(&key) {
+            bucket.tokens = (bucket.tokens + 1.0).min(self.burst);
+        }
     }
 
     fn refilled(&self, bucket: &Bucket, now: Instant) -> f64 {
@@ -330,6 +351,28 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(rate.allow(key), Ok(()), "1,000/s earns a token in 1 ms");
         assert_eq!(rate.limited.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_slow_bucket_says_when_and_takes_tokens_back() {
+        let rate = RequestRate::per_minute(10, 2);
+        assert_eq!(rate.allow(7), Ok(()));
+        assert_eq!(rate.allow(7), Ok(()));
+        // 10 a minute: the next token is 6 s away.
+        assert_eq!(rate.allow(7), Err(6));
+        rate.give_back(7);
+        assert_eq!(rate.allow(7), Ok(()), "a token given back is there to take");
+        rate.give_back(7);
+        rate.give_back(7);
+        rate.give_back(7);
+        assert_eq!(rate.allow(7), Ok(()));
+        assert_eq!(rate.allow(7), Ok(()));
+        assert!(
+            rate.allow(7).is_err(),
+            "giving back never exceeds the burst"
+        );
+        rate.give_back(8);
+        assert_eq!(rate.limited.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod access_log;
 pub mod answer;
 pub mod api;
+pub mod auth;
 mod connection;
 pub mod files;
 mod input;
