@@ -89,7 +89,15 @@ fn run_serve(common: &Common, serve: ServeConfig, notifier: &Notifier) -> Result
     let access_log = serve.access_log.as_deref().map(AccessLog::open);
     let reopen_log = access_log.clone().map(|log| move || log.reopen());
     let clients = services::client_rules(&common.admission);
-    let shared = http::Shared::new(services::serve_settings(&serve, root, clients, access_log));
+    let settings = services::serve_settings(&serve, root, clients, access_log)?;
+    let auths = settings.routes.upstreams.auths();
+    let reload = move || {
+        for auth in &auths {
+            // Logs its outcome; a file that fails keeps the users read before.
+            let _ = auth.reload();
+        }
+    };
+    let shared = http::Shared::new(settings);
     // Every socket serves everything; its plan says whether a PROXY header comes first.
     let listeners = listeners
         .into_iter()
@@ -105,7 +113,7 @@ fn run_serve(common: &Common, serve: ServeConfig, notifier: &Notifier) -> Result
         &runtime::Service {
             status: &status,
             reopen_logs: reopen_log.as_ref().map(|f| f as &(dyn Fn() + Sync)),
-            reload: None,
+            reload: Some(&reload),
             live_status: None,
         },
         move |worker| http::HttpHandler::new(&shared, worker),

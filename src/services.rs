@@ -9,6 +9,7 @@ use crate::admission::client::{ClientRules, PerClient, RequestRate};
 use crate::admission::networks::Networks;
 use crate::cli::{Admission, Common, ProxyConfig, RoutesConfig, ServeConfig};
 use crate::http::access_log::AccessLog;
+use crate::http::auth::{self, BasicAuth};
 use crate::http::files::Root;
 use crate::http::upstream::{Upstream, Upstreams};
 use crate::runtime::Lifecycle;
@@ -119,11 +120,11 @@ pub fn serve_settings(
     root: Option<Arc<Root>>,
     clients: Arc<ClientRules>,
     access_log: Option<Arc<AccessLog>>,
-) -> http::Settings {
+) -> Result<http::Settings, String> {
     let counters = Arc::new(http::metrics::Metrics::default());
-    let upstreams = Arc::new(upstreams(&serve.routes));
+    let upstreams = Arc::new(upstreams(&serve.routes, serve.io_threads)?);
     let metrics = serve_metrics(&counters, &clients, access_log.as_ref(), &upstreams);
-    http::Settings {
+    Ok(http::Settings {
         routes: http::Routes {
             root,
             api_version: true,
@@ -137,21 +138,39 @@ pub fn serve_settings(
         keepalive_timeout: serve.keepalive_timeout,
         persistent: true,
         counters,
-    }
+    })
 }
 
-/// `--route`s as the workers use them.
-fn upstreams(config: &RoutesConfig) -> Upstreams {
-    let routes = config
-        .routes
-        .iter()
-        .map(|route| Upstream {
+/// `--route`s as the workers use them; an htpasswd file that cannot be read is an error
+/// at start. Routes naming one file share one reading of it (and its cache and limits).
+fn upstreams(config: &RoutesConfig, io_threads: usize) -> Result<Upstreams, String> {
+    let mut files: Vec<(&std::path::Path, Arc<BasicAuth>)> = Vec::new();
+    let mut routes = Vec::new();
+    for route in &config.routes {
+        let auth = match &route.htpasswd {
+            None => None,
+            Some(path) => Some(match files.iter().find(|(p, _)| p == path) {
+                Some((_, auth)) => auth.clone(),
+                None => {
+                    let in_flight = auth::checks_in_flight(io_threads);
+                    let auth = BasicAuth::new(path, &route.prefix, in_flight)
+                        .map(Arc::new)
+                        .map_err(|e| {
+                            format!("--route-auth {}={}: {e}", route.prefix, path.display())
+                        })?;
+                    files.push((path, auth.clone()));
+                    auth
+                }
+            }),
+        };
+        routes.push(Upstream {
             prefix: route.prefix.clone(),
             target: route.target.clone(),
             allow: Networks::new(route.allow.clone()),
-        })
-        .collect();
-    Upstreams::new(routes, config.max_body, config.timeout)
+            auth,
+        });
+    }
+    Ok(Upstreams::new(routes, config.max_body, config.timeout))
 }
 
 /// What serve's `/metrics` shows: its connections, answers, routes, I/O threads,
@@ -168,6 +187,7 @@ fn serve_metrics(
         metrics::common(out, &worker.limiter, &worker.pool.stats());
         http::metrics::render(out, &counters);
         upstreams.render(out);
+        auth::render(&upstreams.auths(), out);
         clients.render(out);
         if let Some(log) = &access_log {
             log.render(out);

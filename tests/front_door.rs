@@ -355,3 +355,199 @@ fn peak_rss_kib(ringsock: &Ringsock) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
 }
+
+/// An htpasswd file made by Apache's tool, as an operator makes one: `user` with a
+/// bcrypt hash (`htpasswd -B`).
+fn htpasswd(path: &Path, user: &str, password: &str, create: bool) {
+    let mut cmd = Command::new("htpasswd");
+    cmd.arg(if create { "-cbB" } else { "-bB" })
+        .arg(path)
+        .args([user, password]);
+    let out = cmd
+        .output()
+        .expect("run htpasswd (apt-get install apache2-utils)");
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn the_api_needs_credentials_and_guessing_them_is_limited() {
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("aptly.htpasswd");
+        htpasswd(&file, "publisher", "s3cret pass", true);
+        let aptly = Aptly::start(dir.path());
+        let auth = format!("/api/={}", file.display());
+        let front = front(driver, &aptly, dir.path(), &["--route-auth", &auth]);
+
+        // No credentials: 401 with the challenge, and aptly never saw the request.
+        let mut conn = Conn::new(connect_tcp(front.addr));
+        conn.send(b"GET /api/version HTTP/1.1\r\nHost: repo\r\n\r\n");
+        let answer = conn.response(false);
+        assert_eq!(answer.status, 401, "{driver:?}");
+        let challenge = answer.header("WWW-Authenticate").unwrap();
+        assert!(
+            challenge.starts_with("Basic realm=\"/api/\""),
+            "{challenge}"
+        );
+        // An upload without credentials is refused before its body: curl waits for
+        // 100 Continue, gets 401, and sends none of the file.
+        let deb = package(dir.path(), "ringsock-auth", 100_000);
+        let form = format!("file=@{}", deb.display());
+        let (status, _) = front.curl(&["-F", &form], "/api/files/x");
+        assert_eq!(status, 401, "{driver:?}");
+        assert!(
+            !aptly.root.join("upload/x").exists(),
+            "{driver:?}: aptly took the upload"
+        );
+
+        // The right user publishes; the tree needs no credentials.
+        publish(&front, &deb, &["-u", "publisher:s3cret pass"]);
+        assert_eq!(front.curl(&[], "/dists/stable/Release").0, 200);
+
+        // Wrong passwords: 401 each, until the client's address has failed 10 times in
+        // a minute; then 429 with Retry-After, without a check.
+        let wrong = ["-u", "publisher:guess"];
+        let statuses: Vec<u16> = (0..12)
+            .map(|_| front.curl(&wrong, "/api/repos").0)
+            .collect();
+        assert_eq!(&statuses[..10], &[401; 10], "{driver:?}");
+        assert_eq!(&statuses[10..], &[429, 429], "{driver:?}");
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-D", "-", "-u", "publisher:guess"])
+            .arg(front.url("/api/repos"))
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        assert!(head.contains("retry-after: "), "{head}");
+        // Credentials checked right a moment ago still pass (from the cache).
+        let (status, body) = front.curl(&["-u", "publisher:s3cret pass"], "/api/repos");
+        assert_eq!(status, 200, "{driver:?}: {body}");
+
+        let (_, metrics) = front.curl(&[], "/metrics");
+        for line in [
+            "outcome=\"unauthorized\"} 12",
+            "outcome=\"limited\"} 3",
+            ",result=\"rate_limited\"} 3",
+        ] {
+            assert!(
+                metrics.contains(line),
+                "{driver:?}: no {line:?} in\n{metrics}"
+            );
+        }
+        // The access log names the user let in.
+        let lines = front.log_lines(20);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(" - publisher [") && l.contains("POST /api/repos ")),
+            "{lines:#?}"
+        );
+        front.ringsock.stop();
+    }
+}
+
+#[test]
+fn route_allow_refuses_other_networks_before_any_credential() {
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("aptly.htpasswd");
+        htpasswd(&file, "publisher", "pw", true);
+        let aptly = Aptly::start(dir.path());
+        let auth = format!("/api/={}", file.display());
+        let args = [
+            "--route-auth",
+            &auth,
+            "--route-allow",
+            "/api/=10.0.0.0/8",
+            "--proxy-protocol-from",
+            "127.0.0.1",
+        ];
+        let front = front(driver, &aptly, dir.path(), &args);
+        // The balancer (curl with a PROXY header) names 127.0.0.1, with or without
+        // credentials: 403, and no password is checked.
+        let proxied = "--haproxy-protocol";
+        assert_eq!(
+            front
+                .curl(&[proxied, "-u", "publisher:pw"], "/api/version")
+                .0,
+            403
+        );
+        assert_eq!(
+            front
+                .curl(&[proxied, "-u", "publisher:x"], "/api/version")
+                .0,
+            403
+        );
+        // The tree is for everyone.
+        std::fs::write(aptly.public().join("index.txt"), b"tree\n").unwrap();
+        assert_eq!(
+            front.curl(&[proxied], "/index.txt"),
+            (200, "tree\n".to_string())
+        );
+        // A balancer names a client in 10/8: allowed, then authenticated.
+        let credentials = "cHVibGlzaGVyOnB3"; // publisher:pw
+        let mut conn = Conn::new(connect_tcp(front.addr));
+        conn.send(
+            format!(
+                "PROXY TCP4 10.1.2.3 127.0.0.1 40000 80\r\nGET /api/version HTTP/1.1\r\n\
+                 Host: repo\r\nAuthorization: Basic {credentials}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let answer = conn.response(false);
+        assert_eq!(answer.status, 200, "{driver:?}");
+        assert_eq!(answer.body, Aptly::version_json().as_bytes());
+        let (_, metrics) = front.curl(&[proxied], "/metrics");
+        assert!(metrics.contains("outcome=\"denied\"} 2"), "{metrics}");
+        assert!(metrics.contains(",result=\"refused\"} 0"), "{metrics}");
+        front.ringsock.stop();
+    }
+}
+
+#[test]
+fn sighup_rereads_the_htpasswd_file_and_a_broken_one_keeps_the_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("aptly.htpasswd");
+    htpasswd(&file, "old", "pw1", true);
+    let aptly = Aptly::start(dir.path());
+    let auth = format!("/api/={}", file.display());
+    let notify = NotifySocket::new();
+    let (listen, addr) = Listen::tcp();
+    let public = aptly.public();
+    let route = format!("/api/={}", aptly.socket.display());
+    let ringsock = Spawn::new(&[
+        "serve",
+        "--root",
+        public.to_str().unwrap(),
+        "--route",
+        &route,
+        "--route-auth",
+        &auth,
+    ])
+    .listen(listen)
+    .env("NOTIFY_SOCKET", notify.env_value())
+    .start();
+    notify.expect("READY=1", Duration::from_secs(10));
+    let front = Front {
+        ringsock,
+        addr,
+        log: dir.path().join("none"),
+    };
+    assert_eq!(front.curl(&["-u", "old:pw1"], "/api/version").0, 200);
+    assert_eq!(front.curl(&["-u", "new:pw2"], "/api/version").0, 401);
+
+    htpasswd(&file, "new", "pw2", false);
+    front.ringsock.signal(libc::SIGHUP);
+    notify.expect("RELOADING=1", Duration::from_secs(5));
+    notify.expect("READY=1", Duration::from_secs(5));
+    assert_eq!(front.curl(&["-u", "new:pw2"], "/api/version").0, 200);
+
+    // A file that does not parse: the users in force stay, and the log says why.
+    std::fs::write(&file, "new:$2y$10$not-a-hash\n").unwrap();
+    front.ringsock.signal(libc::SIGHUP);
+    front
+        .ringsock
+        .wait_for_log("kept the users read before", Duration::from_secs(5));
+    assert_eq!(front.curl(&["-u", "new:pw2"], "/api/version").0, 200);
+    front.ringsock.stop();
+}

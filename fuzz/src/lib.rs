@@ -144,6 +144,7 @@ pub fn plan(headers: &Conditionals, len: u64, mtime: i64, now: i64) {
         framing: request::Framing::None,
         other_codings: false,
         expect: None,
+        authorization: None,
         if_match: headers.if_match.as_deref(),
         if_unmodified_since: headers.if_unmodified_since.as_deref(),
         if_none_match: headers.if_none_match.as_deref(),

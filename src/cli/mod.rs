@@ -135,8 +135,8 @@ impl Cli {
                     routes: routes(
                         args.routes,
                         args.route_allow,
-                        args.route_max_body,
-                        args.route_timeout,
+                        args.route_auth,
+                        (args.route_max_body, args.route_timeout),
                     )?,
                     access_log: args.access_log,
                 },
@@ -150,8 +150,8 @@ impl Cli {
 fn routes(
     routes: Vec<(String, crate::proxy::Target)>,
     allow: Vec<(String, crate::admission::networks::IpRange)>,
-    max_body: u64,
-    timeout: std::time::Duration,
+    auth: Vec<(String, std::path::PathBuf)>,
+    (max_body, timeout): (u64, std::time::Duration),
 ) -> Result<RoutesConfig, String> {
     let mut config = RoutesConfig {
         routes: Vec::new(),
@@ -175,6 +175,14 @@ fn routes(
         route_named(&mut config, "--route-allow", &prefix)?
             .allow
             .push(range);
+    }
+    for (prefix, file) in auth {
+        let route = route_named(&mut config, "--route-auth", &prefix)?;
+        if route.htpasswd.replace(file).is_some() {
+            return Err(format!(
+                "--route-auth {prefix}: given twice; a route has one file"
+            ));
+        }
     }
     Ok(config)
 }

@@ -140,6 +140,24 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PREFIX=CIDR", value_parser = values::route_allow)]
     pub route_allow: Vec<(String, crate::admission::networks::IpRange)>,
 
+    /// Only users of the htpasswd FILE may use the route PREFIX: HTTP Basic, 401 without
+    /// the right credentials
+    ///
+    /// The file as Apache's htpasswd writes it and nginx's auth_basic_user_file reads it:
+    /// bcrypt ($2y$, htpasswd -B), SHA-crypt ($5$, $6$: openssl passwd -6, mkpasswd) and
+    /// $apr1$ (htpasswd's default). The realm is PREFIX. Checked after --route-allow and
+    /// before the body is read. A password is verified on an I/O thread, never a worker
+    /// (bcrypt takes tens of ms); a right one is remembered for 60 s under a keyed hash
+    /// (never the password), so a script's upload, add and publish pay for one check.
+    /// After 10 failures from one address (an IPv6 /64) in a minute, more are answered
+    /// 429 with Retry-After, and checked no more; when the checks in flight are at their
+    /// bound (a quarter of --io-threads, 1 to 8) the answer is 503. Credentials checked
+    /// here are not passed to the backend. SIGHUP (systemctl reload) reads the file again;
+    /// one that fails to parse keeps the users in force and logs why. The access log shows
+    /// the user; ringsock_auth_checks_total counts the outcomes.
+    #[arg(long, value_name = "PREFIX=FILE", value_parser = values::route_auth)]
+    pub route_auth: Vec<(String, std::path::PathBuf)>,
+
     /// The largest request body a route passes on; larger ones get 413 [default: 2g]
     ///
     /// Bytes, or with k, m or g. Bodies are streamed, so size costs no memory; the limit

@@ -218,6 +218,8 @@ async fn flush_regularly(log: std::rc::Weak<WorkerLog>, worker: Rc<Worker>) {
 /// What one line says.
 pub struct Entry<'a> {
     pub client: &'a [u8],
+    /// The user `--route-auth` let in (nginx's `$remote_user`), `-` when none.
+    pub user: Option<&'a [u8]>,
     /// The request line as received (empty when none arrived, e.g. a 408).
     pub request: &'a [u8],
     pub status: u16,
@@ -240,12 +242,17 @@ pub struct Backend {
 }
 
 impl Entry<'_> {
-    /// `$remote_addr - - [$time_local] "$request" $status $body_bytes_sent
+    /// `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent
     /// "$http_referer" "$http_user_agent" $request_time`, then with routes
     /// `$upstream_status $upstream_response_time`.
     fn format(&self, out: &mut Vec<u8>, time_local: &[u8]) {
         out.extend_from_slice(self.client);
-        out.extend_from_slice(b" - - [");
+        out.extend_from_slice(b" - ");
+        match self.user {
+            Some(user) => escape(user, out),
+            None => out.push(b'-'),
+        }
+        out.extend_from_slice(b" [");
         out.extend_from_slice(time_local);
         out.extend_from_slice(b"] \"");
         escape(self.request, out);
@@ -374,6 +381,7 @@ mod tests {
     fn a_line_is_combined_plus_request_time_and_hostile_bytes_are_escaped() {
         let entry = Entry {
             client: b"192.0.2.7",
+            user: None,
             request: b"GET /dists/stable/InRelease HTTP/1.1",
             status: 200,
             body_bytes: 4096,
@@ -396,6 +404,7 @@ mod tests {
         let line = |backend| {
             let entry = Entry {
                 client: b"192.0.2.7",
+                user: None,
                 request: b"GET /api/version HTTP/1.1",
                 status: 200,
                 body_bytes: 2,

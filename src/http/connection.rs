@@ -309,6 +309,7 @@ impl Responder<'_> {
         };
         handler.record(&access_log::Entry {
             client: &self.client_text,
+            user: None,
             request: &req.line_as_sent(),
             status: answer.status.code,
             body_bytes,
@@ -366,6 +367,7 @@ impl Responder<'_> {
         };
         self.handler.record(&access_log::Entry {
             client: &self.client_text,
+            user: None,
             request: line,
             status: status.code,
             body_bytes,

@@ -66,6 +66,8 @@ pub struct Request<'b> {
     /// The `Expect` value, if any: a route answers `100-continue` itself, anything else
     /// 417.
     pub expect: Option<&'b [u8]>,
+    /// The `Authorization` value, for a route's `--route-auth`.
+    pub authorization: Option<&'b [u8]>,
     pub if_match: Option<&'b [u8]>,
     pub if_unmodified_since: Option<&'b [u8]>,
     pub if_none_match: Option<&'b [u8]>,
@@ -173,6 +175,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, Reject> {
         framing: Framing::None,
         other_codings: false,
         expect: None,
+        authorization: None,
         if_match: None,
         if_unmodified_since: None,
         if_none_match: None,
@@ -326,10 +329,11 @@ impl<'b> Request<'b> {
     }
 
     /// Keeps a conditional or range header for [`crate::http::files::plan`], what the
-    /// access log shows, and `Expect`.
+    /// access log shows, and what a route needs (`Expect`, `Authorization`).
     fn note_header(&mut self, name: &[u8], value: &'b [u8]) {
         let slot = match name.len() {
             6 if name.eq_ignore_ascii_case(b"expect") => &mut self.expect,
+            13 if name.eq_ignore_ascii_case(b"authorization") => &mut self.authorization,
             5 if name.eq_ignore_ascii_case(b"range") => &mut self.range,
             7 if name.eq_ignore_ascii_case(b"referer") => &mut self.referer,
             10 if name.eq_ignore_ascii_case(b"user-agent") => &mut self.user_agent,

@@ -3,11 +3,14 @@
 //! counted and logged as every answer is.
 
 use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Connection, Next, Responder, FLUSH_AT};
 use crate::http::access_log::{self, Backend};
 use crate::http::answer::{Answer, Value};
+use crate::http::auth::{AuthOutcome, BasicAuth};
 use crate::http::request::{Framing, Method, Request};
 use crate::http::response;
 use crate::http::router;
@@ -30,6 +33,8 @@ pub(super) struct Refusal {
 #[derive(Default)]
 pub(super) struct LogLine {
     request: Vec<u8>,
+    /// Who `--route-auth` let in.
+    user: Option<Arc<str>>,
     referer: Option<Vec<u8>>,
     user_agent: Option<Vec<u8>>,
 }
@@ -50,15 +55,17 @@ impl Responder<'_> {
                 outcome: Outcome::Limited,
             }));
         }
-        Some(
-            self.admit(req, route)
-                .await
-                .map(|routed| (routed, self.log_line(req))),
-        )
+        let admitted = self.admit(req, route).await;
+        Some(admitted.map(|(routed, user)| (routed, self.log_line(req, user))))
     }
 
-    /// The route's rules, in the order that costs least to the one who breaks them.
-    async fn admit(&self, req: &Request<'_>, route: usize) -> Result<Routed, Refusal> {
+    /// The route's rules, in the order that costs least to the one who breaks them; the
+    /// user `--route-auth` let in, if any.
+    async fn admit(
+        &self,
+        req: &Request<'_>,
+        route: usize,
+    ) -> Result<(Routed, Option<Arc<str>>), Refusal> {
         let upstreams = &self.handler.shared.settings.routes.upstreams;
         let upstream = upstreams.get(route);
         let refuse = |answer, outcome| Refusal {
@@ -78,6 +85,15 @@ impl Responder<'_> {
         if !upstream.allow.is_empty() && !self.client_ip.is_some_and(allowed) {
             return Err(refuse(reason(response::FORBIDDEN), Outcome::Denied));
         }
+        // Before the body is read: a client that waits for 100 Continue sends none.
+        let user = match &upstream.auth {
+            None => None,
+            Some(auth) => Some(
+                authenticate(auth, req.authorization, self.client_ip)
+                    .await
+                    .map_err(|(answer, outcome)| refuse(answer, outcome))?,
+            ),
+        };
         if req.other_codings {
             return Err(refuse(reason(response::NOT_IMPLEMENTED), Outcome::Refused));
         }
@@ -107,10 +123,11 @@ impl Responder<'_> {
                 framing: req.framing,
                 client: self.client_ip,
                 proto: "http",
+                drop_authorization: upstream.auth.is_some(),
             },
             &mut head,
         );
-        Ok(Routed {
+        let routed = Routed {
             route,
             head,
             body: req.framing,
@@ -119,14 +136,16 @@ impl Responder<'_> {
             head_request: req.method == Method::Head,
             http10: req.http10,
             keep_alive: req.keep_alive && self.handler.shared.settings.persistent,
-        })
+        };
+        Ok((routed, user))
     }
 
-    fn log_line(&self, req: &Request<'_>) -> LogLine {
+    fn log_line(&self, req: &Request<'_>, user: Option<Arc<str>>) -> LogLine {
         if self.handler.log.is_none() {
             return LogLine::default();
         }
         LogLine {
+            user,
             request: req.line_as_sent().into_owned(),
             referer: req.referer.map(<[u8]>::to_vec),
             user_agent: req.user_agent.map(<[u8]>::to_vec),
@@ -143,6 +162,33 @@ impl Responder<'_> {
         let counters = &self.handler.shared.settings.routes.upstreams.counters;
         counters[refusal.route].count(refusal.outcome);
         self.respond_with(req, refusal.answer, started).await
+    }
+}
+
+/// `--route-auth`: the user let in, or the answer (401, 429, 503) and how it counts.
+async fn authenticate(
+    auth: &BasicAuth,
+    authorization: Option<&[u8]>,
+    client: Option<IpAddr>,
+) -> Result<Arc<str>, (Answer, Outcome)> {
+    let answer = |status| Answer::reason(status);
+    match auth.check(authorization, client).await {
+        AuthOutcome::Allowed { user } => Ok(user),
+        AuthOutcome::Challenge => {
+            let challenge = Value::Owned(auth.challenge().as_bytes().to_vec());
+            let answer = answer(response::UNAUTHORIZED).with("WWW-Authenticate", challenge);
+            Err((answer, Outcome::Unauthorized))
+        }
+        AuthOutcome::TooMany { retry_after_secs } => {
+            let retry = Value::Number(retry_after_secs);
+            let answer = answer(response::TOO_MANY_REQUESTS).with("Retry-After", retry);
+            Err((answer, Outcome::Limited))
+        }
+        AuthOutcome::Busy => {
+            let answer =
+                answer(response::SERVICE_UNAVAILABLE).with("Retry-After", Value::Number(1));
+            Err((answer, Outcome::Limited))
+        }
     }
 }
 
@@ -255,6 +301,7 @@ impl Connection<'_> {
         let responder = &self.responder;
         responder.handler.record(&access_log::Entry {
             client: &responder.client_text,
+            user: line.user.as_deref().map(str::as_bytes),
             request: &line.request,
             status,
             body_bytes,

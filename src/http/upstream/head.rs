@@ -25,6 +25,9 @@ pub struct Outgoing<'a> {
     pub client: Option<IpAddr>,
     /// `http` or `https`: how the client reached us.
     pub proto: &'static str,
+    /// The route checked the credentials itself (`--route-auth`): they are ours, not the
+    /// backend's, and do not go on.
+    pub drop_authorization: bool,
 }
 
 /// Writes the request head for the backend: the same method and target (origin-form),
@@ -42,7 +45,8 @@ pub fn write_request(req: &Outgoing<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let named = connection_tokens(req.head);
     for (name, value) in header_lines(req.head) {
-        if !end_to_end(name, &named) || is_forwarding(name) || eq(name, b"expect") {
+        let ours = eq(name, b"expect") || (req.drop_authorization && eq(name, b"authorization"));
+        if !end_to_end(name, &named) || is_forwarding(name) || ours {
             continue;
         }
         header(out, name, value);
@@ -243,7 +247,7 @@ mod tests {
     #[test]
     fn a_request_loses_hop_by_hop_headers_and_gains_forwarding_ones() {
         let head = b"POST /api/files/x HTTP/1.1\r\nHost: repo\r\nConnection: close, X-Secret\r\n\
-X-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nExpect: 100-continue\r\n\
+X-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nExpect: 100-continue\r\nAuthorization: Basic eDp5\r\n\
 X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nContent-Length: 3\r\nUser-Agent: curl\r\n\r\n";
         let mut out = Vec::new();
         write_request(
@@ -255,6 +259,7 @@ X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nContent-Length: 3\r\nUser-Agen
                 framing: Framing::Length(3),
                 client: Some("192.0.2.7".parse().unwrap()),
                 proto: "http",
+                drop_authorization: true,
             },
             &mut out,
         );

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admission::networks::Networks;
+use crate::http::auth::BasicAuth;
 use crate::proxy::{PipeBudget, Target};
 pub use exchange::Routed;
 pub use metrics::{Outcome, RouteCounters};
@@ -35,6 +36,8 @@ pub struct Upstream {
     pub target: Target,
     /// `--route-allow`: who may use the route; empty, everyone.
     pub allow: Networks,
+    /// `--route-auth`: the users who may.
+    pub auth: Option<Arc<BasicAuth>>,
 }
 
 /// Every route, and the limits they share.
@@ -65,6 +68,17 @@ impl Upstreams {
                 false => PipeBudget::new(0),
             },
         }
+    }
+
+    /// Every distinct htpasswd file of `--route-auth`, once each.
+    pub fn auths(&self) -> Vec<Arc<BasicAuth>> {
+        let mut auths: Vec<Arc<BasicAuth>> = Vec::new();
+        for auth in self.routes.iter().filter_map(|r| r.auth.as_ref()) {
+            if !auths.iter().any(|a| Arc::ptr_eq(a, auth)) {
+                auths.push(auth.clone());
+            }
+        }
+        auths
     }
 
     /// No routes: every request is the server's own.
@@ -143,6 +157,7 @@ mod tests {
                 prefix: prefix.to_string(),
                 target: Target::parse("/run/x.sock").unwrap(),
                 allow: Networks::default(),
+                auth: None,
             })
             .collect();
         Upstreams::new(routes, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT)
