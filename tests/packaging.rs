@@ -169,6 +169,7 @@ fn ringsock_units_are_notify_watchdog_restart_and_hardened() {
         "ringsock-proxy@.service",
         "ringsock-serve.service",
         "aptly-proxy.service",
+        "aptly-front.service",
     ] {
         assert!(
             names.iter().any(|n| n == expected),
@@ -241,6 +242,7 @@ fn ringsock_units_rate_ok_in_systemd_analyze_security() {
         "ringsock-proxy@8080.service",
         "ringsock-serve.service",
         "aptly-proxy.service",
+        "aptly-front.service",
     ] {
         let out = run(Command::new("systemd-analyze")
             .args(["security", "--offline=true", "--no-pager"])
@@ -260,7 +262,7 @@ fn ringsock_units_rate_ok_in_systemd_analyze_security() {
 fn unit_command_lines_parse() {
     // Every ringsock ExecStart=, with its environment filled in the documented way, is
     // accepted by the CLI (--help after the arguments exits 0 only if all parsed so far).
-    let cases: [(&str, &[(&str, &str)]); 3] = [
+    let cases: [(&str, &[(&str, &str)]); 4] = [
         (
             "ringsock-proxy@.service",
             &[
@@ -273,6 +275,13 @@ fn unit_command_lines_parse() {
             &[("OPTIONS", "--autoindex"), ("ROOT", "/srv/mirror")],
         ),
         ("examples/aptly-proxy.service", &[]),
+        (
+            "examples/aptly-front.service",
+            &[
+                ("ROUTE_OPTIONS", "--route-allow /api/=10.0.0.0/8"),
+                ("OPTIONS", "--autoindex"),
+            ],
+        ),
     ];
     for (name, env) in cases {
         let words = expand(&value(&read_unit(name), "ExecStart"), env);
@@ -426,6 +435,57 @@ fn seed_aptly_setup_end_to_end_through_ringsock_proxy() {
         proxy_log.contains("driver"),
         "ringsock logs the driver in use:\n{proxy_log}"
     );
+}
+
+/// aptly-front.socket/.service in front of aptly.socket, with systemd-socket-activate
+/// standing in for PID 1: the command line as shipped (its paths pointed at the test's),
+/// the tree open to all, the API only with the htpasswd file's credentials.
+#[test]
+fn aptly_front_unit_serves_the_tree_and_the_authenticated_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let aptly = Aptly::start(dir.path());
+    std::fs::write(aptly.public().join("hello.txt"), b"published\n").unwrap();
+    let htpasswd = dir.path().join("aptly.htpasswd");
+    let made = Command::new("htpasswd")
+        .arg("-cbB")
+        .arg(&htpasswd)
+        .args(["publisher", "pw"])
+        .output()
+        .expect("run htpasswd (apt-get install apache2-utils)");
+    assert!(made.status.success(), "{made:?}");
+    let unit = read_unit("examples/aptly-front.service")
+        .replace(
+            "/home/archive/.aptly/public",
+            aptly.public().to_str().unwrap(),
+        )
+        .replace("/home/archive/aptly.sock", aptly.socket.to_str().unwrap())
+        .replace("/etc/ringsock/aptly.htpasswd", htpasswd.to_str().unwrap());
+    let env = [("ROUTE_OPTIONS", ""), ("OPTIONS", "")];
+    let command = expand(&value(&unit, "ExecStart"), &env);
+    assert_eq!(command[0], UNIT_BIN);
+    assert_eq!(value(&unit, "ExecReload"), "/bin/kill -HUP $MAINPID");
+    let listen = listen_on(
+        &read_unit("examples/aptly-front.socket"),
+        free_port("127.0.0.1"),
+    );
+    let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
+    let front = Spawn::new(&args).activate(&listen).start();
+    front.wait_for_log("Listening on", Duration::from_secs(10));
+    let (meta, body) = curl_version(&[], &format!("http://{listen}/hello.txt"));
+    assert_eq!(
+        (meta.as_str(), body.as_str()),
+        ("200 text/plain; charset=utf-8", "published\n")
+    );
+    let url = format!("http://{listen}/api/version");
+    let refused = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&refused.stdout), "401");
+    let (meta, body) = curl_version(&["-u", "publisher:pw"], &url);
+    assert!(meta.starts_with("200 application/json"), "{meta}");
+    assert_eq!(body, Aptly::version_json(), "log:\n{}", front.output());
+    front.stop();
 }
 
 /// ringsock-serve.socket/.service as shipped, on a mirror tree: the unit's command line with

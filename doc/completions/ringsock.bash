@@ -129,7 +129,7 @@ _ringsock() {
             return 0
             ;;
         ringsock__subcmd__serve)
-            opts="-c -h -V --root --header-timeout --keepalive-timeout --follow-symlinks --autoindex --io-threads --per-client-rate --per-client-burst --access-log --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --proxy-protocol-from --proxy-protocol-on --per-client-connections --per-client-ipv4-prefix --per-client-ipv6-prefix --help --version"
+            opts="-c -h -V --root --header-timeout --keepalive-timeout --follow-symlinks --autoindex --io-threads --per-client-rate --per-client-burst --access-log --route --route-allow --route-auth --route-max-body --route-timeout --listen --threads --connections-max --exit-idle-time --shutdown-timeout --log-level --proxy-protocol-from --proxy-protocol-on --per-client-connections --per-client-ipv4-prefix --per-client-ipv6-prefix --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -160,6 +160,26 @@ _ringsock() {
                     return 0
                     ;;
                 --access-log)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --route)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --route-allow)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --route-auth)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --route-max-body)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --route-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

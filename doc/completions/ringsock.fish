@@ -54,6 +54,11 @@ complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l io-threads -
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l per-client-rate -d 'At most R requests a second from one client address range (prefixes as for --per-client-connections); more are answered 429 with Retry-After [default: no limit]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l per-client-burst -d 'Requests a client may make at once above --per-client-rate [default: R]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l access-log -d 'Write an access log line per response (nginx\'s combined format plus the request time) to PATH, or `-` for standard error; SIGUSR1 reopens it (logrotate)' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l route -d 'Pass requests whose path starts with PREFIX to the HTTP server at TARGET (repeatable; the longest prefix wins)' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l route-allow -d 'Only clients in CIDR may use the route PREFIX (repeatable); others get 403' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l route-auth -d 'Only users of the htpasswd FILE may use the route PREFIX: HTTP Basic, 401 without the right credentials' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l route-max-body -d 'The largest request body a route passes on; larger ones get 413 [default: 2g]' -r
+complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l route-timeout -d 'How long a route\'s backend may take to accept a connection, and to start its answer (504 after)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l listen -d 'Listen on ADDR as well as on any activated sockets: HOST:PORT, [V6]:PORT, PORT, /path or @name (repeatable)' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -l threads -d 'Worker threads [default: the CPUs this process may use]' -r
 complete -c ringsock -n "__fish_ringsock_using_subcommand serve" -s c -l connections-max -d 'Maximum simultaneous connections; more wait in the listen backlog [default: 16384, or fewer if the open file limit cannot hold that many]' -r
